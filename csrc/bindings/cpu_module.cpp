@@ -1,0 +1,14 @@
+// pyllmops._C: the torch-free C++ core. Each feature binds itself in its own cpu_<feature>.cpp
+// (void bind_<feature>(pybind11::module_&)); this file only lists them. Tensors cross this
+// boundary as raw data pointers validated on the Python side (pyllmops/ops), which keeps torch
+// headers, and their minutes of compile time, out of the build.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+void bind_info(py::module_& m);
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pyllmops C++ core (torch-free)";
+  bind_info(m);
+}

@@ -1,0 +1,71 @@
+"""Fused per-row symmetric int8 quantization: absmax, scale and round in one kernel.
+
+One program per row; the row is read twice (absmax pass, quantize pass) in BLOCK-wide chunks, so
+any N works with registers bounded by BLOCK. Division is IEEE (div_rn) and rounding is
+round-half-to-even (rint), matching torch.round(x / scale) bit for bit.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from pyllmops.ops.quant_int8 import TINY_AMAX
+
+
+@triton.jit
+def _rint(v):
+    # Round half to even using only floor (no libdevice, so the CPU interpreter runs it too).
+    # v - floor(v) is exact for |v| < 2**23; larger floats are already integers.
+    r = tl.floor(v)
+    d = v - r
+    odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
+    up = (d > 0.5) | ((d == 0.5) & odd)
+    return tl.where(up, r + 1.0, r)
+
+
+@triton.jit
+def _quantize_rows(x_ptr, q_ptr, scale_ptr, static_ptr, N, stride_xm,
+                   HAS_STATIC: tl.constexpr, PER_TENSOR: tl.constexpr, TINY: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    offs = tl.arange(0, BLOCK)
+    if HAS_STATIC:
+        if PER_TENSOR:
+            scale = tl.load(static_ptr)
+        else:
+            scale = tl.load(static_ptr + row)
+    else:
+        amax = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, N, BLOCK):
+            m = start + offs < N
+            v = tl.abs(tl.load(x_row + start + offs, mask=m, other=0.0).to(tl.float32))
+            # keep NaN visible: max() would drop it
+            amax = tl.where((v != v) | (v > amax), v, amax)
+        row_max = tl.max(amax, axis=0)
+        has_nan = tl.sum((amax != amax).to(tl.int32), axis=0) > 0
+        scale = tl.maximum(row_max, TINY) / 127.0
+        scale = tl.where(has_nan, float("nan"), scale)
+    tl.store(scale_ptr + row, scale)
+    for start in range(0, N, BLOCK):
+        m = start + offs < N
+        v = tl.load(x_row + start + offs, mask=m, other=0.0).to(tl.float32)
+        qv = _rint(tl.math.div_rn(v, scale))
+        qv = tl.minimum(tl.maximum(qv, -127.0), 127.0)
+        tl.store(q_ptr + row * N + start + offs, qv.to(tl.int8), mask=m)
+
+
+def quantize_int8_rows(x: torch.Tensor, static_scale: torch.Tensor | None = None):
+    """x [M, N] with unit column stride -> (q [M, N] int8, scale [M, 1] fp32).
+
+    static_scale: None (dynamic per-row), [1] (per-tensor) or [M, 1] (per-row), fp32."""
+    m, n = x.shape
+    q = torch.empty((m, n), dtype=torch.int8, device=x.device)
+    scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
+    static = static_scale.float().contiguous() if static_scale is not None else scale
+    block = min(4096, triton.next_power_of_2(max(n, 16)))
+    if m:
+        _quantize_rows[(m,)](x, q, scale, static, n, x.stride(0),
+                             HAS_STATIC=static_scale is not None,
+                             PER_TENSOR=static_scale is not None and static_scale.numel() == 1,
+                             TINY=TINY_AMAX, BLOCK=block)
+    return q, scale

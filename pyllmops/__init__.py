@@ -1,0 +1,37 @@
+"""pyllmops: LLM inference kernels as drop-in torch ops.
+
+`import pyllmops` registers every op under torch.ops.pyllmops.*; the functions here are the
+validated Python front doors to them."""
+from pyllmops import ops
+from pyllmops.ops import (
+    available_backends,
+    dequantize_int4_grouped,
+    dequantize_int8,
+    quantize_int4_grouped,
+    quantize_int8,
+    use_backend,
+)
+
+__version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """Which compiled pieces this install has (handy in bug reports and the README table)."""
+    from pyllmops import _ext
+    from pyllmops.ops._dispatch import triton_available
+    import torch
+
+    return {
+        "version": __version__,
+        "torch": torch.__version__,
+        "cpp": _ext.has_cpp(),
+        "cuda_ext": _ext.has_cuda(),
+        "triton_cpu_interpreter": triton_available("cpu"),
+        "triton_gpu": triton_available("cuda"),
+    }
+
+
+__all__ = [
+    "available_backends", "build_info", "dequantize_int4_grouped", "dequantize_int8", "ops",
+    "quantize_int4_grouped", "quantize_int8", "use_backend",
+]
