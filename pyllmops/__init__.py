@@ -12,6 +12,8 @@ from pyllmops.ops import (
     use_backend,
 )
 
+from pyllmops.quantization import quantize
+
 __version__ = "0.1.0"
 
 
@@ -33,5 +35,5 @@ def build_info() -> dict:
 
 __all__ = [
     "available_backends", "build_info", "dequantize_int4_grouped", "dequantize_int8", "ops",
-    "quantize_int4_grouped", "quantize_int8", "use_backend",
+    "quantize", "quantize_int4_grouped", "quantize_int8", "use_backend",
 ]
