@@ -68,7 +68,7 @@ if _want_cuda():
 setup(
     packages=[
         "pyllmops", "pyllmops.ops", "pyllmops.quant", "pyllmops.nn", "pyllmops.parallel",
-        "pyllmops.tokenizer", "pyllmops.models", "pyllmops.quantization", "pyllmops.kernels",
+        "pyllmops.tokenizer", "pyllmops.models", "pyllmops.quantization", "pyllmops.commands", "pyllmops.kernels",
     ],
     package_dir={"pyllmops.kernels": "kernels"},
     ext_modules=ext_modules,
