@@ -15,8 +15,9 @@
 //
 // Hot loops are written lane-wise (16 independent accumulators) so the compiler vectorises them
 // without reassociating float sums, and compiled for AVX-512 / AVX2 / baseline with target_clones.
-// Floating-point contraction is off so every clone (and every machine) gives the same bits.
-#pragma GCC optimize("fp-contract=off")
+// Floating-point contraction is off so every clone (and every machine) gives the same bits;
+// no-trapping-math (FP exceptions are never inspected) lets the select-heavy exp loop vectorise.
+#pragma GCC optimize("fp-contract=off", "no-trapping-math")
 
 #include "cpu/sampling.h"
 
@@ -24,11 +25,15 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "cpu/parallel.h"
 
 #define PYLLMOPS_SIMD __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+// Helpers must inline into every clone to be vectorised with it.
+#define PYLLMOPS_INLINE inline __attribute__((always_inline))
 
 namespace pyllmops::cpu {
 
@@ -63,12 +68,12 @@ constexpr float kFloatMax = std::numeric_limits<float>::max();
 constexpr int kBucketShift = 20;  // w's top 12 bits: 8 exponent + 3 mantissa (w in [0, 1])
 constexpr int kBuckets = (0x3F800000 >> kBucketShift) + 1;
 
-inline uint32_t bits_of(float f) {
+PYLLMOPS_INLINE uint32_t bits_of(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
 }
-inline float float_of(uint32_t u) {
+PYLLMOPS_INLINE float float_of(uint32_t u) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
@@ -76,7 +81,7 @@ inline float float_of(uint32_t u) {
 
 // IEEE half -> float with integer ops: shifting the 15 low bits into place leaves the exponent
 // biased by 15 instead of 127, which a multiply by 2^112 fixes (and it normalises subnormals).
-inline float half_to_float(uint16_t h) {
+PYLLMOPS_INLINE float half_to_float(uint16_t h) {
   const uint32_t em = h & 0x7fffu;
   float mag = float_of(em << 13) * 0x1p112f;
   if (em >= 0x7c00u) mag = float_of((em << 13) | 0x7f800000u);  // inf, NaN
@@ -85,9 +90,10 @@ inline float half_to_float(uint16_t h) {
 
 // exp(x) for x <= 0 to ~2 ulp (Cephes expf polynomial), 0 below -87.3 (no subnormals); branch-free
 // so loops over it vectorise. Every sampling path of this file uses it.
-inline float exp_nonpos(float x) {
+PYLLMOPS_INLINE float exp_nonpos(float x) {
   const float xc = x < -87.3f ? -87.3f : x;  // also maps -inf; NaN stays NaN (bad rows only)
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  // Round to nearest with the 1.5 * 2^23 trick (exact for |v| < 2^22; floor() would not vectorise).
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
   float y = 1.9875691500e-4f;
   y = y * r + 1.3981999507e-3f;
@@ -341,12 +347,46 @@ int64_t draw_greedy(const float* x, int64_t n, float* probs) {
   return i;
 }
 
+// Scratch outlives a call: a fresh 0.5 MB buffer per row block would page-fault on every call.
+class ScratchPool {
+ public:
+  std::unique_ptr<Scratch> get() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.empty()) return std::make_unique<Scratch>();
+    auto s = std::move(free_.back());
+    free_.pop_back();
+    return s;
+  }
+  void put(std::unique_ptr<Scratch> s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(std::move(s));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<Scratch>> free_;
+};
+
+ScratchPool& scratch_pool() {
+  static ScratchPool pool;
+  return pool;
+}
+
+// Parameter ranges (the Python front door checks Python scalars; tensors are checked here).
+int64_t check_params(float t, float p, float q) {
+  if (!(t >= 0.0f && t <= kFloatMax)) return kBadTemperature;
+  if (!(p > 0.0f && p <= 1.0f)) return kBadTopP;
+  if (!(q >= 0.0f && q <= 1.0f)) return kBadMinP;
+  return 0;
+}
+
 }  // namespace
 
 void sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, int64_t ld,
                  const SampleParams& prm, int64_t* ids, float* probs, int threads) {
   parallel_for(B, threads, 1, [&](int64_t begin, int64_t end) {
-    Scratch s;
+    std::unique_ptr<Scratch> scratch = scratch_pool().get();
+    Scratch& s = *scratch;
     for (int64_t r = begin; r < end; ++r) {
       const float* x;
       if (dtype == LogitsType::F32) {
@@ -360,13 +400,16 @@ void sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, int
       const float t = prm.temperature[r];
       const int64_t k = prm.top_k[r];
       const double u = row_uniform(prm.seed[r], prm.offset[r]);
-      if (t == 0.0f)
+      if (const int64_t bad = check_params(t, prm.top_p[r], prm.min_p[r]))
+        ids[r] = bad;
+      else if (t == 0.0f)
         ids[r] = draw_greedy(x, V, out);
       else if (k > 0 && k < V)
         ids[r] = draw_top_k(x, V, t, k, prm.top_p[r], prm.min_p[r], u, out, s);
       else
         ids[r] = draw_full(x, V, t, prm.top_p[r], prm.min_p[r], u, out, s);
     }
+    scratch_pool().put(std::move(scratch));
   });
 }
 

@@ -12,6 +12,9 @@ enum class LogitsType : int { F32 = 0, F16 = 1, BF16 = 2 };  // pyllmops/ops/sam
 // Row status written to ids[row] instead of a token.
 constexpr int64_t kBadValue = -1;   // the row holds NaN or +inf
 constexpr int64_t kAllNegInf = -2;  // every logit is -inf
+constexpr int64_t kBadTemperature = -3;  // temperature < 0, NaN or inf
+constexpr int64_t kBadTopP = -4;         // top_p outside (0, 1]
+constexpr int64_t kBadMinP = -5;         // min_p outside [0, 1]
 
 struct SampleParams {  // one entry per row
   const float* temperature;  // >= 0; 0 = greedy

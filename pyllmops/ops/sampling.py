@@ -47,15 +47,16 @@ from pyllmops.ops.philox import row_uniforms
 
 Param = Union[float, int, torch.Tensor, None]
 INT_DTYPES = (torch.int32, torch.int64)
-# Row status in the ids a backend returns: the front door turns them into errors.
-BAD_VALUE, ALL_NEG_INF = -1, -2
+# Row status codes a backend returns in place of a token (csrc/cpu/sampling.h); the front door
+# turns them into errors.
+BAD_VALUE, ALL_NEG_INF, BAD_TEMPERATURE, BAD_TOP_P, BAD_MIN_P = -1, -2, -3, -4, -5
 TOPK_FIRST_MAX = 1024  # the torch fallback takes torch.topk first up to this k
 
 
 # ----------------------------------------------------------------------------- arguments
 def _per_row(name: str, value: Param, b: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A scalar or [B] tensor -> a contiguous [B] tensor of `dtype` on `device` (shape/dtype/device
-    checks only; value ranges are checked by _check_values on real data)."""
+    checks only; value ranges are checked on real data, by the kernels or _status)."""
     integer = dtype == torch.int64
     if isinstance(value, torch.Tensor):
         allowed = INT_DTYPES if integer else FLOAT_DTYPES + (torch.float64,)
@@ -73,39 +74,35 @@ def _per_row(name: str, value: Param, b: int, device: torch.device, dtype: torch
     return torch.full((b,), value, dtype=dtype, device=device)
 
 
-def _check_values(temperature: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor) -> None:
-    """Range checks on real data (one sync on GPU; skipped while a CUDA graph is being captured)."""
-    if temperature.is_cuda and torch.cuda.is_current_stream_capturing():
-        return
-    if not bool(((temperature >= 0) & torch.isfinite(temperature)).all()):
-        raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {_first_bad(temperature, (temperature >= 0) & torch.isfinite(temperature))}")
-    if not bool(((top_p > 0) & (top_p <= 1)).all()):
-        raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {_first_bad(top_p, (top_p > 0) & (top_p <= 1))}")
-    if not bool(((min_p >= 0) & (min_p <= 1)).all()):
-        raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {_first_bad(min_p, (min_p >= 0) & (min_p <= 1))}")
+def _status(x: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Row status codes [B] int64 (0 = fine) for the pure-torch backends; the kernels compute the
+    same codes themselves, so the front door needs one check of the ids whatever the backend."""
+    status = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    status = torch.where((x == float("-inf")).all(-1), ALL_NEG_INF, status)
+    status = torch.where((torch.isnan(x) | (x == float("inf"))).any(-1), BAD_VALUE, status)
+    status = torch.where((min_p >= 0) & (min_p <= 1), status, BAD_MIN_P)
+    status = torch.where((top_p > 0) & (top_p <= 1), status, BAD_TOP_P)
+    return torch.where((temperature >= 0) & torch.isfinite(temperature), status, BAD_TEMPERATURE)
 
 
-def _first_bad(values: torch.Tensor, ok: torch.Tensor) -> str:
-    row = int((~ok).nonzero()[0, 0])
-    return f"{float(values[row])} (row {row})"
-
-
-def _check_status(ids: torch.Tensor) -> None:
-    """Turn a backend's per-row status codes into an error naming the row."""
+def _check_status(ids: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor) -> None:
+    """Raise for the first row a backend flagged (ids < 0). One sync on GPU; skipped while a CUDA
+    graph is being captured (the flagged rows then hold the negative codes)."""
     if ids.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     bad = ids < 0
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        what = "contains NaN or +inf" if int(ids[row]) == BAD_VALUE else "is all -inf (nothing to sample)"
-        raise ValueError(f"logits row {row} {what}")
-
-
-def _row_status(x: torch.Tensor) -> torch.Tensor:
-    """x [B, V] float -> [B] int64: 0, BAD_VALUE or ALL_NEG_INF."""
-    status = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-    status = torch.where((x == float("-inf")).all(-1), ALL_NEG_INF, status)
-    return torch.where((torch.isnan(x) | (x == float("inf"))).any(-1), BAD_VALUE, status)
+    if not bool(bad.any()):
+        return
+    row = int(bad.nonzero()[0, 0])
+    code = int(ids[row])
+    messages = {
+        BAD_VALUE: f"logits row {row} contains NaN or +inf",
+        ALL_NEG_INF: f"logits row {row} is all -inf (nothing to sample)",
+        BAD_TEMPERATURE: f"temperature must be finite and >= 0 (0 = greedy), got {float(temperature[row])} (row {row})",
+        BAD_TOP_P: f"top_p must be in (0, 1] (1 disables it), got {float(top_p[row])} (row {row})",
+        BAD_MIN_P: f"min_p must be in [0, 1] (0 disables it), got {float(min_p[row])} (row {row})",
+    }
+    raise ValueError(messages.get(code, f"sampling failed in row {row} (status {code})"))
 
 
 def _topk_enabled(top_k: torch.Tensor, v: int) -> torch.Tensor:
@@ -154,7 +151,7 @@ def _reference_sample(logits, temperature, top_k, top_p, min_p, seed, offset):
     probs = reference_filter(x, temperature, top_k, top_p, min_p)
     ids = _inverse_cdf(probs, row_uniforms(seed, offset))
     ids = torch.where(temperature == 0, x.argmax(-1), ids)
-    status = _row_status(x)
+    status = _status(x, temperature, top_p, min_p)
     return torch.where(status < 0, status, ids)
 
 
@@ -207,7 +204,7 @@ def _torch_sample(logits, temperature, top_k, top_p, min_p, seed, offset):
     pos = _inverse_cdf(w.gather(1, order), row_uniforms(seed, offset))
     out = ids.gather(1, order).gather(1, pos[:, None])[:, 0]
     out = torch.where(temperature == 0, x.argmax(-1), out)
-    status = _row_status(x)
+    status = _status(x, temperature, top_p, min_p)
     return torch.where(status < 0, status, out)
 
 
@@ -252,7 +249,7 @@ def _cpp_sample(logits, temperature, top_k, top_p, min_p, seed, offset):
 def _cpp_probs(logits, temperature, top_k, top_p, min_p):
     probs = torch.empty(logits.shape, dtype=torch.float32)
     zeros = torch.zeros(logits.shape[0], dtype=torch.int64)
-    _check_status(_cpp_run(logits, temperature, top_k, top_p, min_p, zeros, zeros, probs))
+    _cpp_run(logits, temperature, top_k, top_p, min_p, zeros, zeros, probs)
     return probs
 
 
@@ -268,9 +265,7 @@ def _triton_probs(logits, temperature, top_k, top_p, min_p):
     from pyllmops.kernels.sampling import sample_rows
 
     zeros = torch.zeros(logits.shape[0], dtype=torch.int64, device=logits.device)
-    ids, probs = sample_rows(logits, temperature, top_k, top_p, min_p, zeros, zeros, want_probs=True)
-    _check_status(ids)
-    return probs
+    return sample_rows(logits, temperature, top_k, top_p, min_p, zeros, zeros, want_probs=True)[1]
 
 
 def _cuda_run(logits, temperature, top_k, top_p, min_p, seed, offset, probs):
@@ -292,7 +287,7 @@ def _cuda_sample(logits, temperature, top_k, top_p, min_p, seed, offset):
 def _cuda_probs(logits, temperature, top_k, top_p, min_p):
     probs = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
     zeros = torch.zeros(logits.shape[0], dtype=torch.int64, device=logits.device)
-    _check_status(_cuda_run(logits, temperature, top_k, top_p, min_p, zeros, zeros, probs))
+    _cuda_run(logits, temperature, top_k, top_p, min_p, zeros, zeros, probs)
     return probs
 
 
@@ -300,9 +295,8 @@ def _cuda_probs(logits, temperature, top_k, top_p, min_p):
 @torch.library.custom_op("pyllmops::sample", mutates_args=())
 def _sample_op(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
                min_p: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    _check_values(temperature, top_p, min_p)
     ids = _dispatch.call("sample", logits.device, logits, temperature, top_k, top_p, min_p, seed, offset)
-    _check_status(ids)
+    _check_status(ids, temperature, top_p, min_p)
     return ids
 
 
@@ -314,8 +308,7 @@ def _(logits, temperature, top_k, top_p, min_p, seed, offset):
 @torch.library.custom_op("pyllmops::top_k_top_p_filter", mutates_args=())
 def _filter_op(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
                min_p: torch.Tensor) -> torch.Tensor:
-    _check_values(temperature, top_p, min_p)
-    _check_status(_row_status(logits.float()))
+    _check_status(_status(logits.float(), temperature, top_p, min_p), temperature, top_p, min_p)
     return _dispatch.call("top_k_top_p_filter", logits.device, logits, temperature, top_k, top_p, min_p)
 
 
@@ -353,7 +346,8 @@ def sample(logits: torch.Tensor, temperature: Param = 1.0, top_k: Param = 0, top
     elif isinstance(seed, torch.Tensor):
         seeds = _per_row("seed", seed, b, dev, torch.int64)
     else:
-        seeds = _per_row("seed", seed, b, dev, torch.int64) + torch.arange(b, device=dev)
+        _per_row("seed", seed, 1, dev, torch.int64)  # type and range check
+        seeds = torch.arange(b, dtype=torch.int64, device=dev) + seed  # wraps like int64
     offsets = _per_row("offset", 0 if offset is None else offset, b, dev, torch.int64)
     return torch.ops.pyllmops.sample(logits, t, k, p, q, seeds, offsets)
 
