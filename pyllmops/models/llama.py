@@ -48,14 +48,15 @@ class KVCache:
     """Keys and values of every layer, allocated once for `capacity` slots.
 
     k[i], v[i]: [B, KV, capacity, D] float32 (attention runs in float32 whatever the weights'
-    dtype: small bf16 batched matmuls are slow on CPU, and softmax wants the range). Slot j holds the j-th token fed to the model for every row;
+    dtype: small bf16 batched matmuls are slow on CPU, and softmax wants the range), allocated
+    at a layer's first update with the KV head count it sees (a tensor-parallel rank holds only
+    its share of the heads). Slot j holds the j-th token fed to the model for every row;
     with left padding a slot may hold a pad, which `key_mask` [B, capacity] (True = real token)
     hides from attention. `n_real` [B] counts each row's real tokens (its next RoPE position)."""
 
     def __init__(self, config: LlamaConfig, batch: int, capacity: int, *, device: torch.device | str):
-        shape = (batch, config.n_kv_heads, capacity, config.head_dim)
-        self.k = [torch.zeros(shape, device=device) for _ in range(config.n_layers)]
-        self.v = [torch.zeros(shape, device=device) for _ in range(config.n_layers)]
+        self.k: list[torch.Tensor | None] = [None] * config.n_layers
+        self.v: list[torch.Tensor | None] = [None] * config.n_layers
         self.key_mask = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         self.n_real = torch.zeros(batch, dtype=torch.long, device=device)
         self.length = 0  # slots written so far
@@ -65,6 +66,10 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, KV, T, D] at slots [length, length + T) of `layer`; return the filled
         prefix [B, KV, length + T, D] (views, no copies)."""
+        if self.k[layer] is None:
+            b, kv, _, d = k.shape
+            self.k[layer] = k.new_zeros(b, kv, self.capacity, d)
+            self.v[layer] = v.new_zeros(b, kv, self.capacity, d)
         end = self.length + k.shape[2]
         self.k[layer][:, :, self.length:end].copy_(k)
         self.v[layer][:, :, self.length:end].copy_(v)
@@ -120,7 +125,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 class Attention(nn.Module):
     def __init__(self, config: LlamaConfig, linear_cls: LinearFactory):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.head_dim = config.head_dim
         self.q_proj = linear_cls(config.dim, config.n_heads * config.head_dim)
         self.k_proj = linear_cls(config.dim, config.n_kv_heads * config.head_dim)
         self.v_proj = linear_cls(config.dim, config.n_kv_heads * config.head_dim)
@@ -129,9 +134,11 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, causal, cache: KVCache | None, layer: int) -> torch.Tensor:
         """x: [B, T, dim] in the model's dtype; RoPE and attention in float32 (see KVCache)."""
         b, t, _ = x.shape
-        q = self.q_proj(x).float().view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).float().view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).float().view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # Head counts come from the projections' outputs (-1): a column-parallel projection
+        # yields only this rank's heads.
+        q = self.q_proj(x).float().view(b, t, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).float().view(b, t, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).float().view(b, t, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)
