@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     results: dict[str, dict[str, float]] = {}
     for method in methods:
-        print(f"{method}: quantizing and scoring {len(ids)} tokens", file=sys.stderr)
+        print(f"{method}: {'' if method == 'fp' else 'quantizing, then '}scoring {len(ids)} tokens", file=sys.stderr)
         # Quantization is in place: each method starts from its own copy of the float model.
         model = float_model if method == "fp" else _model.quantize(copy.deepcopy(float_model), tok, method, args)
         ppl = perplexity(model, ids, window=args.window, stride=args.stride, batch_size=args.batch_size, progress=True)
