@@ -149,7 +149,7 @@ def test_perplexity(benchmark, impl, ours, request):
         llm = request.getfixturevalue("llama_cpp")
         run = lambda: _llama_cpp_perplexity(llm, ids, PREFILL)  # noqa: E731
     else:
-        run = lambda: perplexity(model, ids, window=PREFILL, stride=PREFILL, batch_size=1)  # noqa: E731
+        run = lambda: perplexity(model, ids, window=PREFILL, batch_size=1)  # noqa: E731
     ppl = benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info["ppl"] = ppl
     benchmark.extra_info["throughput"] = len(ids) / benchmark.stats.stats.median
