@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="perplexity of the embedded model on a text, float vs quantization methods")
     p.add_argument("--text-file", type=Path, required=True, help="the evaluation text (UTF-8)")
     p.add_argument("--window", type=int, default=512, help="tokens per window (default 512)")
-    p.add_argument("--stride", type=int, help="tokens the window moves by (default window/2)")
+    p.add_argument("--stride", type=int, help="tokens the window moves by (default: the window, i.e. disjoint windows)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     _model.add_model_args(p, quant_list=True)
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     results: dict[str, dict[str, float]] = {}
     for method in methods:
-        print(f"{method}: quantizing and scoring {len(ids)} tokens", file=sys.stderr)
+        print(f"{method}: {'' if method == 'fp' else 'quantizing, then '}scoring {len(ids)} tokens", file=sys.stderr)
         # Quantization is in place: each method starts from its own copy of the float model.
         model = float_model if method == "fp" else _model.quantize(copy.deepcopy(float_model), tok, method, args)
         ppl = perplexity(model, ids, window=args.window, stride=args.stride, batch_size=args.batch_size, progress=True)
