@@ -200,6 +200,18 @@ void bind_bpe(py::module_& m) {
             return py::bytes(std::string(e.token_bytes(static_cast<uint32_t>(id))));
           },
           py::arg("id"))
+      .def(
+          "encode_piece",
+          [](const Encoder& e, const py::bytes& data) {
+            const std::string_view s = data;
+            std::vector<uint32_t> out;
+            {
+              py::gil_scoped_release nogil;
+              e.encode_single_piece(u8(s), s.size(), out);
+            }
+            return to_list(out);
+          },
+          py::arg("data"), "BPE of one piece (no pre-tokenization): what merging alone gives.")
       .def_property_readonly("n_vocab", &Encoder::n_vocab)
       .def_property_readonly("ids", [](const Encoder& e) {
         std::vector<uint32_t> v;
@@ -207,6 +219,18 @@ void bind_bpe(py::module_& m) {
           if (e.valid(i)) v.push_back(i);
         return v;
       });
+
+  m.def(
+      "bpe_split",
+      [](const py::bytes& data, const std::string& split) {
+        const std::string_view s = data;
+        py::list out;
+        pyllmops::bpe::for_each_piece(parse_split(split), u8(s), s.size(), [&](size_t b, size_t e) {
+          out.append(py::bytes(s.data() + b, e - b));
+        });
+        return out;
+      },
+      py::arg("data"), py::arg("split"), "The pre-tokenizer's pieces of UTF-8 data.");
 
   m.def(
       "bpe_parse_tiktoken",

@@ -48,7 +48,11 @@ class Encoder {
 
   // Appends the ids of s[0, n) to out, special tokens' text treated as ordinary text.
   void encode_ordinary(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
-  // Same, but the specials whose index (order given at construction) has allowed[i] != 0 are
+  // BPE of one piece, without pre-tokenization (whole-token fast path, then merging).
+  void encode_single_piece(const uint8_t* p, size_t n, std::vector<uint32_t>& out) const {
+    if (n) encode_piece(p, n, out);
+  }
+  // Same as encode_ordinary, but the specials whose index (order given at construction) has allowed[i] != 0 are
   // encoded as their id wherever their text occurs (leftmost first; longest at one position).
   void encode(const uint8_t* s, size_t n, const std::vector<char>& allowed, std::vector<uint32_t>& out) const;
   // Leftmost occurrence at or after `from` of a special with which[i] != 0: its index (longest
