@@ -13,7 +13,32 @@ namespace {
 
 const uint8_t* bytes_of(const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); }
 
+std::atomic<uint64_t> g_serial{0};
+
 }  // namespace
+
+// Direct-mapped: a slot holds one piece (up to kMaxLen bytes) and its ids (up to kMaxIds).
+struct Encoder::PieceCache {
+  static constexpr size_t kSlots = 4096, kMaxLen = 28, kMaxIds = 8;
+  struct Slot {
+    uint64_t hash;  // 0: empty
+    uint8_t len, n;
+    uint8_t bytes[kMaxLen];
+    uint32_t ids[kMaxIds];
+  };
+  uint64_t owner = 0;
+  Slot slots[kSlots];
+};
+
+Encoder::PieceCache* Encoder::thread_cache() const {
+  thread_local std::unique_ptr<PieceCache> cache;
+  if (!cache) cache.reset(new PieceCache());
+  if (cache->owner != serial_) {
+    for (auto& s : cache->slots) s.hash = 0;
+    cache->owner = serial_;
+  }
+  return cache.get();
+}
 
 void Encoder::init_tokens(const std::vector<std::string>& tokens, const std::vector<uint32_t>& ids,
                           std::vector<SpecialToken> specials, Split split) {
@@ -58,6 +83,8 @@ void Encoder::init_tokens(const std::vector<std::string>& tokens, const std::vec
   std::stable_sort(special_by_len_.begin(), special_by_len_.end(),
                    [&](uint32_t a, uint32_t b) { return specials_[a].bytes.size() > specials_[b].bytes.size(); });
   for (const auto& sp : specials_) special_first_[static_cast<uint8_t>(sp.bytes[0])] = true;
+  if (std::count(special_first_, special_first_ + 256, true) == 1)
+    special_single_first_ = static_cast<int>(std::find(special_first_, special_first_ + 256, true) - special_first_);
 }
 
 std::shared_ptr<const Encoder> Encoder::from_ranks(const std::vector<std::string>& tokens,
@@ -65,6 +92,7 @@ std::shared_ptr<const Encoder> Encoder::from_ranks(const std::vector<std::string
                                                    std::vector<SpecialToken> specials) {
   if (tokens.size() != ranks.size()) throw std::invalid_argument("tokens and ranks differ in length");
   std::shared_ptr<Encoder> e(new Encoder());
+  e->serial_ = ++g_serial;
   e->init_tokens(tokens, ranks, std::move(specials), split);
   e->whole_.reserve(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) {
@@ -110,15 +138,15 @@ std::shared_ptr<const Encoder> Encoder::from_merges(const std::vector<std::strin
     ids.push_back(id);
   }
   std::shared_ptr<Encoder> e(new Encoder());
+  e->serial_ = ++g_serial;
   e->init_tokens(present, ids, std::move(specials), split);
   BytesMap all;
   all.reserve(ids.size());
   for (uint32_t id : ids) all.insert(e->blob_.data() + e->off_[id], e->off_[id + 1] - e->off_[id], id);
   for (int b = 0; b < 256; ++b) {
     const uint8_t byte = static_cast<uint8_t>(b);
-    const uint32_t id = all.find(&byte, 1);
-    if (id == BytesMap::kNone) throw std::invalid_argument("no token for the single byte " + std::to_string(b));
-    e->byte_token_[b] = id;
+    // HF drops a byte that has no token (when there is no unk token): so do we, see merge_*.
+    e->byte_token_[b] = all.find(&byte, 1);
   }
   e->pairs_.reserve(merges.size());
   std::string joined;
@@ -148,25 +176,43 @@ std::shared_ptr<const Encoder> Encoder::from_merges(const std::vector<std::strin
   return e;
 }
 
-void Encoder::encode_piece(const uint8_t* p, size_t len, std::vector<uint32_t>& out) const {
+void Encoder::encode_piece(const uint8_t* p, size_t len, std::vector<uint32_t>& out, PieceCache* cache) const {
   if (len == 1) {
-    out.push_back(byte_token_[p[0]]);
+    if (byte_token_[p[0]] != BytesMap::kNone) out.push_back(byte_token_[p[0]]);
     return;
   }
-  const uint32_t id = whole_.find(p, len);
+  const uint64_t head = load_head(p, len), h = BytesMap::hash(p, len, head);
+  const uint32_t id = whole_.find_hashed(p, len, head, h);
   if (id != BytesMap::kNone) {
     out.push_back(id);
     return;
   }
+  PieceCache::Slot* slot = nullptr;
+  if (cache && len <= PieceCache::kMaxLen) {
+    slot = &cache->slots[(h >> 40) & (PieceCache::kSlots - 1)];
+    if (slot->hash == (h | 1) && slot->len == len && std::memcmp(slot->bytes, p, len) == 0) {
+      out.insert(out.end(), slot->ids, slot->ids + slot->n);
+      return;
+    }
+  }
+  const size_t before = out.size();
   if (len <= kSmallPiece) merge_small(p, len, out); else merge_large(p, len, out);
+  if (slot && out.size() - before <= PieceCache::kMaxIds) {
+    slot->hash = h | 1;
+    slot->len = static_cast<uint8_t>(len);
+    slot->n = static_cast<uint8_t>(out.size() - before);
+    std::memcpy(slot->bytes, p, len);
+    std::copy(out.begin() + before, out.end(), slot->ids);
+  }
 }
 
 // Arrays indexed by part: tok[i], and for the pair (i, i+1) its rank and merged id. Each merge
 // scans for the lowest rank (leftmost wins ties) and closes the gap: O(len^2), fine for short pieces.
 void Encoder::merge_small(const uint8_t* p, size_t len, std::vector<uint32_t>& out) const {
   uint32_t tok[kSmallPiece], rank[kSmallPiece], merged[kSmallPiece];
-  size_t m = len;
-  for (size_t i = 0; i < m; ++i) tok[i] = byte_token_[p[i]];
+  size_t m = 0;
+  for (size_t i = 0; i < len; ++i)
+    if (byte_token_[p[i]] != BytesMap::kNone) tok[m++] = byte_token_[p[i]];
   for (size_t i = 0; i + 1 < m; ++i) {
     const PairMap::Value v = pairs_.find(tok[i], tok[i + 1]);
     rank[i] = v.rank;
@@ -210,13 +256,15 @@ void Encoder::merge_large(const uint8_t* p, size_t len, std::vector<uint32_t>& o
   constexpr uint32_t kEnd = 0xFFFFFFFFu;
   thread_local std::vector<uint32_t> tok, next, prev;
   thread_local std::vector<Entry> heap;
-  const uint32_t n = static_cast<uint32_t>(len);
-  tok.resize(n);
+  tok.resize(len);
+  uint32_t n = 0;
+  for (size_t i = 0; i < len; ++i)
+    if (byte_token_[p[i]] != BytesMap::kNone) tok[n++] = byte_token_[p[i]];
+  if (n == 0) return;
   next.resize(n);
   prev.resize(n);
   heap.clear();
   for (uint32_t i = 0; i < n; ++i) {
-    tok[i] = byte_token_[p[i]];
     next[i] = i + 1 < n ? i + 1 : kEnd;
     prev[i] = i > 0 ? i - 1 : kEnd;
   }
@@ -251,14 +299,21 @@ void Encoder::merge_large(const uint8_t* p, size_t len, std::vector<uint32_t>& o
 }
 
 void Encoder::encode_ordinary(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const {
-  for_each_piece(split_, s, n, [&](size_t b, size_t e) { encode_piece(s + b, e - b, out); });
+  PieceCache* cache = thread_cache();
+  for_each_piece(split_, s, n, [&](size_t b, size_t e) { encode_piece(s + b, e - b, out, cache); });
 }
 
 long Encoder::find_special(const uint8_t* s, size_t n, size_t from, const std::vector<char>& which,
                            size_t* pos) const {
   if (specials_.empty()) return -1;
   for (size_t i = from; i < n; ++i) {
-    if (!special_first_[s[i]]) continue;
+    if (special_single_first_ >= 0) {
+      const void* hit = std::memchr(s + i, special_single_first_, n - i);
+      if (!hit) return -1;
+      i = static_cast<size_t>(static_cast<const uint8_t*>(hit) - s);
+    } else if (!special_first_[s[i]]) {
+      continue;
+    }
     for (uint32_t k : special_by_len_) {
       if (!which[k]) continue;
       const std::string& t = specials_[k].bytes;

@@ -10,6 +10,9 @@
 // would give (always in ranks mode, as tiktoken does; checked per token at construction in merges
 // mode unless ignore_merges says so, as HF's option of that name).
 //
+// Pieces that needed merging are remembered in a small per-thread cache (words repeat: text is
+// Zipfian), keyed by the encoder's serial number so encoders never see each other's entries.
+//
 // Merging is O(n^2) with tiny constants for short pieces (the usual case) and O(n log n) (binary
 // heap over a linked list) past kSmallPiece bytes, so a 1 MB piece without spaces stays fast.
 // An Encoder is immutable after construction: share one between threads freely.
@@ -39,7 +42,8 @@ class Encoder {
                                                    const std::vector<uint32_t>& ranks, Split split,
                                                    std::vector<SpecialToken> specials);
   // HF rule. tokens[id] are the token bytes (ids absent from the vocabulary: has[id] == false);
-  // merges[r] = (left id, right id) of rank r; their concatenation must be a token.
+  // merges[r] = (left id, right id) of rank r; their concatenation must be a token. A byte with
+  // no single-byte token is dropped from the input, as HF does when there is no unk token.
   static std::shared_ptr<const Encoder> from_merges(const std::vector<std::string>& tokens,
                                                     const std::vector<bool>& has,
                                                     const std::vector<std::pair<uint32_t, uint32_t>>& merges,
@@ -50,7 +54,7 @@ class Encoder {
   void encode_ordinary(const uint8_t* s, size_t n, std::vector<uint32_t>& out) const;
   // BPE of one piece, without pre-tokenization (whole-token fast path, then merging).
   void encode_single_piece(const uint8_t* p, size_t n, std::vector<uint32_t>& out) const {
-    if (n) encode_piece(p, n, out);
+    if (n) encode_piece(p, n, out, nullptr);
   }
   // Same as encode_ordinary, but the specials whose index (order given at construction) has allowed[i] != 0 are
   // encoded as their id wherever their text occurs (leftmost first; longest at one position).
@@ -77,10 +81,13 @@ class Encoder {
   // Stores token bytes by id (ordinary and special) and the single-byte table.
   void init_tokens(const std::vector<std::string>& tokens, const std::vector<uint32_t>& ids,
                    std::vector<SpecialToken> specials, Split split);
-  void encode_piece(const uint8_t* p, size_t len, std::vector<uint32_t>& out) const;
+  struct PieceCache;
+  PieceCache* thread_cache() const;
+  void encode_piece(const uint8_t* p, size_t len, std::vector<uint32_t>& out, PieceCache* cache) const;
   void merge_small(const uint8_t* p, size_t len, std::vector<uint32_t>& out) const;
   void merge_large(const uint8_t* p, size_t len, std::vector<uint32_t>& out) const;
 
+  uint64_t serial_ = 0;         // unique per Encoder ever built: keys the per-thread piece cache
   Split split_ = Split::kCl100k;
   std::vector<uint8_t> blob_;   // token bytes, by id
   std::vector<uint32_t> off_;   // id -> [off_[id], off_[id+1]) in blob_
@@ -91,6 +98,7 @@ class Encoder {
   std::vector<SpecialToken> specials_;
   std::vector<uint32_t> special_by_len_;  // special indices, longest first
   bool special_first_[256] = {};
+  int special_single_first_ = -1;  // the first byte when all specials share it (memchr path)
 };
 
 // The mergeable ranks of a .tiktoken file ("base64 rank" per line).

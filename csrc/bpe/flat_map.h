@@ -68,22 +68,20 @@ class BytesMap {
   }
 
   uint32_t find(const uint8_t* key, size_t len) const {
-    if (slots_.empty()) return kNone;
     const uint64_t head = load_head(key, len);
-    for (size_t i = hash(key, len, head) & mask_;; i = (i + 1) & mask_) {
+    return find_hashed(key, len, head, hash(key, len, head));
+  }
+
+  // find() with head = load_head(key, len) and h = hash(key, len, head) computed by the caller.
+  uint32_t find_hashed(const uint8_t* key, size_t len, uint64_t head, uint64_t h) const {
+    if (slots_.empty()) return kNone;
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
       const Slot& s = slots_[i];
       if (s.id == kNone) return kNone;
       if (s.len == len && s.head == head && (len <= 8 || std::memcmp(keys_[s.id] + 8, key + 8, len - 8) == 0))
         return s.id;
     }
   }
-
- private:
-  struct Slot {
-    uint64_t head;
-    uint32_t id;
-    uint32_t len;
-  };
 
   static uint64_t hash(const uint8_t* key, size_t len, uint64_t head) {
     uint64_t h = head ^ (len * 0x9E3779B97F4A7C15ull);
@@ -92,6 +90,13 @@ class BytesMap {
     }
     return mix64(h);
   }
+
+ private:
+  struct Slot {
+    uint64_t head;
+    uint32_t id;
+    uint32_t len;
+  };
 
   std::vector<Slot> slots_;
   std::vector<const uint8_t*> keys_;  // by id, for the bytes past the first 8
