@@ -123,13 +123,15 @@ _GGUF_CONTROL = 3
 _GGUF_USER_DEFINED = 4
 
 
-def load_gguf(path: str | os.PathLike) -> Encoding:
+def load_gguf(path) -> Encoding:
     """Encoding from the tokenizer of a GGUF model file (tokenizer.ggml.model == "gpt2":
     byte-level BPE with tokens, merges and token types). Control and user-defined tokens become
-    special tokens; `eot_token` is the GGUF eos id. Ids equal HF tokenizers' for the same model."""
+    special tokens; `eot_token` is the GGUF eos id. Ids equal HF tokenizers' for the same model.
+    `path` may also be an open `gguf.GGUFReader` (opening one takes seconds)."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
+    reader = path if isinstance(path, GGUFReader) else GGUFReader(str(path))
+    name = Path(str(getattr(reader.data, "filename", None) or path)).stem
 
     def field(key, default=None):
         f = reader.fields.get(key)
@@ -148,7 +150,7 @@ def load_gguf(path: str | os.PathLike) -> Encoding:
     merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges", [])]
     special = {i: t for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (_GGUF_CONTROL, _GGUF_USER_DEFINED)}
     eos = field("tokenizer.ggml.eos_token_id")
-    enc = from_merges(Path(path).stem, tokens, merges, _GGUF_PRE[pre], special,
+    enc = from_merges(name, tokens, merges, _GGUF_PRE[pre], special,
                       eot_token=int(eos) if eos is not None else None)
     enc.bos_token_id = field("tokenizer.ggml.bos_token_id")
     enc.eos_token_id = eos
