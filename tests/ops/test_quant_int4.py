@@ -22,10 +22,11 @@ def test_against_reference(shape, group_size, symmetric, bits, dtype, seed):
     step = got.scales.double().repeat_interleave(shape[1] // groups, dim=1)
     err = (deq - w.double()).abs()
     inside = (got.values > 0) & (got.values < 2**bits - 1)
-    # Half a step wherever the value was not clamped; the rounded zero point can push a range
+    # Half a step wherever the value was not clamped (plus float32 noise in w / scale, up to
+    # ~2**bits ulps of a step); the rounded zero point can push a range
     # end by up to half a step more, so at most one step at the clamped ends.
-    assert bool((err[inside] <= step[inside] * (0.5 + 1e-5)).all())
-    assert bool((err <= step * (1 + 1e-5)).all())
+    assert bool((err[inside] <= step[inside] * (0.5 + 1e-4)).all())
+    assert bool((err <= step * (1 + 1e-4)).all())
 
 
 def test_noncontiguous_input(seed):

@@ -33,8 +33,8 @@ def _check_against_reference(got, ref, x):
     # Half a step where not clamped; an asymmetric rounded zero point can cost half a step more at
     # the clamped range ends.
     inside = (got.values > -127) & (got.values < 127)
-    assert bool((err[inside] <= step[inside] * (0.5 + 1e-5)).all())
-    assert bool((err <= step * (1 + 1e-5)).all())
+    assert bool((err[inside] <= step[inside] * (0.5 + 1e-4)).all())
+    assert bool((err <= step * (1 + 1e-4)).all())
 
 
 @pytest.mark.parametrize("backend", cpu_backends("quantize_int8"))
