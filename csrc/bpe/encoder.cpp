@@ -158,7 +158,8 @@ std::shared_ptr<const Encoder> Encoder::from_merges(const std::vector<std::strin
     const uint32_t id = all.find(bytes_of(joined), joined.size());
     if (id == BytesMap::kNone)
       throw std::invalid_argument("merge " + std::to_string(r) + ": the merged token is not in the vocabulary");
-    e->pairs_.insert(a, b, PairMap::Value{r, id});
+    // A pair listed twice takes its last rank, as HF's merges map does.
+    e->pairs_.insert(a, b, PairMap::Value{r, id}, /*overwrite=*/true);
   }
   // Whole-piece fast path: only for tokens that merging reproduces (or all, with ignore_merges).
   e->whole_.reserve(ids.size());

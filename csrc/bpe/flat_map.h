@@ -119,8 +119,8 @@ class PairMap {
 
   static uint64_t key(uint32_t a, uint32_t b) { return (static_cast<uint64_t>(a) << 32) | b; }
 
-  // Keeps the lower rank when the pair is already present.
-  void insert(uint32_t a, uint32_t b, Value v) {
+  // A pair already present keeps the lower rank, or takes v when overwrite is set.
+  void insert(uint32_t a, uint32_t b, Value v, bool overwrite = false) {
     const uint64_t k = key(a, b);
     for (size_t i = mix64(k) & mask_;; i = (i + 1) & mask_) {
       Slot& s = slots_[i];
@@ -130,7 +130,7 @@ class PairMap {
         return;
       }
       if (s.key == k) {
-        if (v.rank < s.value.rank) s.value = v;
+        if (overwrite || v.rank < s.value.rank) s.value = v;
         return;
       }
     }

@@ -29,10 +29,11 @@ def test_adversarial_text(pair, seed):
 @pytest.mark.slow
 @pytest.mark.parametrize("context", ["{}'ve", "a{}'Ve", "A{}b\r\n", "1{}\u0301"])
 def test_every_code_point(pair, context):
-    """Each code point (surrogates aside) in contexts where its class decides the split: e.g.
-    "X've" splits X|'ve when X is a letter, number or space, X'|ve when it is 'other'."""
+    """Each code point in contexts where its class decides the split: e.g. "X've" splits X|'ve
+    when X is a letter, number or space, X'|ve when it is 'other'. All of planes 0-3 and 14 (every
+    assigned code point), every 61st of the unassigned planes 4-13 and private-use planes 15-16."""
     ours, ref = pair
-    cps = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    cps = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF and (c < 0x40000 or c >> 16 == 14 or c % 61 == 0)]
     for lo in range(0, len(cps), 1 << 16):
         text = "|".join(context.format(chr(c)) for c in cps[lo:lo + (1 << 16)])
         if ours.encode_ordinary(text) != ref.encode_ordinary(text):
