@@ -10,8 +10,8 @@
 
 namespace pyllmops::bpe {
 
-// Pre-tokenizes `texts` with `split`, then merges until `n_tokens` mergeable tokens exist (or no
-// pair occurs twice... or at all). Each step merges the pair with the highest count over the
+// Pre-tokenizes `texts` with `split`, then merges until `n_tokens` mergeable tokens exist or no
+// adjacent pair is left inside any piece. Each step merges the pair with the highest count over the
 // corpus; ties go to the smaller (left rank, right rank). Pair counts are updated incrementally:
 // a merge touches only the distinct pieces that contain its pair (an index from pair to pieces),
 // and the best pair comes from a max-heap whose stale entries are refreshed when popped.
