@@ -26,5 +26,5 @@ done
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 start=$(date +%s)
-"$BUILD/fuzz_bpe" -runs="$RUNS" -max_len=4096 -timeout=10 -print_final_stats=1 "$CORPUS" 2>&1 | tail -25
+"$BUILD/fuzz_bpe" -runs="$RUNS" -max_len="${FUZZ_MAX_LEN:-1024}" -timeout=10 -print_final_stats=1 "$CORPUS" 2>&1 | tail -25
 echo "fuzz_bpe.sh: $RUNS runs in $(( $(date +%s) - start )) s, no sanitizer report"
