@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the BPE fuzz target (libFuzzer + ASan + UBSan, clang) and run it for a bounded number of
-# inputs:  scripts/fuzz_bpe.sh [RUNS]   (default 1000000)
+# inputs:  scripts/fuzz_bpe.sh [RUNS]   (default 1000000; inputs up to $FUZZ_MAX_LEN bytes, default 1024)
 # Needs clang with the libFuzzer runtime: on Debian `apt-get install -y clang` (clang-14 +
 # libclang-rt-14-dev). Exits non-zero on any sanitizer report or violated property.
 set -euo pipefail
