@@ -1,1 +1,4 @@
-"""pyllmops.nn"""
+"""pyllmops.nn: thin drop-in modules that hold quantized parameters and call the ops."""
+from pyllmops.nn.weight_only import WeightOnlyLinear
+
+__all__ = ["WeightOnlyLinear"]
