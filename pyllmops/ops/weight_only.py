@@ -140,7 +140,7 @@ def _cuda_w4(x, qweight, scales, zeros, group_size, g_idx):
 
     m, k = x.shape
     n = qweight.shape[0]
-    xc, qw = x.contiguous(), qweight.contiguous()
+    xc, qw = _aligned16(x), _aligned16(qweight)
     sc, zc = scales.to(x.dtype).contiguous(), zeros.contiguous()
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     _ext.cuda().w4a16_gemm(xc.data_ptr(), _CUDA_DTYPES[x.dtype], m, k, qw.data_ptr(), sc.data_ptr(), zc.data_ptr(),
@@ -150,6 +150,12 @@ def _cuda_w4(x, qweight, scales, zeros, group_size, g_idx):
 
 
 _CUDA_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _aligned16(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous and 16-byte aligned (the CUDA kernels use 128-bit loads); copies a view that is not."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 # ----------------------------------------------------------------------------- w8a16 backends
@@ -199,7 +205,7 @@ def _cuda_w8(x, qweight, scales):
 
     m, k = x.shape
     n = qweight.shape[0]
-    xc, qw, sc = x.contiguous(), qweight.contiguous(), scales.to(x.dtype).contiguous()
+    xc, qw, sc = _aligned16(x), _aligned16(qweight), scales.to(x.dtype).contiguous()
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     _ext.cuda().w8a16_gemm(xc.data_ptr(), _CUDA_DTYPES[x.dtype], m, k, qw.data_ptr(), sc.data_ptr(), n,
                            out.data_ptr(), torch.cuda.current_stream(x.device).cuda_stream)
