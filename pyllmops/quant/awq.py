@@ -48,6 +48,14 @@ def awq_search_scale(x: torch.Tensor, weights: list[torch.Tensor], group_size: i
     return best
 
 
+def _padded_groups(t: torch.Tensor, gs: int) -> torch.Tensor:
+    """[R, K] -> [R, G, gs], the ragged last group padded with zeros. Zeros change neither a
+    group's asymmetric range [min(w, 0), max(w, 0)] nor its absmax, nor any dot product."""
+    r, k = t.shape
+    g = -(-k // gs)
+    return torch.nn.functional.pad(t, (0, g * gs - k)).reshape(r, g, gs)
+
+
 def awq_clip(w: torch.Tensor, x: torch.Tensor, group_size: int = 128, bits: int = 4, symmetric: bool = False,
              n_grid: int = CLIP_GRID, max_tokens: int = 512) -> torch.Tensor:
     """w [N, K] with each (row, group) clamped to the range ratio that minimises its output error."""
@@ -55,18 +63,21 @@ def awq_clip(w: torch.Tensor, x: torch.Tensor, group_size: int = 128, bits: int 
     gs = k if group_size == -1 else group_size
     x = x.reshape(-1, k).float()
     x = x[torch.linspace(0, x.shape[0] - 1, min(max_tokens, x.shape[0])).long()]
-    w = w.float()
-    out = w.clone()
-    for g0 in range(0, k, gs):
-        wg, xg = w[:, g0:g0 + gs], x[:, g0:g0 + gs]
-        ref = xg @ wg.t()  # [T, N]: this group's share of each output
-        lo, hi = wg.amin(1, keepdim=True), wg.amax(1, keepdim=True)
-        best_err = torch.full((n,), float("inf"))
-        for r in torch.linspace(1.0, CLIP_MIN, n_grid).tolist():
-            wc = torch.maximum(torch.minimum(wg, hi * r if not symmetric else wg.abs().amax(1, keepdim=True) * r),
-                               lo * r if not symmetric else -wg.abs().amax(1, keepdim=True) * r)
-            err = (xg @ _fake_quant(wc, -1, bits, symmetric).t() - ref).pow(2).sum(0)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            out[better, g0:g0 + gs] = wc[better]
-    return out
+    wg = _padded_groups(w.float(), gs)                     # [N, G, gs]
+    xg = _padded_groups(x, gs)                             # [T, G, gs]
+    ref = torch.einsum("tgj,ngj->tng", xg, wg)            # each group's share of each output
+    if symmetric:
+        hi = wg.abs().amax(-1, keepdim=True)
+        lo = -hi
+    else:
+        lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+    best_err = torch.full(wg.shape[:2], float("inf"))
+    best = wg.clone()
+    for r in torch.linspace(1.0, CLIP_MIN, n_grid).tolist():
+        wc = torch.maximum(torch.minimum(wg, hi * r), lo * r)
+        deq = rtn_int4(wc.reshape(-1, gs), -1, bits, symmetric).dequantize(torch.float32).reshape(wg.shape)
+        err = (torch.einsum("tgj,ngj->tng", xg, deq) - ref).pow(2).sum(0)  # [N, G]
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better[..., None], wc, best)
+    return best.reshape(n, -1)[:, :k]

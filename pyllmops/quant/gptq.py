@@ -49,9 +49,9 @@ def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int = 128, bit
     n, k = w.shape
     if tuple(hessian.shape) != (k, k):
         raise ValueError(f"hessian must have shape [K, K] = [{k}, {k}], got {tuple(hessian.shape)}")
-    gs = k if group_size == -1 else group_size
-    if gs <= 0:
+    if group_size != -1 and group_size <= 0:
         raise ValueError(f"group_size must be -1 or positive, got {group_size}")
+    gs = k if group_size == -1 else min(group_size, k)  # a group wider than K is one group
     W = w.detach().double().clone()
     H = hessian.double().clone()
     dead = H.diagonal() == 0

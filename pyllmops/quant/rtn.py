@@ -32,9 +32,9 @@ def quantize_with(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits
 def rtn_int4(w: torch.Tensor, group_size: int = 128, bits: int = 4, symmetric: bool = False) -> Int4Weight:
     """Group-wise RTN of a linear weight w [N, K] into the int4 layout (ragged last group allowed)."""
     n, k = w.shape
-    gs = k if group_size == -1 else group_size
-    if gs <= 0:
+    if group_size != -1 and group_size <= 0:
         raise ValueError(f"group_size must be -1 or positive, got {group_size}")
+    gs = k if group_size == -1 else min(group_size, k)  # a group wider than K is one group
     full = (k // gs) * gs
     parts = []
     if full:
