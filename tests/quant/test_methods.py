@@ -66,8 +66,13 @@ def test_generic_module_and_declared_spec(seed):
     model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 32))
     with torch.no_grad():
         model[0].weight[:, :2] *= 10
-    calib = [torch.randn(128, 64) * torch.linspace(0.1, 5, 64) for _ in range(4)]
-    x = torch.randn(32, 64) * torch.linspace(0.1, 5, 64)
+    mix = torch.randn(16, 64) * torch.linspace(0.1, 5, 64)  # correlated inputs with uneven channel sizes
+
+    def inputs(t):
+        return torch.randn(t, 16) @ mix + 0.1 * torch.randn(t, 64)
+
+    calib = [inputs(128) for _ in range(4)]
+    x = inputs(64)
     ref = model(x).detach()
     errs = {}
     for method in ("w4a16-rtn", "w4a16-gptq", "w4a16-awq"):
