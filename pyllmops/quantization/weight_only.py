@@ -3,7 +3,7 @@
     "w4a16-rtn"   round-to-nearest int4 (group_size=128, bits=4 or 3, symmetric=False); no calib
     "w8a16"       int8 per output channel, symmetric; no calib
     "w4a16-gptq"  GPTQ (quant/gptq.py): act_order=False, block_size=128, damp=0.01
-    "w4a16-awq"   AWQ (quant/awq.py): clip=True, awq_tokens=4096
+    "w4a16-awq"   AWQ (quant/awq.py): clip=True, awq_tokens=2048 (rows kept for the searches)
 
 Common options: group_size (default 128, -1 per-channel; a ragged last group is fine), bits
 (4 or 3; stored in the int4 container), skip (linear names to leave in float, default the LM head:
@@ -213,7 +213,7 @@ class _HessianSink(Hessian):
 
 @register_method("w4a16-awq", needs_calib=True)
 def quantize_awq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 4, symmetric: bool = False,
-                 clip: bool = True, awq_tokens: int = 4096, skip: Iterable[str] = ("lm_head",),
+                 clip: bool = True, awq_tokens: int = 2048, skip: Iterable[str] = ("lm_head",),
                  progress: bool = True, block_spec: Optional[BlockSpec] = None) -> nn.Module:
     _check_bits(bits)
 

@@ -159,12 +159,13 @@ def test_forced_cpp_rejects_unservable_group():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gpu_against_reference(backend, m, group_size, dtype, seed):
     qweight, scales, zeros, _ = (t.cuda() if t is not None else None for t in _int4(256, 576, group_size))
+    scales = scales.to(dtype)
+    q8 = torch.randint(-128, 128, (256, 576), dtype=torch.int8, device="cuda")
     x = torch.randn(m, 576, device="cuda").to(dtype)
     with pyllmops.use_backend(backend):
-        got = pyllmops.w4a16_matmul(x, qweight, scales.to(dtype), zeros, group_size)
-        got8 = pyllmops.w8a16_matmul(x, qweight.view(torch.int8)[:, :288].repeat(1, 2).contiguous(), scales[:, 0].to(dtype))
-    ref = _reference_w4(x.double(), qweight, scales.to(dtype), zeros, group_size, None)
-    torch.testing.assert_close(got.double(), ref, rtol=1e-2, atol=1e-2 * float(ref.abs().max()))
-    q8 = qweight.view(torch.int8)[:, :288].repeat(1, 2).contiguous()
-    ref8 = _reference_w8(x.double(), q8, scales[:, 0].to(dtype))
-    torch.testing.assert_close(got8.double(), ref8, rtol=1e-2, atol=1e-2 * float(ref8.abs().max()))
+        got = pyllmops.w4a16_matmul(x, qweight, scales, zeros, group_size)
+        got8 = pyllmops.w8a16_matmul(x, q8, scales[:, 0])
+    for out, ref in ((got, _reference_w4(x.double(), qweight, scales, zeros, group_size, None)),
+                     (got8, _reference_w8(x.double(), q8, scales[:, 0]))):
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2 * float(ref.abs().max()))
