@@ -12,6 +12,8 @@ from pyllmops.ops import (
     sample,
     top_k_top_p_filter,
     use_backend,
+    w4a16_matmul,
+    w8a16_matmul,
 )
 
 from pyllmops.quantization import quantize
@@ -38,4 +40,5 @@ def build_info() -> dict:
 __all__ = [
     "available_backends", "build_info", "dequantize_int4_grouped", "dequantize_int8", "ops",
     "quantize", "quantize_int4_grouped", "quantize_int8", "sample", "top_k_top_p_filter", "use_backend",
+    "w4a16_matmul", "w8a16_matmul",
 ]

@@ -8,6 +8,7 @@ namespace py = pybind11;
 
 void bind_cuda_quant(py::module_& m);
 void bind_cuda_sampling(py::module_& m);
+void bind_cuda_weight_only(py::module_& m);
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "pyllmops CUDA kernels (torch-free)";
@@ -18,4 +19,5 @@ PYBIND11_MODULE(_cuda, m) {
   });
   bind_cuda_quant(m);
   bind_cuda_sampling(m);
+  bind_cuda_weight_only(m);
 }

@@ -1,4 +1,5 @@
-"""pyllmops.nn: thin modules that hold parameters and call the ops."""
+"""pyllmops.nn: thin drop-in modules that hold (quantized) parameters and call the ops."""
 from pyllmops.nn.sampler import Sampler
+from pyllmops.nn.weight_only import WeightOnlyLinear
 
-__all__ = ["Sampler"]
+__all__ = ["Sampler", "WeightOnlyLinear"]
