@@ -8,8 +8,10 @@ from pyllmops.ops import (
     dequantize_int4_grouped,
     dequantize_int8,
     quantize_int4_grouped,
+    pack_w8a8_weight,
     quantize_int8,
     use_backend,
+    w8a8_matmul,
 )
 
 from pyllmops.quantization import quantize
@@ -35,5 +37,6 @@ def build_info() -> dict:
 
 __all__ = [
     "available_backends", "build_info", "dequantize_int4_grouped", "dequantize_int8", "ops",
-    "quantize", "quantize_int4_grouped", "quantize_int8", "use_backend",
+    "pack_w8a8_weight", "quantize", "quantize_int4_grouped", "quantize_int8", "use_backend",
+    "w8a8_matmul",
 ]
