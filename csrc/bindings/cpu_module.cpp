@@ -7,8 +7,10 @@
 namespace py = pybind11;
 
 void bind_info(py::module_& m);
+void bind_w8a8(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyllmops C++ core (torch-free)";
   bind_info(m);
+  bind_w8a8(m);
 }

@@ -3,6 +3,7 @@ and its backends on import."""
 from pyllmops.ops._dispatch import available_backends, registered_ops, select, use_backend
 from pyllmops.ops.quant_int4 import Int4Quantized, dequantize_int4_grouped, quantize_int4_grouped
 from pyllmops.ops.quant_int8 import Int8Quantized, dequantize_int8, quantize_int8
+from pyllmops.ops import quant_int8_cpp  # noqa: F401  (registers quantize_int8's cpp backend)
 from pyllmops.ops.w8a8 import pack_w8a8_weight, w8a8_matmul
 
 __all__ = [
