@@ -7,6 +7,7 @@
 namespace py = pybind11;
 
 void bind_cuda_quant(py::module_& m);
+void bind_cuda_w8a8(py::module_& m);
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "pyllmops CUDA kernels (torch-free)";
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_cuda, m) {
     return v;
   });
   bind_cuda_quant(m);
+  bind_cuda_w8a8(m);
 }

@@ -18,7 +18,8 @@ b, the weight, may come in two layouts:
     K-major strided tensor.
 
 Backends: reference (exact int64 product, float64 epilogue), torch (CPU: oneDNN int8 linear for
-packed b, torch._int_mm + epilogue otherwise; torch._int_mm on this CPU build accepts any M, K, N),
+packed b, torch._int_mm + epilogue otherwise; torch._int_mm on the CPU accepts any M, K, N, on CUDA
+only M > 16 with K, N multiples of 8),
 triton (kernels/w8a8.py, any shape), cuda (csrc/cuda/w8a8.cu: K-major b, K % 16 == 0).
 """
 from __future__ import annotations
@@ -83,7 +84,12 @@ def _onednn_packed(a, b, scale_a, scale_b, bias, out_dtype):
     return out.to(out_dtype)
 
 
-@_dispatch.register("w8a8_matmul", "torch")
+def _torch_supports(a, b, *rest):
+    # torch._int_mm's rules on CUDA: M > 16, K and N multiples of 8. The CPU build takes any shape.
+    return a.device.type == "cpu" or (a.shape[0] > 16 and a.shape[1] % 8 == 0 and b.shape[1] % 8 == 0)
+
+
+@_dispatch.register("w8a8_matmul", "torch", supports=_torch_supports)
 def _torch_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
     if _is_packed(b):
         return _onednn_packed(a, b, scale_a, scale_b, bias, out_dtype)

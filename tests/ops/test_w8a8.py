@@ -139,3 +139,32 @@ def _bad(**over):
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton", "torch"])
+@pytest.mark.parametrize("shape", [(1, 64, 40), (16, 128, 72), (17, 4096, 136), (300, 160, 4104)])
+@pytest.mark.parametrize("scales", SCALES)
+def test_gpu_backends(backend, shape, scales, seed):
+    from pyllmops.ops import available_backends
+
+    if backend not in available_backends("w8a8_matmul", "cuda"):
+        pytest.skip(f"{backend} not built/available")
+    m, k, n = shape
+    a, w = _ints(m, k).cuda(), _ints(n, k).cuda()
+    sa, sb = (s.cuda() for s in _scales(m, n, *scales))
+    bias = torch.randn(n, device="cuda")
+    ref = reference_w8a8_matmul(a.cpu(), w.t().cpu(), sa.cpu(), sb.cpu(), bias.cpu(), torch.float64)
+    bound = 1e-5 * ((a.cpu().long() @ w.cpu().long().t()).double().abs() * sa.cpu().double() * sb.cpu().double()
+                    + bias.cpu().double().abs())
+    if backend == "torch" and m <= 16:
+        pytest.skip("torch._int_mm on CUDA needs M > 16")
+    with pyllmops.use_backend(backend):
+        got = pyllmops.w8a8_matmul(a, w.t(), sa, sb, bias)
+        got16 = pyllmops.w8a8_matmul(a, w.t(), sa, sb, bias, out_dtype=torch.bfloat16)
+    assert bool(((got.cpu().double() - ref).abs() <= bound).all())
+    assert bool(((got16.cpu().double() - ref).abs() <= torch.finfo(torch.bfloat16).eps * ref.abs() + 1e-4).all())
+    one = torch.ones(1, device="cuda")
+    if k <= 1000:  # exact int32 product (|sum| < 2^24 is exact in float32)
+        with pyllmops.use_backend(backend):
+            assert torch.equal(pyllmops.w8a8_matmul(a, w.t(), one, one).cpu(), (a.cpu().long() @ w.cpu().long().t()).float())
