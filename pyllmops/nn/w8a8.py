@@ -82,5 +82,12 @@ class W8A8Linear(nn.Module):
         out = w8a8_matmul(q.values, self._weight_operand(), q.scale, self.weight_scale, self.bias, out_dtype=x.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
 
+    def __getstate__(self):
+        # The packed weight is an opaque oneDNN tensor that cannot be copied or pickled; copies
+        # rebuild it on first use.
+        state = dict(self.__dict__)
+        state["_packed"] = None
+        return state
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, act={self.act}"

@@ -132,3 +132,17 @@ def test_bad_input():
         W8A8Linear.from_linear(nn.Linear(8, 4), "static", float("inf"))
     with pytest.raises(ValueError, match="method must be one of"):
         prepare_for_load(Tiny(), "w8a8-dynamic")
+
+
+def test_copy_and_pickle_after_use(seed):
+    import copy
+    import io
+
+    mod = W8A8Linear.from_linear(nn.Linear(16, 8))
+    x = torch.randn(2, 16)
+    y = mod(x)  # builds the packed (uncopyable) weight cache on CPU
+    assert torch.equal(copy.deepcopy(mod)(x), y)
+    buf = io.BytesIO()
+    torch.save(mod, buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf, weights_only=False)(x), y)
