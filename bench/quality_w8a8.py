@@ -27,13 +27,15 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=None, help="default window (disjoint windows); window // 2 scores every token with more context, at twice the cost")
     p.add_argument("--methods", default="fp,w8a8,w8a8-sq,w8a8-static,w8a8-static-sq")
     p.add_argument("--alphas", default="0.5", help="smooth_alpha values for the -sq methods")
+    p.add_argument("--fp-ppl", type=float, default=None, help="the float model's perplexity from an earlier run "
+                   "(same text, window, stride), to report deltas without the 'fp' method")
     args = p.parse_args()
 
     float_model, tok = load_smollm2()
     ids = tok.encode(open(args.text, encoding="utf-8").read())
     calib = calibration_batches(tok)
     print(f"eval: {args.text} ({len(ids)} tokens, window {args.window}); calib: {len(calib)} x {calib[0].shape[1]} tokens")
-    base = None
+    base = args.fp_ppl
     for method in args.methods.split(","):
         alphas = [float(a) for a in args.alphas.split(",")] if method.endswith("-sq") else [None]
         for alpha in alphas:

@@ -60,7 +60,8 @@ def test_smoothing_preserves_declared_architecture(seed):
 
 
 def test_smoothing_preserves_llama_with_gqa(seed):
-    llama = pytest.importorskip("pyllmops.models.llama")
+    from pyllmops.models import llama
+
     cfg = llama.LlamaConfig(vocab_size=97, dim=48, n_layers=2, n_heads=6, n_kv_heads=2, ffn_dim=80,
                             max_seq_len=32, tie_embeddings=False)
     model = _randomize(llama.Llama(cfg).double())
@@ -136,3 +137,19 @@ def test_quantize_sq_needs_calib_and_custom_groups(seed):
         assert type(model.fc1).__name__ == "W8A8Linear"
         for b, r in zip(batches, ref):
             assert float((model(b) - r).norm() / r.norm()) < 0.05
+
+
+@pytest.mark.parametrize("method", ["w8a8", "w8a8-sq", "w8a8-static", "w8a8-static-sq"])
+def test_quantize_llama_every_method(method, seed):
+    from pyllmops.models import llama
+
+    cfg = llama.LlamaConfig(vocab_size=97, dim=48, n_layers=2, n_heads=6, n_kv_heads=2, ffn_dim=80, max_seq_len=32)
+    model = llama.Llama(cfg)
+    ids = [torch.randint(0, 97, (2, 11)) for _ in range(2)]
+    with torch.no_grad():
+        ref = model(ids[0])
+        pyllmops.quantize(model, method, calib=ids, smooth_alpha=0.6, progress=False)
+        kinds = {type(m).__name__ for n, m in model.named_modules() if n.endswith("_proj")}
+        assert kinds == {"W8A8Linear"} and type(model.lm_head) is nn.Linear
+        out = model(ids[0])
+    assert float((out - ref).norm() / ref.norm()) < 0.05
