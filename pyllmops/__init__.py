@@ -7,9 +7,11 @@ from pyllmops.ops import (
     available_backends,
     dequantize_int4_grouped,
     dequantize_int8,
-    quantize_int4_grouped,
     pack_w8a8_weight,
+    quantize_int4_grouped,
     quantize_int8,
+    sample,
+    top_k_top_p_filter,
     use_backend,
     w8a8_matmul,
 )
@@ -37,6 +39,6 @@ def build_info() -> dict:
 
 __all__ = [
     "available_backends", "build_info", "dequantize_int4_grouped", "dequantize_int8", "ops",
-    "pack_w8a8_weight", "quantize", "quantize_int4_grouped", "quantize_int8", "use_backend",
-    "w8a8_matmul",
+    "pack_w8a8_weight", "quantize", "quantize_int4_grouped", "quantize_int8", "sample", "top_k_top_p_filter",
+    "use_backend", "w8a8_matmul",
 ]
