@@ -6,7 +6,8 @@
     "w8a8-static-sq"  per-tensor static + SmoothQuant; the static scales are calibrated AFTER
                       smoothing, on the activations the quantized layers will actually see
 
-Options: smooth_alpha (migration strength, default 0.5; CLI --alpha), layer_alpha
+Options: smooth_alpha (migration strength, default 0.5; `alpha` is accepted as its alias, which is
+what the CLI's --alpha passes), layer_alpha
 ({fnmatch pattern: alpha} per-layer overrides, e.g. {"*.down_proj": 0.8}), smooth_groups (which
 norm / linear feeds which linears: a list of quant.smoothquant.SmoothGroup or (producer,
 [linears]) pairs, or a function model -> that list; default llama_smooth_groups), skip (linear
@@ -85,8 +86,11 @@ def _method(name: str):
 
     @register_method(name, needs_calib=static or smooth)
     def method(model: nn.Module, *, calib: Iterable[Any] | None = None, smooth_alpha: float = 0.5,
-               layer_alpha: Mapping[str, float] | None = None, smooth_groups: GroupsSpec = None,
-               skip: Iterable[str] = ("lm_head",), progress: bool = True, **_ignored: Any) -> nn.Module:
+               alpha: float | None = None, layer_alpha: Mapping[str, float] | None = None,
+               smooth_groups: GroupsSpec = None, skip: Iterable[str] = ("lm_head",), progress: bool = True,
+               **_ignored: Any) -> nn.Module:
+        if alpha is not None:  # the CLI's --alpha
+            smooth_alpha = alpha
         return _quantize(model, calib, static, smooth, smooth_alpha=smooth_alpha, layer_alpha=layer_alpha,
                          smooth_groups=smooth_groups, skip=skip, progress=progress)
 

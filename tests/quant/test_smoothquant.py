@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -153,3 +155,16 @@ def test_quantize_llama_every_method(method, seed):
         assert kinds == {"W8A8Linear"} and type(model.lm_head) is nn.Linear
         out = model(ids[0])
     assert float((out - ref).norm() / ref.norm()) < 0.05
+
+
+def test_cli_alpha_alias(seed):
+    # `pyllmops eval/generate --alpha A` passes alpha=A: it must act as smooth_alpha.
+    base = _randomize(Block())
+    batches = [b.float() for b in _outlier_batches(24)]
+    models = [copy.deepcopy(base) for _ in range(3)]
+    with torch.no_grad():
+        pyllmops.quantize(models[0], "w8a8-sq", calib=batches, smooth_groups=GROUPS, alpha=0.8, progress=False)
+        pyllmops.quantize(models[1], "w8a8-sq", calib=batches, smooth_groups=GROUPS, smooth_alpha=0.8, progress=False)
+        pyllmops.quantize(models[2], "w8a8-sq", calib=batches, smooth_groups=GROUPS, progress=False)
+    assert torch.equal(models[0].ln_1.weight, models[1].ln_1.weight)
+    assert not torch.equal(models[0].ln_1.weight, models[2].ln_1.weight)
