@@ -1,0 +1,179 @@
+"""Functions run inside spawned tensor-parallel ranks (module level, so the spawn start method
+can import them). Each check builds the full single-process module and its TP version from the
+same seed on every rank, runs forward and backward through both on the same random input, and
+returns the largest absolute difference of every output and gradient, per quantity."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyllmops.parallel import (
+    ColumnParallelLinear, MergedColumnParallelLinear, ParallelLMHead, QKVParallelLinear, RowParallelLinear,
+    TPGroup, VocabParallelEmbedding,
+)
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    return float((a.detach().double() - b.detach().double()).abs().max())
+
+
+def _shard(t: torch.Tensor, dim: int, rank: int, world: int) -> torch.Tensor:
+    return t.chunk(world, dim)[rank]
+
+
+def _inputs(*shape):
+    x = torch.randn(*shape)
+    return x, x.clone().requires_grad_()
+
+
+def check_column(tp: TPGroup, gather: bool, bias: bool) -> dict:
+    r, w = tp.rank, tp.world
+    full = nn.Linear(32, 8 * w, bias=bias)
+    layer = ColumnParallelLinear.from_linear(full, r, w, gather_output=gather)
+    x, x_tp = _inputs(3, 5, 32)
+    x.requires_grad_()
+    y = full(x)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    y_tp = layer(x_tp)
+    g_tp = g if gather else _shard(g, -1, r, w)
+    (y_tp * g_tp).sum().backward()
+    out = {"y": _diff(y_tp, y if gather else _shard(y, -1, r, w)), "dx": _diff(x_tp.grad, x.grad),
+           "dW": _diff(layer.local.weight.grad, _shard(full.weight.grad, 0, r, w))}
+    if bias:
+        out["db"] = _diff(layer.local.bias.grad, _shard(full.bias.grad, 0, r, w))
+    return out
+
+
+def check_row(tp: TPGroup, input_is_parallel: bool, reduce_results: bool, skip_bias_add: bool) -> dict:
+    r, w = tp.rank, tp.world
+    full = nn.Linear(8 * w, 24, bias=True)
+    layer = RowParallelLinear.from_linear(full, r, w, input_is_parallel=input_is_parallel,
+                                          reduce_results=reduce_results, skip_bias_add=skip_bias_add)
+    x = torch.randn(4, 8 * w, requires_grad=True)
+    y = full(x)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    x_tp = (_shard(x.detach(), -1, r, w) if input_is_parallel else x.detach()).clone().requires_grad_()
+    y_tp = layer(x_tp)
+    if skip_bias_add:
+        y_tp, b = y_tp
+        y_tp = y_tp + b if reduce_results else y_tp + (b if r == 0 else 0)
+    if not reduce_results:  # partial sums: add them up here to compare with the full product
+        import torch.distributed as dist
+        summed = y_tp.detach().clone()
+        dist.all_reduce(summed)
+        out = {"y": _diff(summed, y)}
+        (y_tp * g).sum().backward()
+    else:
+        out = {"y": _diff(y_tp, y)}
+        (y_tp * g).sum().backward()
+    dx_ref = _shard(x.grad, -1, r, w) if input_is_parallel else x.grad
+    out.update(dx=_diff(x_tp.grad, dx_ref), dW=_diff(layer.local.weight.grad, _shard(full.weight.grad, 1, r, w)))
+    if layer.bias.grad is not None and (reduce_results or r == 0):
+        out["db"] = _diff(layer.bias.grad, full.bias.grad)
+    return out
+
+
+def check_mlp(tp: TPGroup) -> dict:
+    """Llama MLP: fused gate/up (column) -> silu(gate) * up -> down (row): one all-reduce."""
+    r, w = tp.rank, tp.world
+    gate, up, down = nn.Linear(16, 12 * w, bias=False), nn.Linear(16, 12 * w, bias=False), nn.Linear(12 * w, 16, bias=False)
+    gu = MergedColumnParallelLinear.from_linears([gate, up], r, w)
+    dn = RowParallelLinear.from_linear(down, r, w)
+    x, x_tp = _inputs(2, 3, 16)
+    x.requires_grad_()
+    y = down(F.silu(gate(x)) * up(x))
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    a, b = gu.split(gu(x_tp))
+    y_tp = dn(F.silu(a) * b)
+    (y_tp * g).sum().backward()
+    dgu = torch.cat([_shard(gate.weight.grad, 0, r, w), _shard(up.weight.grad, 0, r, w)])
+    return {"y": _diff(y_tp, y), "dx": _diff(x_tp.grad, x.grad), "dW_gate_up": _diff(gu.local.weight.grad, dgu),
+            "dW_down": _diff(dn.local.weight.grad, _shard(down.weight.grad, 1, r, w))}
+
+
+def check_merged_gather(tp: TPGroup) -> dict:
+    r, w = tp.rank, tp.world
+    a, b = nn.Linear(8, 4 * w), nn.Linear(8, 2 * w)
+    layer = MergedColumnParallelLinear.from_linears([a, b], r, w, gather_output=True)
+    x = torch.randn(5, 8)
+    return {"y": _diff(layer(x), torch.cat([a(x), b(x)], -1))}
+
+
+def check_qkv(tp: TPGroup, num_heads: int, num_kv_heads: int) -> dict:
+    r, w = tp.rank, tp.world
+    hd, hidden = 4, 24
+    q, k, v = (nn.Linear(hidden, n * hd, bias=True) for n in (num_heads, num_kv_heads, num_kv_heads))
+    layer = QKVParallelLinear.from_linears(q, k, v, num_heads, num_kv_heads, r, w)
+    x, x_tp = _inputs(3, hidden)
+    x.requires_grad_()
+    yq, yk, yv = q(x), k(x), v(x)
+    gq, gk, gv = torch.randn_like(yq), torch.randn_like(yk), torch.randn_like(yv)
+    ((yq * gq).sum() + (yk * gk).sum() + (yv * gv).sum()).backward()
+    lq, lk, lv = layer.split(layer(x_tp))
+    qh, kvh = layer.num_heads_local, layer.num_kv_heads_local
+    q0 = r * qh
+    kv0 = r * kvh if num_kv_heads >= w else r // (w // num_kv_heads)
+    hs = lambda t, h0, n: t[..., h0 * hd:(h0 + n) * hd]  # noqa: E731
+    # Replicated KV heads: the gradient flowing into a replica is only its query heads' share,
+    # which the loss must reflect -- so the KV loss is spread over the replicas.
+    reps = 1 if num_kv_heads >= w else w // num_kv_heads
+    loss = (lq * hs(gq, q0, qh)).sum() + ((lk * hs(gk, kv0, kvh)).sum() + (lv * hs(gv, kv0, kvh)).sum()) / reps
+    loss.backward()
+    layer.reduce_replicated_kv_grads()
+    wg = layer.local.weight.grad
+    ref_w = torch.cat([hs(q.weight.grad.T, q0, qh).T, hs(k.weight.grad.T, kv0, kvh).T, hs(v.weight.grad.T, kv0, kvh).T])
+    ref_b = torch.cat([hs(q.bias.grad, q0, qh), hs(k.bias.grad, kv0, kvh), hs(v.bias.grad, kv0, kvh)])
+    return {"q": _diff(lq, hs(yq, q0, qh)), "k": _diff(lk, hs(yk, kv0, kvh)), "v": _diff(lv, hs(yv, kv0, kvh)),
+            "dx": _diff(x_tp.grad, x.grad), "dW": _diff(wg, ref_w), "db": _diff(layer.local.bias.grad, ref_b)}
+
+
+def check_embedding_head(tp: TPGroup) -> dict:
+    """Tied embedding + LM head, vocab-parallel: embed ids, a hidden op, logits shard and gathered."""
+    r, w = tp.rank, tp.world
+    vocab, dim = 10 * w, 8
+    emb = nn.Embedding(vocab, dim)
+    vp = VocabParallelEmbedding.from_embedding(emb, r, w)
+    head = ParallelLMHead.from_embedding(vp)
+    ids = torch.randint(0, vocab, (3, 7))
+    h = emb(ids)
+    logits = h.tanh() @ emb.weight.T
+    g = torch.randn_like(logits)
+    (logits * g).sum().backward()
+    h_tp = vp(ids)
+    logits_tp = head(h_tp.tanh())
+    (logits_tp * _shard(g, -1, r, w)).sum().backward()
+    head.gather_output = True
+    full_tp = head(h_tp.detach().tanh())
+    return {"h": _diff(h_tp, h), "logits": _diff(logits_tp, _shard(logits, -1, r, w)), "logits_gathered": _diff(full_tp, logits),
+            "dW_tied": _diff(vp.weight.grad, _shard(emb.weight.grad, 0, r, w))}
+
+
+CHECKS = {
+    "column": lambda tp: check_column(tp, gather=False, bias=True),
+    "column_gather": lambda tp: check_column(tp, gather=True, bias=True),
+    "column_nobias": lambda tp: check_column(tp, gather=False, bias=False),
+    "row": lambda tp: check_row(tp, True, True, False),
+    "row_scatter": lambda tp: check_row(tp, False, True, False),
+    "row_skip_bias": lambda tp: check_row(tp, True, True, True),
+    "row_no_reduce": lambda tp: check_row(tp, True, False, False),
+    "mlp": check_mlp,
+    "merged_gather": check_merged_gather,
+    "qkv_split": lambda tp: check_qkv(tp, 2 * tp.world, tp.world),
+    "qkv_replicated": lambda tp: check_qkv(tp, 2 * tp.world, 1),
+    "qkv_mha": lambda tp: check_qkv(tp, tp.world, tp.world),
+    "embedding_head": check_embedding_head,
+}
+
+
+def run_checks(tp: TPGroup, seed: int) -> dict:
+    out = {}
+    for i, (name, check) in enumerate(CHECKS.items()):
+        torch.manual_seed(seed + i)  # same modules and inputs on every rank
+        out[name] = check(tp)
+    return out
