@@ -47,6 +47,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _context():
+    """forkserver: the server process imports torch once, then every rank is forked from it (a
+    fork of a process that never ran a parallel op, so no OpenMP pool is inherited); a fresh
+    `spawn` would import torch again per rank, which dominates short runs."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "pyllmops.parallel.launch"])
+    return ctx
+
+
 def _worker(fn, rank, world, port, backend, timeout_s, threads, args, results) -> None:
     start = time.monotonic()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
@@ -70,8 +79,8 @@ def _worker(fn, rank, world, port, backend, timeout_s, threads, args, results) -
 def spawn(fn: Callable[..., Any], world: int, args: tuple = (), *, backend: str | None = None,
           timeout: float | timedelta = 60.0, deadline: float | None = None, threads: int | None = None,
           raise_errors: bool = True) -> list[RankOutcome]:
-    """Run fn(tp: TPGroup, *args) on `world` fresh processes (spawn start method; fn must be a
-    module-level function and args picklable) joined through 127.0.0.1 on a free port.
+    """Run fn(tp: TPGroup, *args) on `world` fresh processes (forked from a forkserver: fn must be
+    a module-level function and args picklable) joined through 127.0.0.1 on a free port.
 
     timeout: the process-group timeout (bounds each collective). deadline: seconds the whole run
     may take (default 3 * timeout + 60) before stragglers are killed. threads: torch threads per
@@ -80,7 +89,7 @@ def spawn(fn: Callable[..., Any], world: int, args: tuple = (), *, backend: str 
     timeout_s = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
     deadline = 3 * timeout_s + 60 if deadline is None else deadline
     threads = threads or max(1, (os.cpu_count() or 1) // world)
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     results = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_worker, args=(fn, r, world, port, backend, timeout_s, threads, args, results),

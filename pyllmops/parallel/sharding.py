@@ -52,6 +52,10 @@ def shard_size(size: int, world: int, what: str) -> int:
 def shard_index(size: int, rank: int, world: int, what: str, *, align: int = 1) -> torch.Tensor:
     """Indices [rank*size/world, (rank+1)*size/world) of a dimension of `size`; `align` demands
     that the shard boundaries fall on multiples of it (e.g. a quantization group size)."""
+    if not isinstance(world, int) or world < 1:
+        raise ValueError(f"world must be an int >= 1, got {world!r}")
+    if not isinstance(rank, int) or not 0 <= rank < world:
+        raise ValueError(f"rank must be an int in [0, {world}), got {rank!r}")
     step = shard_size(size, world, what)
     if step % align:
         raise ValueError(f"{what} = {size} split over {world} ranks gives shards of {step}, which is not a "

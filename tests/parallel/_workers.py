@@ -177,3 +177,31 @@ def run_checks(tp: TPGroup, seed: int) -> dict:
         torch.manual_seed(seed + i)  # same modules and inputs on every rank
         out[name] = check(tp)
     return out
+
+
+# ----------------------------------------------------------------------------- faults
+def fault_mid_forward(tp: TPGroup, mode: str, stall_s: float = 0.0) -> str:
+    """Rank 1 fails inside the forward of a 2-layer TP MLP, after the first collective; the other
+    ranks go on into the row layer's all-reduce and must get a TPCommError, not hang.
+    mode: "raise" (the rank raises and its process exits) or "stall" (it stops answering for
+    stall_s seconds first, longer than the group timeout)."""
+    import time
+
+    torch.manual_seed(0)
+    fc1 = ColumnParallelLinear.from_linear(nn.Linear(8, 8 * tp.world), tp.rank, tp.world)
+    fc2 = RowParallelLinear.from_linear(nn.Linear(8 * tp.world, 8), tp.rank, tp.world)
+    x = torch.randn(2, 8)
+    fc2(fc1(x).relu())  # one healthy step: the group works
+    h = fc1(x).relu()
+    if tp.rank == 1:
+        if mode == "stall":
+            time.sleep(stall_s)
+        raise RuntimeError("boom: rank 1 failed mid-forward")
+    return str(fc2(h).shape)
+
+
+def wrong_world(tp: TPGroup) -> str:
+    """A layer cut for twice this run's world size: must fail in its check, before any collective."""
+    layer = RowParallelLinear.from_linear(nn.Linear(8 * tp.world, 4), tp.rank, 2 * tp.world)
+    layer(torch.randn(1, 4))
+    return "no error"
