@@ -31,10 +31,10 @@ def _run(name: str, group, fn):
                           f"process-group timeout passed): {type(err).__name__}: {err}") from err
 
 
-def all_reduce(x: torch.Tensor, group) -> torch.Tensor:
-    """Sum of x over the group (a new tensor; x is left as it was)."""
+def all_reduce(x: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """x reduced over the group (sum by default; a new tensor, x is left as it was)."""
     out = x.contiguous().clone()
-    _run("all_reduce", group, lambda: dist.all_reduce(out, group=group))
+    _run("all_reduce", group, lambda: dist.all_reduce(out, op=op, group=group))
     return out
 
 
