@@ -1,7 +1,7 @@
 """Fused per-row symmetric int8 quantization: absmax, scale and round in one kernel.
 
-One program per row; the row is read twice (absmax pass, quantize pass) in BLOCK-wide chunks, so
-any N works with registers bounded by BLOCK. Division is IEEE (div_rn) and rounding is
+Each program owns ROWS rows, read twice (absmax pass, quantize pass) in BLOCK-wide chunks, so any
+N works with registers bounded by ROWS x BLOCK. Division is IEEE (div_rn) and rounding is
 round-half-to-even (rint), matching torch.round(x / scale) bit for bit.
 """
 import torch
@@ -23,35 +23,37 @@ def _rint(v):
 
 
 @triton.jit
-def _quantize_rows(x_ptr, q_ptr, scale_ptr, static_ptr, N, stride_xm,
+def _quantize_rows(x_ptr, q_ptr, scale_ptr, static_ptr, M, N, stride_xm,
                    HAS_STATIC: tl.constexpr, PER_TENSOR: tl.constexpr, TINY: tl.constexpr,
-                   BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * stride_xm
-    offs = tl.arange(0, BLOCK)
+                   ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    # A program owns ROWS rows (several short rows per program keeps small-N launches efficient).
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < M
+    x_rows = x_ptr + rows[:, None] * stride_xm
+    offs = tl.arange(0, BLOCK)[None, :]
     if HAS_STATIC:
         if PER_TENSOR:
-            scale = tl.load(static_ptr)
+            scale = tl.load(static_ptr + rows * 0, mask=row_ok, other=1.0)
         else:
-            scale = tl.load(static_ptr + row)
+            scale = tl.load(static_ptr + rows, mask=row_ok, other=1.0)
     else:
-        amax = tl.zeros([BLOCK], dtype=tl.float32)
+        amax = tl.zeros([ROWS, BLOCK], dtype=tl.float32)
         for start in range(0, N, BLOCK):
-            m = start + offs < N
-            v = tl.abs(tl.load(x_row + start + offs, mask=m, other=0.0).to(tl.float32))
+            m = row_ok[:, None] & (start + offs < N)
+            v = tl.abs(tl.load(x_rows + start + offs, mask=m, other=0.0).to(tl.float32))
             # keep NaN visible: max() would drop it
             amax = tl.where((v != v) | (v > amax), v, amax)
-        row_max = tl.max(amax, axis=0)
-        has_nan = tl.sum((amax != amax).to(tl.int32), axis=0) > 0
+        row_max = tl.max(amax, axis=1)
+        has_nan = tl.sum((amax != amax).to(tl.int32), axis=1) > 0
         scale = tl.maximum(row_max, TINY) / 127.0
         scale = tl.where(has_nan, float("nan"), scale)
-    tl.store(scale_ptr + row, scale)
+    tl.store(scale_ptr + rows, scale, mask=row_ok)
     for start in range(0, N, BLOCK):
-        m = start + offs < N
-        v = tl.load(x_row + start + offs, mask=m, other=0.0).to(tl.float32)
-        qv = _rint(tl.math.div_rn(v, scale))
+        m = row_ok[:, None] & (start + offs < N)
+        v = tl.load(x_rows + start + offs, mask=m, other=0.0).to(tl.float32)
+        qv = _rint(tl.math.div_rn(v, scale[:, None]))
         qv = tl.minimum(tl.maximum(qv, -127.0), 127.0)
-        tl.store(q_ptr + row * N + start + offs, qv.to(tl.int8), mask=m)
+        tl.store(q_ptr + rows[:, None] * N + start + offs, qv.to(tl.int8), mask=m)
 
 
 def quantize_int8_rows(x: torch.Tensor, static_scale: torch.Tensor | None = None):
@@ -63,9 +65,11 @@ def quantize_int8_rows(x: torch.Tensor, static_scale: torch.Tensor | None = None
     scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     static = static_scale.float().contiguous() if static_scale is not None else scale
     block = min(4096, triton.next_power_of_2(max(n, 16)))
+    rows = max(1, min(16, 4096 // block))
     if m:
-        _quantize_rows[(m,)](x, q, scale, static, n, x.stride(0),
-                             HAS_STATIC=static_scale is not None,
-                             PER_TENSOR=static_scale is not None and static_scale.numel() == 1,
-                             TINY=TINY_AMAX, BLOCK=block)
+        _quantize_rows[(triton.cdiv(m, rows),)](
+            x, q, scale, static, m, n, x.stride(0),
+            HAS_STATIC=static_scale is not None,
+            PER_TENSOR=static_scale is not None and static_scale.numel() == 1,
+            TINY=TINY_AMAX, ROWS=rows, BLOCK=block)
     return q, scale

@@ -1,0 +1,1 @@
+"""pyllmops benchmark suites (pytest-benchmark). Run all: `python -m bench` or `pyllmops bench`."""

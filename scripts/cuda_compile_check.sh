@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# CUDA compile check for a machine without a GPU: every csrc/cuda/*.cu is compiled by nvcc for
+# sm_80 (A100) and sm_90a (H100/H200), then the whole pyllmops._cuda extension is configured, built
+# and linked through CMakeLists.txt. The kernels are torch-free, so no CUDA torch is needed.
+# Usage: scripts/cuda_compile_check.sh [PYTHON]   (PYTHON provides pybind11; default python3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${1:-python3}
+NVCC=""
+for cand in "${CUDA_HOME:-}/bin/nvcc" /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do
+  # /usr/local/bin/nvcc may be a wrapper script; CMake wants the toolkit's own binary.
+  if [ -x "$cand" ]; then NVCC=$cand; break; fi
+done
+if [ -z "$NVCC" ]; then
+  echo "cuda_compile_check: SKIPPED (no nvcc found; set CUDA_HOME)"; exit 0
+fi
+echo "cuda_compile_check: using $NVCC ($("$NVCC" --version | tail -1))"
+obj=$(mktemp -d)
+export NVCC obj
+start=$(date +%s)
+ls csrc/cuda/*.cu | xargs -P "$(nproc)" -I{} sh -c '
+  "$NVCC" -std=c++17 -Icsrc --expt-relaxed-constexpr -O3 -c {} -o "$obj/$(basename {}).o" \
+    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a \
+    && echo "  ok  {} (sm_80, sm_90a)"'
+echo "cuda_compile_check: all .cu files compiled in $(( $(date +%s) - start )) s"
+build=${PYLLMOPS_CUDA_BUILD_DIR:-$obj/build}
+cmake -S . -B "$build" -G Ninja -DPYLLMOPS_CUDA=ON -DCMAKE_CUDA_COMPILER="$NVCC" \
+  -DCMAKE_CUDA_ARCHITECTURES="80;90a" -DPython_EXECUTABLE="$(command -v "$PY")" \
+  -Dpybind11_DIR="$("$PY" -c 'import pybind11; print(pybind11.get_cmake_dir())')" > "$obj/cmake.log"
+cmake --build "$build" --target _cuda -j "$(nproc)" > "$obj/build.log" || { tail -50 "$obj/build.log"; exit 1; }
+echo "cuda_compile_check: pyllmops._cuda linked: $(ls "$build"/_cuda*.so) in $(( $(date +%s) - start )) s total"
+rm -rf "$obj"
