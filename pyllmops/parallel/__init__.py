@@ -13,6 +13,7 @@ from pyllmops.parallel.layers import (
     QKVParallelLinear,
     RowParallelLinear,
     VocabParallelEmbedding,
+    head_rows,
     qkv_heads,
 )
 from pyllmops.parallel.mappings import TPCommError, copy_to_tp, gather_from_tp, reduce_from_tp, scatter_to_tp
@@ -21,6 +22,6 @@ from pyllmops.parallel.sharding import register_sharder, shard_index, shard_modu
 __all__ = [
     "DEFAULT_TIMEOUT", "ColumnParallelLinear", "MergedColumnParallelLinear", "ParallelLMHead", "QKVParallelLinear",
     "RowParallelLinear", "TPCommError", "TPGroup", "VocabParallelEmbedding", "check_group", "copy_to_tp",
-    "gather_from_tp", "init_tensor_parallel", "qkv_heads", "reduce_from_tp", "register_sharder", "scatter_to_tp",
+    "gather_from_tp", "head_rows", "init_tensor_parallel", "qkv_heads", "reduce_from_tp", "register_sharder", "scatter_to_tp",
     "shard_index", "shard_module",
 ]

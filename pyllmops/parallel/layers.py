@@ -86,6 +86,13 @@ class ColumnParallelLinear(_TPModule):
         return cls._build(linear, index_of, out, rank, world, group, gather_output)
 
     @classmethod
+    def from_linear_rows(cls, linear: nn.Module, index_of, rank: int, world: int, group=None, *,
+                         gather_output: bool = False):
+        """Keep the output rows `index_of(rank)` (index_of: rank -> 1-D int64 tensor; every rank's
+        rows together cover all rows, replicas allowed), e.g. whole attention heads."""
+        return cls._build(linear, index_of, features(linear)[0], rank, world, group, gather_output)
+
+    @classmethod
     def _build(cls, linear, index_of, out, rank, world, group, gather_output, **kw):
         index = index_of(rank)
         layer = cls(shard_module(linear, 0, index), index, out, rank, world, group, gather_output=gather_output, **kw)
@@ -156,12 +163,23 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         return tuple(y.split(self.local_sizes, dim=-1))
 
 
-def qkv_heads(num_heads: int, num_kv_heads: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+def qkv_heads(num_heads: int, num_kv_heads: int, rank: int, world: int, *,
+              allow_uneven: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(query heads, kv heads) that rank `rank` computes. Query heads are split evenly; KV heads
     are split when there are at least `world` of them, otherwise each is replicated on the
-    world/num_kv_heads consecutive ranks whose query heads attend to it (GQA)."""
+    world/num_kv_heads consecutive ranks whose query heads attend to it (GQA).
+
+    allow_uneven: when the heads do not divide evenly, give each rank a contiguous run of whole
+    KV groups (a KV head and its query heads), as even as possible -- e.g. 9 query / 3 KV heads on
+    2 ranks: 3 + 6 query heads. Correct, but the larger shard sets the pace."""
     if num_heads % num_kv_heads:
         raise ValueError(f"num_heads = {num_heads} is not a multiple of num_kv_heads = {num_kv_heads}")
+    if not isinstance(rank, int) or not 0 <= rank < world:
+        raise ValueError(f"rank must be an int in [0, {world}), got {rank!r}")
+    g = num_heads // num_kv_heads
+    if allow_uneven and num_kv_heads >= world and num_kv_heads % world:
+        lo, hi = rank * num_kv_heads // world, (rank + 1) * num_kv_heads // world
+        return torch.arange(lo * g, hi * g), torch.arange(lo, hi)
     q_local = shard_size(num_heads, world, "num_heads")
     q = torch.arange(rank * q_local, (rank + 1) * q_local)
     if num_kv_heads >= world:
@@ -171,6 +189,11 @@ def qkv_heads(num_heads: int, num_kv_heads: int, rank: int, world: int) -> tuple
         raise ValueError(f"num_kv_heads = {num_kv_heads} < world size {world} but does not divide it: "
                          "KV heads cannot be replicated evenly")
     return q, torch.tensor([rank // (world // num_kv_heads)])
+
+
+def head_rows(heads: torch.Tensor, head_dim: int, base: int = 0) -> torch.Tensor:
+    """Weight rows (or input columns) of `heads`, each head_dim wide, starting at `base`."""
+    return (base + heads[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
 
 
 class QKVParallelLinear(MergedColumnParallelLinear):
@@ -204,8 +227,8 @@ class QKVParallelLinear(MergedColumnParallelLinear):
 
         def index_of(r: int) -> torch.Tensor:
             q, kv = qkv_heads(num_heads, num_kv_heads, r, world)
-            rows = lambda heads, base: (base + heads[:, None] * hd + torch.arange(hd)).reshape(-1)  # noqa: E731
-            return torch.cat([rows(q, 0), rows(kv, num_heads * hd), rows(kv, (num_heads + num_kv_heads) * hd)])
+            return torch.cat([head_rows(q, hd), head_rows(kv, hd, num_heads * hd),
+                              head_rows(kv, hd, (num_heads + num_kv_heads) * hd)])
 
         sizes = [num_heads * hd, num_kv_heads * hd, num_kv_heads * hd]
         return cls._build(fused, index_of, out, rank, world, group, False, output_sizes=sizes,
@@ -241,24 +264,31 @@ class RowParallelLinear(_TPModule):
     skip_bias_add the bias is not added but returned: (y, bias), for fusing it downstream."""
 
     def __init__(self, local: nn.Module, bias: torch.Tensor | None, rank: int, world: int, group=None, *,
-                 input_is_parallel: bool = True, reduce_results: bool = True, skip_bias_add: bool = False) -> None:
+                 input_is_parallel: bool = True, reduce_results: bool = True, skip_bias_add: bool = False,
+                 in_features: int | None = None) -> None:
         super().__init__(rank, world, group)
         self.local = local
         self.out_features = features(local)[0]
-        self.in_features = features(local)[1] * world
+        self.in_features = features(local)[1] * world if in_features is None else in_features
+        if not input_is_parallel and self.in_features != features(local)[1] * world:
+            raise ValueError("input_is_parallel=False needs equal input shards (the input is split evenly)")
         self.bias = None if bias is None else nn.Parameter(bias)
         self.input_is_parallel, self.reduce_results, self.skip_bias_add = input_is_parallel, reduce_results, skip_bias_add
 
     @classmethod
     def from_linear(cls, linear: nn.Module, rank: int, world: int, group=None, *, input_is_parallel: bool = True,
-                    reduce_results: bool = True, skip_bias_add: bool = False):
-        """Keep input columns [rank*in/world, (rank+1)*in/world) of `linear`; the bias stays whole."""
-        index = shard_index(features(linear)[1], rank, world, f"{type(linear).__name__}.in_features",
-                            align=int(getattr(linear, "group_size", 1) or 1))
+                    reduce_results: bool = True, skip_bias_add: bool = False, index: torch.Tensor | None = None):
+        """Keep input columns [rank*in/world, (rank+1)*in/world) of `linear` (or the columns
+        `index`, e.g. this rank's attention heads; the input must then hold exactly those); the
+        bias stays whole."""
+        k = features(linear)[1]
+        if index is None:
+            index = shard_index(k, rank, world, f"{type(linear).__name__}.in_features",
+                                align=int(getattr(linear, "group_size", 1) or 1))
         bias = getattr(linear, "bias", None)
         return cls(shard_module(linear, 1, index), None if bias is None else bias.detach().clone(), rank, world,
                    group, input_is_parallel=input_is_parallel, reduce_results=reduce_results,
-                   skip_bias_add=skip_bias_add)
+                   skip_bias_add=skip_bias_add, in_features=k)
 
     def forward(self, x: torch.Tensor):
         self._check_group()
