@@ -205,3 +205,96 @@ def wrong_world(tp: TPGroup) -> str:
     layer = RowParallelLinear.from_linear(nn.Linear(8 * tp.world, 4), tp.rank, 2 * tp.world)
     layer(torch.randn(1, 4))
     return "no error"
+
+
+# ----------------------------------------------------------------------------- sampling
+def _sampling_cases(b: int, v: int, seed: int):
+    """(name, full logits [b, v], params) cases covering every path of the vocab-parallel sampler."""
+    g = torch.Generator().manual_seed(seed)
+    smooth = torch.randn(b, v, generator=g) * 3
+    ties = torch.randint(0, 6, (b, v), generator=g).float()  # many equal logits: tie rules matter
+    r = lambda lo, hi: torch.rand(b, generator=g) * (hi - lo) + lo  # noqa: E731
+    ks = torch.randint(1, 64, (b,), generator=g)
+    seeds = torch.randint(-2**62, 2**62, (b,), generator=g)
+    return [
+        ("greedy", smooth, dict(temperature=0.0)),
+        ("greedy_ties", ties, dict(temperature=0.0)),
+        ("top_k", smooth, dict(temperature=r(0.3, 1.5), top_k=ks, seed=seeds, offset=7)),
+        ("top_k_ties", ties, dict(temperature=r(0.5, 2.0), top_k=ks, seed=seeds)),
+        ("top_k_top_p_min_p", smooth, dict(temperature=r(0.5, 1.5), top_k=ks * 8, top_p=r(0.3, 1.0),
+                                           min_p=r(0.0, 0.2), seed=seeds, offset=torch.arange(b) * 3)),
+        ("top_k_1", smooth, dict(temperature=1.0, top_k=1, seed=11)),
+        ("no_top_k", smooth, dict(temperature=r(0.5, 1.5), top_p=r(0.5, 1.0), min_p=0.05, seed=seeds)),
+        ("mixed_rows", smooth, dict(temperature=torch.where(torch.arange(b) % 3 == 0, 0.0, 0.8),
+                                    top_k=torch.where(torch.arange(b) % 3 == 1, 0, 40), top_p=0.9, seed=5)),
+    ]
+
+
+def check_sampling(tp: TPGroup, seed: int, backends: list[str]) -> dict:
+    """For each backend: sample_vocab_parallel on this rank's shard == pyllmops.sample(full)."""
+    from pyllmops.ops import use_backend
+    from pyllmops.ops.sampling import sample
+    from pyllmops.parallel.sampling import sample_vocab_parallel
+
+    out = {}
+    for backend in backends:
+        for name, full, params in _sampling_cases(16, 96 * tp.world, seed):
+            shard = full.chunk(tp.world, -1)[tp.rank].contiguous()
+            with use_backend(backend):
+                want = sample(full, **params)
+                got = sample_vocab_parallel(shard, tp.group, tp.world, **params)
+            out[f"{backend}.{name}"] = int((got != want).sum())
+    return out
+
+
+def check_cross_entropy(tp: TPGroup, seed: int) -> float:
+    from pyllmops.parallel.sampling import vocab_parallel_cross_entropy
+
+    g = torch.Generator().manual_seed(seed)
+    full = torch.randn(12, 40 * tp.world, generator=g) * 4
+    target = torch.randint(0, full.shape[1], (12,), generator=g)
+    got = vocab_parallel_cross_entropy(full.chunk(tp.world, -1)[tp.rank], target, tp.group, tp.world)
+    return _diff(got, F.cross_entropy(full, target, reduction="none"))
+
+
+# ----------------------------------------------------------------------------- the Llama
+def check_llama(tp: TPGroup, seed: int, n_heads: int, n_kv_heads: int) -> dict:
+    """A tiny random Llama, parallelized: prefill + cached decode logits, perplexity and the
+    gradient of a training loss equal the single-process model's."""
+    import copy
+
+    from pyllmops.models import Llama, LlamaConfig
+    from pyllmops.models.evaluate import perplexity
+    from pyllmops.models.parallel import parallelize_llama
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=32 * tp.world, dim=8 * n_heads, n_layers=2, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                      ffn_dim=16 * tp.world, max_seq_len=64)
+    full = Llama(cfg)
+    with torch.no_grad():
+        for prm in full.parameters():
+            prm.normal_(0, 0.3)
+    model = parallelize_llama(copy.deepcopy(full), tp, gather_logits=True)
+    ids = torch.randint(0, cfg.vocab_size, (2, 9))
+    out = {}
+    with torch.no_grad():
+        c_full, c_tp = full.new_cache(2, 12), model.new_cache(2, 12)
+        out["prefill"] = _diff(model(ids, cache=c_tp), full(ids, cache=c_full))
+        step = torch.randint(0, cfg.vocab_size, (2, 1))
+        out["decode"] = _diff(model(step, cache=c_tp), full(step, cache=c_full))
+    text = torch.randint(0, cfg.vocab_size, (40,))
+    out["ppl_rel"] = abs(perplexity(model, text, window=16) / perplexity(full, text, window=16) - 1)
+    # Training: same loss, gradients of each shard equal the full gradient's slice.
+    loss_full = F.cross_entropy(full(ids).flatten(0, 1), ids.roll(-1, 1).flatten())
+    loss_tp = F.cross_entropy(model(ids).flatten(0, 1), ids.roll(-1, 1).flatten())
+    loss_full.backward()
+    loss_tp.backward()
+    out["loss"] = _diff(loss_tp, loss_full)
+    mlp, mlp_full = model.layers[0].mlp, full.layers[0].mlp
+    out["d_down"] = _diff(mlp.down_proj.local.weight.grad, _shard(mlp_full.down_proj.weight.grad, 1, tp.rank, tp.world))
+    out["d_gate"] = _diff(mlp.gate_proj.local.weight.grad, _shard(mlp_full.gate_proj.weight.grad, 0, tp.rank, tp.world))
+    attn, attn_full = model.layers[1].self_attn, full.layers[1].self_attn
+    out["d_q"] = _diff(attn.q_proj.local.weight.grad, attn_full.q_proj.weight.grad[attn.q_proj.index])
+    out["d_o"] = _diff(attn.o_proj.local.weight.grad, attn_full.o_proj.weight.grad[:, attn.q_proj.index])
+    out["d_embed"] = _diff(model.embed_tokens.weight.grad, _shard(full.embed_tokens.weight.grad, 0, tp.rank, tp.world))
+    return out
