@@ -9,6 +9,8 @@ from pyllmops.ops import (
     dequantize_int8,
     quantize_int4_grouped,
     quantize_int8,
+    sample,
+    top_k_top_p_filter,
     use_backend,
 )
 
@@ -35,5 +37,5 @@ def build_info() -> dict:
 
 __all__ = [
     "available_backends", "build_info", "dequantize_int4_grouped", "dequantize_int8", "ops",
-    "quantize", "quantize_int4_grouped", "quantize_int8", "use_backend",
+    "quantize", "quantize_int4_grouped", "quantize_int8", "sample", "top_k_top_p_filter", "use_backend",
 ]

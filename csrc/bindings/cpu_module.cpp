@@ -7,8 +7,10 @@
 namespace py = pybind11;
 
 void bind_info(py::module_& m);
+void bind_sampling(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyllmops C++ core (torch-free)";
   bind_info(m);
+  bind_sampling(m);
 }

@@ -1,0 +1,69 @@
+"""What `generate` and `eval` share: model options, loading SmolLM2 on a device and dtype, and
+quantizing it with a registered method."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
+    g = p.add_argument_group("model")
+    if quant_list:
+        g.add_argument("--quant", default="", help="comma-separated quantization methods to compare with fp (see --quant help in `generate`)")
+    else:
+        g.add_argument("--quant", default="fp", help="fp (no quantization) or a method of pyllmops.quantization.available_methods()")
+    g.add_argument("--group-size", type=int, help="quantization group size (methods that group weights)")
+    g.add_argument("--bits", type=int, help="quantization bits (methods that take it)")
+    g.add_argument("--alpha", type=float, help="migration strength (SmoothQuant-style methods)")
+    g.add_argument("--calib-file", type=Path, help="calibration text for calibrated methods (default: Python standard-library docstrings, not an eval text)")
+    g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    g.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights and activations of the float model")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (only 1 for now)")
+
+
+def check_methods(names: list[str]) -> list[str]:
+    """`names` with 'fp' accepted; raises ValueError listing the valid choices for any other."""
+    from pyllmops.quantization import available_methods
+
+    known = available_methods()
+    bad = [n for n in names if n != "fp" and n not in known]
+    if bad:
+        raise ValueError(f"unknown --quant {', '.join(map(repr, bad))}: choose from fp, {', '.join(known) or '(no methods installed)'}")
+    return names
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    if args.tp != 1:
+        raise ValueError(f"--tp {args.tp}: tensor parallelism is not wired into the CLI yet; use --tp 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    return torch.device(args.device)
+
+
+def load(args: argparse.Namespace):
+    """(model, tokenizer) of SmolLM2 on args.device in args.dtype, not yet quantized."""
+    from pyllmops.models import load_smollm2
+
+    return load_smollm2(dtype=DTYPES[args.dtype], device=args.device)
+
+
+def quantize(model, tokenizer, method: str, args: argparse.Namespace):
+    """Quantize `model` in place with `method` ('fp': unchanged), options from args."""
+    if method == "fp":
+        return model
+    import pyllmops
+    from pyllmops.models.evaluate import calibration_batches
+
+    options = {k: getattr(args, k) for k in ("group_size", "bits", "alpha") if getattr(args, k) is not None}
+    text = args.calib_file.read_text() if args.calib_file else None
+    calib = [b.to(args.device) for b in calibration_batches(tokenizer, text)]
+    return pyllmops.quantize(model, method, calib=calib, **options)

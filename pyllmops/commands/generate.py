@@ -1,0 +1,54 @@
+"""`pyllmops generate PROMPT`: chat with SmolLM2-135M-Instruct, streaming the answer to stdout
+(stats go to stderr, so stdout holds only the generated text)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pyllmops.commands import _model
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text with the embedded SmolLM2-135M-Instruct model")
+    p.add_argument("prompt", help="the user message (or, with --raw, the text to continue)")
+    p.add_argument("--raw", action="store_true", help="continue the prompt as plain text, without the chat template")
+    p.add_argument("--system", help="system prompt (default: the model's own)")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
+    p.add_argument("--top-k", type=int, default=50, help="0 = off (default 50)")
+    p.add_argument("--top-p", type=float, default=0.9, help="1 = off (default 0.9)")
+    p.add_argument("--seed", type=int, help="sampling seed (default: random)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    _model.add_model_args(p, quant_list=False)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyllmops.models.chat import DEFAULT_SYSTEM_PROMPT, chat_prompt, stop_ids
+    from pyllmops.models.generate import GenerationStats, TorchSampler, generate, stream_text
+
+    if not args.prompt.strip():
+        raise ValueError("prompt must not be empty")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    _model.check_methods([args.quant])
+    sampler = TorchSampler(args.temperature, args.top_k, args.top_p, args.seed)
+    _model.setup(args)
+    model, tok = _model.load(args)
+    model = _model.quantize(model, tok, args.quant, args)
+
+    prompt = tok.encode(args.prompt) if args.raw else chat_prompt(tok, args.prompt, args.system or DEFAULT_SYSTEM_PROMPT)
+    stops = stop_ids(tok)
+    stats = GenerationStats()
+    steps = generate(model, [prompt], max_new_tokens=args.max_new_tokens, sampler=sampler, stop_ids=stops, stats=stats)
+    if args.raw:
+        sys.stdout.write(args.prompt)
+    for piece in stream_text(tok, (int(s[0]) for s in steps), stops):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    print(
+        f"[{args.quant}, {args.dtype}, {args.device}] prefill: {stats.prompt_tokens} tokens in {stats.prefill_s:.3f} s "
+        f"({stats.prefill_tok_s:.1f} tok/s); decode: {stats.new_tokens} tokens, {stats.decode_tok_s:.1f} tok/s",
+        file=sys.stderr,
+    )
+    return 0
