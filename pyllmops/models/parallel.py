@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from pyllmops.models.llama import Llama
 from pyllmops.parallel import (
     ColumnParallelLinear, ParallelLMHead, RowParallelLinear, TPGroup, VocabParallelEmbedding, head_rows, qkv_heads,
 )
-from pyllmops.parallel.sampling import sample_vocab_parallel
 
 
 def parallelize_llama(model: Llama, tp: TPGroup, *, gather_logits: bool = False) -> Llama:
@@ -61,30 +58,3 @@ def parallelize_llama(model: Llama, tp: TPGroup, *, gather_logits: bool = False)
     model.config = dataclasses.replace(cfg, n_kv_heads=len(kv_heads))
     model.tp = tp
     return model
-
-
-@torch.inference_mode()
-def generate_tp(model: Llama, prompt: list[int], max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
-                top_p: float = 1.0, min_p: float | None = None, seed: int = 0,
-                stop: set[int] | None = None) -> tuple[list[int], list[float]]:
-    """Greedy or sampled continuation of one prompt on a parallelized model (every rank calls it
-    with the same arguments and gets the same tokens). Token j is drawn with (seed, offset=j), so
-    the draw does not depend on the world size. Returns (new token ids, seconds per decode step)."""
-    import time
-
-    tp: TPGroup = model.tp
-    cache = model.new_cache(1, len(prompt) + max_new_tokens)
-    ids = torch.tensor([prompt], device=model.embed_tokens.weight.device)
-    out, times = [], []
-    for j in range(max_new_tokens):
-        start = time.perf_counter()
-        logits = model(ids, cache=cache, last_only=True)[:, -1]  # [1, V/world]
-        tok = int(sample_vocab_parallel(logits, tp.group, tp.world, temperature=temperature, top_k=top_k,
-                                        top_p=top_p, min_p=min_p, seed=seed, offset=j)[0])
-        if j:
-            times.append(time.perf_counter() - start)
-        out.append(tok)
-        if stop and tok in stop:
-            break
-        ids = torch.tensor([[tok]], device=ids.device)
-    return out, times

@@ -17,11 +17,12 @@ from pyllmops.parallel.layers import (
     qkv_heads,
 )
 from pyllmops.parallel.mappings import TPCommError, copy_to_tp, gather_from_tp, reduce_from_tp, scatter_to_tp
+from pyllmops.parallel.sampling import VocabParallelSampler, sample_vocab_parallel, vocab_parallel_cross_entropy
 from pyllmops.parallel.sharding import register_sharder, shard_index, shard_module
 
 __all__ = [
     "DEFAULT_TIMEOUT", "ColumnParallelLinear", "MergedColumnParallelLinear", "ParallelLMHead", "QKVParallelLinear",
     "RowParallelLinear", "TPCommError", "TPGroup", "VocabParallelEmbedding", "check_group", "copy_to_tp",
     "gather_from_tp", "head_rows", "init_tensor_parallel", "qkv_heads", "reduce_from_tp", "register_sharder", "scatter_to_tp",
-    "shard_index", "shard_module",
+    "VocabParallelSampler", "sample_vocab_parallel", "shard_index", "shard_module", "vocab_parallel_cross_entropy",
 ]

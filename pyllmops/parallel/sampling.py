@@ -169,4 +169,21 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, gro
     return (sums[0].log() + m[:, 0].double() - sums[1]).float()
 
 
-__all__ = ["sample_vocab_parallel", "vocab_parallel_cross_entropy"]
+class VocabParallelSampler:
+    """The `sampler(logits, step) -> ids` callable of pyllmops.models.generate for a model whose
+    LM head keeps vocabulary shards: logits [B, V/world] -> ids [B] (the same on every rank).
+
+    Token `step` of row r is drawn with seed + r and offset = step, exactly as
+    pyllmops.sample(full_logits, ..., seed=seed, offset=step) would: the tokens do not depend on
+    the world size (world 1 is plain pyllmops.sample)."""
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float | None = None,
+                 seed: int = 0, group=None, world: int = 1) -> None:
+        self.params = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+        self.group, self.world = group, world
+
+    def __call__(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+        return sample_vocab_parallel(logits, self.group, self.world, offset=step, **self.params)
+
+
+__all__ = ["VocabParallelSampler", "sample_vocab_parallel", "vocab_parallel_cross_entropy"]
