@@ -17,6 +17,7 @@ from pyllmops.parallel.layers import (
     qkv_heads,
 )
 from pyllmops.parallel.mappings import TPCommError, copy_to_tp, gather_from_tp, reduce_from_tp, scatter_to_tp
+from pyllmops.parallel import quantized as _quantized  # noqa: F401  (registers the quantized sharders)
 from pyllmops.parallel.sampling import VocabParallelSampler, sample_vocab_parallel, vocab_parallel_cross_entropy
 from pyllmops.parallel.sharding import register_sharder, shard_index, shard_module
 

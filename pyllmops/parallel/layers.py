@@ -20,7 +20,9 @@ from torch import nn
 
 from pyllmops.parallel.group import check_group
 from pyllmops.parallel.mappings import copy_to_tp, gather_from_tp, reduce_from_tp, scatter_to_tp
-from pyllmops.parallel.sharding import features, merged_index, shard_index, shard_module, shard_size
+from pyllmops.parallel.sharding import (
+    check_aligned, features, input_alignment, merged_index, shard_index, shard_module, shard_size,
+)
 
 
 class _TPModule(nn.Module):
@@ -281,10 +283,10 @@ class RowParallelLinear(_TPModule):
         """Keep input columns [rank*in/world, (rank+1)*in/world) of `linear` (or the columns
         `index`, e.g. this rank's attention heads; the input must then hold exactly those); the
         bias stays whole."""
-        k = features(linear)[1]
+        k, what = features(linear)[1], f"{type(linear).__name__}.in_features"
         if index is None:
-            index = shard_index(k, rank, world, f"{type(linear).__name__}.in_features",
-                                align=int(getattr(linear, "group_size", 1) or 1))
+            index = shard_index(k, rank, world, what, align=input_alignment(linear))
+        check_aligned(index, input_alignment(linear), what)
         bias = getattr(linear, "bias", None)
         return cls(shard_module(linear, 1, index), None if bias is None else bias.detach().clone(), rank, world,
                    group, input_is_parallel=input_is_parallel, reduce_results=reduce_results,

@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 Sharder = Callable[[nn.Module, int, torch.Tensor], nn.Module]
-_SHARDERS: dict[type, Sharder] = {}
+_SHARDERS: dict[type | str, Sharder] = {}
 
 
-def register_sharder(cls: type) -> Callable[[Sharder], Sharder]:
-    """Decorator: `@register_sharder(W8A8Linear) def _(module, dim, index): ...`."""
+def register_sharder(cls: type | str) -> Callable[[Sharder], Sharder]:
+    """Decorator: `@register_sharder(W8A8Linear) def _(module, dim, index): ...`. `cls` may also be
+    the class's qualified name ("package.module.Class"), so a sharder needs no import of it."""
     def deco(fn: Sharder) -> Sharder:
         _SHARDERS[cls] = fn
         return fn
@@ -27,9 +28,10 @@ def register_sharder(cls: type) -> Callable[[Sharder], Sharder]:
 def shard_module(module: nn.Module, dim: int, index: torch.Tensor) -> nn.Module:
     """The shard of a linear-like `module` keeping features `index` along `dim` (0: out, 1: in)."""
     for cls in type(module).__mro__:
-        if cls in _SHARDERS:
-            return _SHARDERS[cls](module, dim, index)
-    known = ", ".join(sorted(c.__name__ for c in _SHARDERS))
+        for key in (cls, f"{cls.__module__}.{cls.__qualname__}"):
+            if key in _SHARDERS:
+                return _SHARDERS[key](module, dim, index)
+    known = ", ".join(sorted(c if isinstance(c, str) else c.__name__ for c in _SHARDERS))
     raise TypeError(f"no tensor-parallel sharder for {type(module).__name__} (known: {known}); "
                     f"register one with pyllmops.parallel.register_sharder")
 
@@ -40,6 +42,29 @@ def features(module: nn.Module) -> tuple[int, int]:
         return int(module.out_features), int(module.in_features)
     except AttributeError:
         raise TypeError(f"{type(module).__name__} has no in_features/out_features; not a linear layer") from None
+
+
+def input_alignment(module: nn.Module) -> int:
+    """Input-feature shards of `module` must start and end on multiples of this: the quantization
+    group size of a group-quantized weight, unless it has an act-order permutation (its shards
+    regroup channels anyway, see the weight-only sharder). 1 for everything else."""
+    gs = getattr(module, "group_size", None)
+    if not isinstance(gs, int) or gs <= 1 or gs >= features(module)[1]:
+        return 1
+    if getattr(module, "perm", None) is not None or getattr(module, "g_idx", None) is not None:
+        return 1
+    return gs
+
+
+def check_aligned(index: torch.Tensor, align: int, what: str) -> None:
+    """ValueError unless `index` is one contiguous run whose ends are multiples of `align`."""
+    if align <= 1:
+        return
+    lo, n = int(index[0]), len(index)
+    contiguous = bool((index == torch.arange(lo, lo + n)).all())
+    if not contiguous or lo % align or n % align:
+        raise ValueError(f"{what}: the shard [{lo}, {lo + n}) ({n} features) does not start and end on multiples of "
+                         f"the quantization group size {align}: a group would cross a shard boundary")
 
 
 def shard_size(size: int, world: int, what: str) -> int:

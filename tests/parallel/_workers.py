@@ -298,3 +298,46 @@ def check_llama(tp: TPGroup, seed: int, n_heads: int, n_kv_heads: int) -> dict:
     out["d_o"] = _diff(attn.o_proj.local.weight.grad, attn_full.o_proj.weight.grad[:, attn.q_proj.index])
     out["d_embed"] = _diff(model.embed_tokens.weight.grad, _shard(full.embed_tokens.weight.grad, 0, tp.rank, tp.world))
     return out
+
+
+# ----------------------------------------------------------------------------- quantized
+def _act_order_w4(n: int, k: int, group_size: int) -> nn.Module:
+    """A W4A16 layer with a GPTQ-style act-order g_idx (groups in a shuffled channel order)."""
+    from pyllmops.nn.weight_only import WeightOnlyLinear
+    from pyllmops.quant.packing import Int4Weight
+
+    g = k // group_size
+    g_idx = (torch.arange(k) // group_size)[torch.randperm(k)]
+    w = Int4Weight.from_values(torch.randint(0, 16, (n, k), dtype=torch.uint8), torch.rand(n, g) * 0.02 + 0.01,
+                               torch.randint(0, 16, (n, g), dtype=torch.uint8), group_size, 4, g_idx)
+    return WeightOnlyLinear(w, torch.randn(n))
+
+
+def check_quantized(tp: TPGroup, seed: int) -> dict:
+    """Quantized local matmuls: column and row shards of W8A8, W4A16 (plain and act-order) and
+    W8A16 layers against the full quantized layer (max |diff| relative to max |y|)."""
+    from pyllmops.nn.w8a8 import W8A8Linear
+    from pyllmops.nn.weight_only import WeightOnlyLinear
+
+    r, w = tp.rank, tp.world
+    torch.manual_seed(seed)
+    n, k, gs = 16 * w, 64 * w, 32
+    fl = nn.Linear(k, n)
+    layers = {
+        "w8a8": W8A8Linear.from_linear(fl),
+        "w8a8_static": W8A8Linear.from_linear(fl, act="static", input_scale=0.05),
+        "w4a16": WeightOnlyLinear.from_linear(fl, bits=4, group_size=gs),
+        "w4a16_act_order": _act_order_w4(n, k, gs),
+        "w8a16": WeightOnlyLinear.from_linear(fl, bits=8),
+    }
+    x = torch.randn(5, k)
+    out = {}
+    for name, q in layers.items():
+        y = q(x)
+        scale = float(y.abs().max())
+        col = ColumnParallelLinear.from_linear(q, r, w, gather_output=True)
+        row = RowParallelLinear.from_linear(q, r, w)
+        out[f"{name}.column"] = _diff(col(x), y) / scale
+        out[f"{name}.row"] = _diff(row(_shard(x, -1, r, w)), y) / scale
+        out[f"{name}.local_type"] = float(type(col.local) is type(q) and type(row.local) is type(q))
+    return out
