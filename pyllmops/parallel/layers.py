@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyllmops.parallel.group import check_group
-from pyllmops.parallel.mappings import copy_to_tp, gather_from_tp, reduce_from_tp, scatter_to_tp
+from pyllmops.parallel.mappings import all_reduce, copy_to_tp, gather_from_tp, reduce_from_tp, scatter_to_tp
 from pyllmops.parallel.sharding import (
     check_aligned, features, input_alignment, merged_index, shard_index, shard_module, shard_size,
 )
@@ -241,8 +241,6 @@ class QKVParallelLinear(MergedColumnParallelLinear):
         if self.num_kv_heads >= self.world or self.world == 1:
             return
         self._check_group()
-        from pyllmops.parallel.mappings import all_reduce
-
         hd, kv = self.head_dim, self.num_kv_heads_local * self.head_dim
         q_rows, head = self.num_heads_local * hd, self.rank // (self.world // self.num_kv_heads)
         for p in (self.local.weight, getattr(self.local, "bias", None)):

@@ -84,6 +84,13 @@ def sample_vocab_parallel(logits: torch.Tensor, group=None, world: int | None = 
     else:
         s = _rows("seed", seed, b, torch.int64, dev) + torch.arange(b, device=dev)
     off = _rows("offset", 0 if offset is None else offset, b, torch.int64, dev)
+    # The sampler's own range checks, done here for every row: greedy rows never reach it.
+    if not bool(((t >= 0) & torch.isfinite(t)).all()):
+        raise ValueError("temperature must be finite and >= 0 (0 = greedy)")
+    if not bool(((p > 0) & (p <= 1)).all()):
+        raise ValueError("top_p must be in (0, 1] (1 disables it)")
+    if not bool(((q >= 0) & (q <= 1)).all()):
+        raise ValueError("min_p must be in [0, 1] (0 disables it)")
 
     # Bad rows (NaN/+inf anywhere, or all -inf) must fail on every rank alike, not just the rank
     # holding the bad value (the others would wait in the next collective).
