@@ -55,6 +55,8 @@ def _gather_order(index_of_rank, world: int, full: int) -> torch.Tensor | None:
     """Positions in the rank-ordered all-gather of local outputs that give the full output order
     (None when that is already the order). Replicated rows: the first rank holding them wins."""
     indices = [index_of_rank(r) for r in range(world)]
+    if len({len(i) for i in indices}) > 1:
+        raise ValueError(f"gather_output needs equal shards on every rank, got sizes {[len(i) for i in indices]}")
     pos = torch.full((full,), -1, dtype=torch.long)
     offsets = torch.tensor([0] + [len(i) for i in indices]).cumsum(0)
     for r in reversed(range(world)):
@@ -106,10 +108,10 @@ class ColumnParallelLinear(_TPModule):
         y = self.local(copy_to_tp(x, self.group, self.world))
         if not self.gather_output:
             return y
-        y = gather_from_tp(y, self.group, self.world)
-        if self._order is None and self._index_of_rank is not None:
+        if self._index_of_rank is not None:  # first gather: its order (and a shape check) first
             self._order = _gather_order(self._index_of_rank, self.world, self.out_features)
             self._index_of_rank = None
+        y = gather_from_tp(y, self.group, self.world)
         return y if self._order is None else y.index_select(-1, self._order.to(y.device))
 
     def extra_repr(self) -> str:
