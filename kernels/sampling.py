@@ -18,9 +18,15 @@ import torch
 import triton
 import triton.language as tl
 
-from pyllmops.ops.sampling import ALL_NEG_INF, BAD_MIN_P, BAD_TEMPERATURE, BAD_TOP_P, BAD_VALUE
+from pyllmops.ops import sampling as _codes
 
 DIGITS = 16  # candidates per radix pass (4 bits)
+# Row status codes (pyllmops/ops/sampling.py), as constexpr globals so compiled kernels can read them.
+BAD_VALUE = tl.constexpr(_codes.BAD_VALUE)
+ALL_NEG_INF = tl.constexpr(_codes.ALL_NEG_INF)
+BAD_TEMPERATURE = tl.constexpr(_codes.BAD_TEMPERATURE)
+BAD_TOP_P = tl.constexpr(_codes.BAD_TOP_P)
+BAD_MIN_P = tl.constexpr(_codes.BAD_MIN_P)
 
 
 @triton.jit

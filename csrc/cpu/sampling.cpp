@@ -1,17 +1,18 @@
 // CPU sampling kernel. Per row (rows across threads):
 //
 //  greedy (t == 0)     pass 1: max and NaN check; pass 2: first index of the max.
-//  top-k on (0<k<V)    pass 1: one read of the row keeping a candidate buffer of values that can
+//  small top-k         pass 1: one read of the row keeping a candidate buffer of values that can
 //                      still be among the k largest (a chunk of 64 whose max is below the running
 //                      k-th value is skipped after one vectorised max); then everything runs on the
 //                      ~k survivors: weights, top-p walk in descending order, min-p, inverse CDF in
 //                      vocabulary order.
-//  top-k off           pass 1: max; pass 2: w = exp((x - m) / t) into scratch plus, for top-p, a
-//                      histogram of w's mass by its top 12 bits (a 2^(1/8) ratio per bucket). The
-//                      bucket where the descending mass reaches p * Z is the only one that needs
-//                      an exact look: its values are gathered (pass 3) and sorted. Pass 4: sums of
-//                      kept w per 64-element chunk, then the inverse CDF walks chunk sums and scans
-//                      one chunk.
+//  top-k off / large   pass 1: max (and the k-th largest by nth_element on a copy for a large k);
+//                      pass 2: w = exp((x - m) / t) (0 below the k-th) into scratch; for top-p,
+//                      Z, and the weights that can matter (>= (1 - p) Z / V / 2) collected with a
+//                      vectorised test per 16: a histogram of their mass by their top 12 bits
+//                      (a 2^(1/8) ratio per bucket) finds the bucket where the descending mass
+//                      reaches p * Z, the only one sorted. Last pass: sums of kept w per
+//                      64-element chunk; the inverse CDF walks chunk sums and scans one chunk.
 //
 // Hot loops are written lane-wise (16 independent accumulators) so the compiler vectorises them
 // without reassociating float sums, and compiled for AVX-512 / AVX2 / baseline with target_clones.
@@ -140,12 +141,12 @@ PYLLMOPS_SIMD MaxScan scan_max(const float* x, int64_t n) {
   return r;
 }
 
-// w[i] = exp((x[i] - m) / t) for i < n.
-PYLLMOPS_SIMD void weights(const float* x, float* w, int64_t n, float m, float t) {
+// w[i] = exp((x[i] - m) / t) for the top-k survivors x[i] >= kth, else 0 (i < n).
+PYLLMOPS_SIMD void weights(const float* x, float* w, int64_t n, float m, float t, float kth) {
   if (t == 1.0f) {
-    for (int64_t i = 0; i < n; ++i) w[i] = exp_nonpos(x[i] - m);
+    for (int64_t i = 0; i < n; ++i) w[i] = x[i] >= kth ? exp_nonpos(x[i] - m) : 0.0f;
   } else {
-    for (int64_t i = 0; i < n; ++i) w[i] = exp_nonpos((x[i] - m) / t);
+    for (int64_t i = 0; i < n; ++i) w[i] = x[i] >= kth ? exp_nonpos((x[i] - m) / t) : 0.0f;
   }
 }
 
@@ -262,55 +263,78 @@ int64_t draw_top_k(const float* x, int64_t n, float t, int64_t k, float p, float
   return last;
 }
 
-// The top-p cut-off by mass histogram: only the bucket where the descending mass reaches the
-// target is looked at value by value.
-float top_p_threshold(const float* w, int64_t n, float p, Scratch& s, const double (&hist)[2][kBuckets]) {
-  double z = 0.0;
-  for (int b = 0; b < kBuckets; ++b) z += hist[0][b] + hist[1][b];
+// Sum of w[0, n) in float lanes, accumulated in double.
+PYLLMOPS_SIMD double lane_sum(const float* w, int64_t n) {
+  double total = 0.0;
+  for (int64_t b = 0; b < n; b += kChunk) {
+    const int64_t e = std::min(n, b + kChunk);
+    float acc[kLanes] = {};
+    int64_t i = b;
+    for (; i + kLanes <= e; i += kLanes)
+      for (int j = 0; j < kLanes; ++j) acc[j] += w[i + j];
+    for (; i < e; ++i) acc[0] += w[i];
+    for (int j = 0; j < kLanes; ++j) total += acc[j];
+  }
+  return total;
+}
+
+// Appends every w[i] >= eps to `out`; a 16-wide chunk whose max is below eps costs one compare.
+PYLLMOPS_SIMD void collect_at_least(const float* w, int64_t n, float eps, std::vector<float>& out) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    int hits = 0;
+    for (int j = 0; j < kLanes; ++j) hits += w[i + j] >= eps;
+    if (hits == 0) continue;
+    for (int j = 0; j < kLanes; ++j)
+      if (w[i + j] >= eps) out.push_back(w[i + j]);
+  }
+  for (; i < n; ++i)
+    if (w[i] >= eps) out.push_back(w[i]);
+}
+
+// The top-p cut-off (smallest kept w) for weights with total z. Weights below
+// eps = (1 - p) * z / n can never be kept (all of them together hold less than (1 - p) * z), so
+// only the others are looked at: a mass histogram by their top 12 bits finds the bucket where
+// the descending mass reaches p * z, and only that bucket is sorted.
+float top_p_threshold(const float* w, int64_t n, float p, double z, Scratch& s) {
   const double target = double(p) * z;
+  auto& big = s.bucket;
+  big.clear();
+  collect_at_least(w, n, float((1.0 - double(p)) * z / double(n) * 0.5), big);  // half: rounding margin
+  double hist[kBuckets] = {};
+  for (const float v : big) hist[bits_of(v) >> kBucketShift] += v;
   double above = 0.0;
   int b = kBuckets - 1;
   for (; b >= 0; --b) {
-    const double mass = hist[0][b] + hist[1][b];
-    if (above + mass >= target) break;
-    above += mass;
+    if (above + hist[b] >= target) break;
+    above += hist[b];
   }
-  if (b < 0) return 0.0f;  // rounding kept p * Z out of reach: keep everything
-  auto& vals = s.bucket;
-  vals.clear();
-  for (int64_t i = 0; i < n; ++i) {
-    if ((bits_of(w[i]) >> kBucketShift) == uint32_t(b)) vals.push_back(w[i]);
-  }
-  std::sort(vals.begin(), vals.end(), [](float a, float c) { return a > c; });
-  return top_p_walk(vals.data(), vals.size(), above, target);
+  if (b < 0) return 0.0f;  // rounding kept p * z out of reach: keep everything
+  // Move the crossing bucket's values to the front, sort them, walk.
+  const auto mid = std::partition(big.begin(), big.end(), [b](float v) { return (bits_of(v) >> kBucketShift) == uint32_t(b); });
+  std::sort(big.begin(), mid, [](float x, float y) { return x > y; });
+  return top_p_walk(big.data(), size_t(mid - big.begin()), above, target);
 }
 
-int64_t draw_full(const float* x, int64_t n, float t, float p, float q, double u, float* probs, Scratch& s) {
+// The k-th largest of x[0, n) (k in [1, n]); -inf for k = 0 (no top-k).
+float kth_largest(const float* x, int64_t n, int64_t k, std::vector<float>& tmp) {
+  if (k <= 0) return kNegInf;
+  tmp.assign(x, x + n);
+  std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), [](float a, float b) { return a > b; });
+  return tmp[k - 1];
+}
+
+int64_t draw_full(const float* x, int64_t n, float t, int64_t k, float p, float q, double u, float* probs,
+                  Scratch& s) {
   const MaxScan ms = scan_max(x, n);
   if (ms.bad) return kBadValue;
   if (ms.max == kNegInf) return kAllNegInf;
+  const float kth = kth_largest(x, n, k, s.bucket);
   s.w.resize(n);
   float* w = s.w.data();
-  float tau = 0.0f;
-  if (p < 1.0f) {
-    static thread_local double hist[2][kBuckets];
-    std::memset(hist, 0, sizeof(hist));
-    constexpr int64_t kBlock = 2048;  // weights of a block, then its histogram while it is in L1
-    for (int64_t b = 0; b < n; b += kBlock) {
-      const int64_t e = std::min(n, b + kBlock);
-      weights(x + b, w + b, e - b, ms.max, t);
-      int64_t i = b;
-      for (; i + 2 <= e; i += 2) {  // two histograms: fewer store-to-load stalls on one bucket
-        hist[0][bits_of(w[i]) >> kBucketShift] += w[i];
-        hist[1][bits_of(w[i + 1]) >> kBucketShift] += w[i + 1];
-      }
-      if (i < e) hist[0][bits_of(w[i]) >> kBucketShift] += w[i];
-    }
-    tau = top_p_threshold(w, n, p, s, hist);
-  } else {
-    weights(x, w, n, ms.max, t);
-  }
-  tau = std::max(tau, q);
+  weights(x, w, n, ms.max, t, kth);
+  const float tau_p = p < 1.0f ? top_p_threshold(w, n, p, lane_sum(w, n), s) : 0.0f;
+  const float tau = std::max(tau_p, q);
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   s.sums.resize(chunks);
   chunk_sums(w, n, tau, s.sums.data());
@@ -404,10 +428,10 @@ void sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, int
         ids[r] = bad;
       else if (t == 0.0f)
         ids[r] = draw_greedy(x, V, out);
-      else if (k > 0 && k < V)
+      else if (k > 0 && k <= std::max<int64_t>(64, V / 32) && k < V)  // small k: work on the candidates
         ids[r] = draw_top_k(x, V, t, k, prm.top_p[r], prm.min_p[r], u, out, s);
-      else
-        ids[r] = draw_full(x, V, t, prm.top_p[r], prm.min_p[r], u, out, s);
+      else  // no top-k, or a k so large that a threshold on the whole row is cheaper
+        ids[r] = draw_full(x, V, t, k > 0 && k < V ? k : 0, prm.top_p[r], prm.min_p[r], u, out, s);
     }
     scratch_pool().put(std::move(scratch));
   });

@@ -49,7 +49,7 @@ def calibration_batches(tokenizer, text: str | None = None, n_samples: int = 8, 
     return [torch.tensor([ids[i * step:i * step + seq_len]]) for i in range(n)]
 
 
-def _windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, first_scored) per window: each window scores the tokens no earlier window
     scored and that have context inside it, so with stride < window every token but the first
     is scored once, with >= window - stride tokens of context (except in the first window); with
@@ -57,7 +57,8 @@ def _windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     out, begin, scored_to = [], 0, 1
     while True:
         end = min(begin + window, n)
-        out.append((begin, end, max(scored_to, begin + 1)))
+        if max(scored_to, begin + 1) < end:  # a last one-token window would score nothing
+            out.append((begin, end, max(scored_to, begin + 1)))
         scored_to = end
         if end == n:
             return out
@@ -67,19 +68,21 @@ def _windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
 @torch.inference_mode()
 def perplexity(model: nn.Module, ids: Sequence[int] | torch.Tensor, window: int = 512, stride: int | None = None, batch_size: int = 4, progress: bool = False) -> float:
     """exp(mean negative log-likelihood) of `ids` ([N] int64) under `model` (ids [B, T] ->
-    logits [B, T, V]), with windows of `window` tokens moving by `stride` (default window // 2).
+    logits [B, T, V]), with windows of `window` tokens moving by `stride` (default `window`:
+    disjoint windows, the convention of llama.cpp-style "512-token window" numbers and half the
+    cost of window // 2, which gives every token more context and so a lower perplexity).
     Windows of equal length run `batch_size` at a time; progress=True shows tqdm on stderr."""
     ids = torch.as_tensor(ids, dtype=torch.long).flatten()
     if window < 2:
         raise ValueError(f"window must be >= 2, got {window}")
-    stride = window // 2 if stride is None else stride
+    stride = window if stride is None else stride
     if not 1 <= stride <= window:
         raise ValueError(f"stride must be in [1, window={window}], got {stride}")
     if ids.numel() < 2:
         raise ValueError(f"need at least 2 tokens to score, got {ids.numel()}")
     device = next(model.parameters()).device
-    windows = _windows(ids.numel(), window, stride)
-    groups = [windows[i:i + batch_size] for i in range(0, len(windows), batch_size)]
+    spans = windows(ids.numel(), window, stride)
+    groups = [spans[i:i + batch_size] for i in range(0, len(spans), batch_size)]
     # The last window may be shorter: batch only windows of one length.
     groups = [[w for w in g if w[1] - w[0] == length] for g in groups for length in sorted({w[1] - w[0] for w in g})]
 
@@ -88,7 +91,7 @@ def perplexity(model: nn.Module, ids: Sequence[int] | torch.Tensor, window: int 
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(windows), desc="perplexity", unit="window", leave=False)
+        bar = tqdm(total=len(spans), desc="perplexity", unit="window", leave=False)
     for group in groups:
         batch = torch.stack([ids[b:e] for b, e, _ in group]).to(device)
         logp = torch.log_softmax(model(batch).float(), dim=-1)  # [W, T, V]

@@ -52,10 +52,11 @@ class TorchSampler:
 
 @dataclass
 class GenerationStats:
+    batch: int = 1
     prompt_tokens: int = 0  # real (unpadded) prompt tokens over the batch
     new_tokens: int = 0  # generated tokens over the batch
-    prefill_s: float = 0.0
-    decode_s: float = 0.0  # time of the steps after the first token
+    prefill_s: float = 0.0  # prompt forward + first token
+    decode_s: float = 0.0  # the steps after the first token
 
     @property
     def prefill_tok_s(self) -> float:
@@ -65,8 +66,6 @@ class GenerationStats:
     def decode_tok_s(self) -> float:
         """Generated tokens per second after the first (whose cost is the prefill)."""
         return (self.new_tokens - self.batch) / self.decode_s if self.decode_s else 0.0
-
-    batch: int = 1
 
 
 def pad_left(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,14 +47,16 @@ class LlamaConfig:
 class KVCache:
     """Keys and values of every layer, allocated once for `capacity` slots.
 
-    k[i], v[i]: [B, KV, capacity, D]. Slot j holds the j-th token fed to the model for every row;
+    k[i], v[i]: [B, KV, capacity, D] float32 (attention runs in float32 whatever the weights'
+    dtype: small bf16 batched matmuls are slow on CPU, and softmax wants the range), allocated
+    at a layer's first update with the KV head count it sees (a tensor-parallel rank holds only
+    its share of the heads). Slot j holds the j-th token fed to the model for every row;
     with left padding a slot may hold a pad, which `key_mask` [B, capacity] (True = real token)
     hides from attention. `n_real` [B] counts each row's real tokens (its next RoPE position)."""
 
-    def __init__(self, config: LlamaConfig, batch: int, capacity: int, *, dtype: torch.dtype, device: torch.device | str):
-        shape = (batch, config.n_kv_heads, capacity, config.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+    def __init__(self, config: LlamaConfig, batch: int, capacity: int, *, device: torch.device | str):
+        self.k: list[torch.Tensor | None] = [None] * config.n_layers
+        self.v: list[torch.Tensor | None] = [None] * config.n_layers
         self.key_mask = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         self.n_real = torch.zeros(batch, dtype=torch.long, device=device)
         self.length = 0  # slots written so far
@@ -64,6 +66,10 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, KV, T, D] at slots [length, length + T) of `layer`; return the filled
         prefix [B, KV, length + T, D] (views, no copies)."""
+        if self.k[layer] is None:
+            b, kv, _, d = k.shape
+            self.k[layer] = k.new_zeros(b, kv, self.capacity, d)
+            self.v[layer] = v.new_zeros(b, kv, self.capacity, d)
         end = self.length + k.shape[2]
         self.k[layer][:, :, self.length:end].copy_(k)
         self.v[layer][:, :, self.length:end].copy_(v)
@@ -98,7 +104,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
     """q: [B, H, T, D]; k, v: [B, KV, S, D]; mask: [B, 1, T, S] bool (True = may attend) or None.
-    Returns [B, T, H * D].
+    Returns [B, T, H * D]. All float32.
 
     One-token queries (decode) take a plain matmul path: CPU scaled_dot_product_attention has a
     high fixed cost there, and grouping the G query heads of a KV head into one matrix avoids
@@ -119,21 +125,24 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 class Attention(nn.Module):
     def __init__(self, config: LlamaConfig, linear_cls: LinearFactory):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.head_dim = config.head_dim
         self.q_proj = linear_cls(config.dim, config.n_heads * config.head_dim)
         self.k_proj = linear_cls(config.dim, config.n_kv_heads * config.head_dim)
         self.v_proj = linear_cls(config.dim, config.n_kv_heads * config.head_dim)
         self.o_proj = linear_cls(config.n_heads * config.head_dim, config.dim)
 
     def forward(self, x, cos, sin, mask, causal, cache: KVCache | None, layer: int) -> torch.Tensor:
+        """x: [B, T, dim] in the model's dtype; RoPE and attention in float32 (see KVCache)."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # Head counts come from the projections' outputs (-1): a column-parallel projection
+        # yields only this rank's heads.
+        q = self.q_proj(x).float().view(b, t, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).float().view(b, t, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).float().view(b, t, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        return self.o_proj(attention(q, k, v, mask, causal))
+        return self.o_proj(attention(q, k, v, mask, causal).to(x.dtype))
 
 
 class MLP(nn.Module):
@@ -181,8 +190,7 @@ class Llama(nn.Module):
         """An empty KV cache for `batch` rows and `capacity` tokens (prompt + generated)."""
         if capacity > self.config.max_seq_len:
             raise ValueError(f"capacity must be <= max_seq_len={self.config.max_seq_len}, got {capacity}")
-        p = self.embed_tokens.weight
-        return KVCache(self.config, batch, capacity, dtype=p.dtype, device=p.device)
+        return KVCache(self.config, batch, capacity, device=self.embed_tokens.weight.device)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
         """ids: [B, T] int64 token ids. mask: [B, T] bool, True for real tokens, False for left
@@ -204,8 +212,8 @@ class Llama(nn.Module):
             positions = (n_before[:, None] + mask.long().cumsum(1) - 1).clamp_(min=0)
         else:
             positions = n_before[:, None] + torch.arange(t, device=ids.device)
-        cos = self.rope_cos[positions].unsqueeze(1).to(self.embed_tokens.weight.dtype)  # [B, 1, T, D]
-        sin = self.rope_sin[positions].unsqueeze(1).to(self.embed_tokens.weight.dtype)
+        cos = self.rope_cos[positions].unsqueeze(1)  # [B, 1, T, D] float32
+        sin = self.rope_sin[positions].unsqueeze(1)
 
         attn_mask, causal = self._attention_mask(mask, padded, cache, start, t, ids.device)
         if cache is not None:

