@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the BPE fuzz target (libFuzzer + ASan + UBSan, clang) and run it for a bounded number of
-# inputs:  scripts/fuzz_bpe.sh [RUNS]   (default 1000000; inputs up to $FUZZ_MAX_LEN bytes, default 1024)
+# inputs:  scripts/fuzz_bpe.sh [RUNS]   (default 1000000; inputs up to $FUZZ_MAX_LEN bytes, default 512)
 # Needs clang with the libFuzzer runtime: on Debian `apt-get install -y clang` (clang-14 +
 # libclang-rt-14-dev). Exits non-zero on any sanitizer report or violated property.
 set -euo pipefail
@@ -26,5 +26,5 @@ done
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 start=$(date +%s)
-"$BUILD/fuzz_bpe" -runs="$RUNS" -max_len="${FUZZ_MAX_LEN:-1024}" -timeout=10 -print_final_stats=1 "$CORPUS" 2>&1 | tail -25
+"$BUILD/fuzz_bpe" -runs="$RUNS" -max_len="${FUZZ_MAX_LEN:-512}" -timeout=10 -print_final_stats=1 "$CORPUS" 2>&1 | tail -25
 echo "fuzz_bpe.sh: $RUNS runs in $(( $(date +%s) - start )) s, no sanitizer report"

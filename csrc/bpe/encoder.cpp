@@ -250,9 +250,11 @@ void Encoder::merge_small(const uint8_t* p, size_t len, std::vector<uint32_t>& o
 // removed when a merge invalidates them: a popped entry is used only if its two parts are still
 // adjacent with the recorded ids. Each merge pushes at most two entries: O(n log n).
 void Encoder::merge_large(const uint8_t* p, size_t len, std::vector<uint32_t>& out) const {
+  // key = rank << 32 | position: one integer comparison orders the heap.
   struct Entry {
-    uint32_t rank, pos, left, right;
-    bool operator>(const Entry& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    uint64_t key;
+    uint32_t left, right;
+    bool operator>(const Entry& o) const { return key > o.key; }
   };
   constexpr uint32_t kEnd = 0xFFFFFFFFu;
   thread_local std::vector<uint32_t> tok, next, prev;
@@ -269,17 +271,20 @@ void Encoder::merge_large(const uint8_t* p, size_t len, std::vector<uint32_t>& o
     next[i] = i + 1 < n ? i + 1 : kEnd;
     prev[i] = i > 0 ? i - 1 : kEnd;
   }
+  auto entry = [&](uint32_t i, uint32_t j, uint32_t rank) {
+    return Entry{(static_cast<uint64_t>(rank) << 32) | i, tok[i], tok[j]};
+  };
   auto push = [&](uint32_t i) {
     const uint32_t j = next[i];
     if (j == kEnd) return;
     const PairMap::Value v = pairs_.find(tok[i], tok[j]);
     if (v.rank == PairMap::kNoRank) return;
-    heap.push_back(Entry{v.rank, i, tok[i], tok[j]});
+    heap.push_back(entry(i, j, v.rank));
     std::push_heap(heap.begin(), heap.end(), std::greater<Entry>());
   };
   for (uint32_t i = 0; i + 1 < n; ++i) {
     const PairMap::Value v = pairs_.find(tok[i], tok[i + 1]);
-    if (v.rank != PairMap::kNoRank) heap.push_back(Entry{v.rank, i, tok[i], tok[i + 1]});
+    if (v.rank != PairMap::kNoRank) heap.push_back(entry(i, i + 1, v.rank));
   }
   std::make_heap(heap.begin(), heap.end(), std::greater<Entry>());
   constexpr uint32_t kDead = 0xFFFFFFFFu;
@@ -287,7 +292,7 @@ void Encoder::merge_large(const uint8_t* p, size_t len, std::vector<uint32_t>& o
     std::pop_heap(heap.begin(), heap.end(), std::greater<Entry>());
     const Entry e = heap.back();
     heap.pop_back();
-    const uint32_t i = e.pos, j = next[i];
+    const uint32_t i = static_cast<uint32_t>(e.key), j = next[i];
     if (tok[i] != e.left || j == kEnd || tok[j] != e.right) continue;
     tok[i] = pairs_.find(e.left, e.right).id;
     tok[j] = kDead;

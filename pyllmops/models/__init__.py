@@ -37,7 +37,7 @@ def load_tokenizer(path: str | Path, reader=None):
         from pyllmops.tokenizer.slow_bpe import load_gguf_slow
 
         return load_gguf_slow(reader if reader is not None else path)
-    return load_gguf(str(path))
+    return load_gguf(reader if reader is not None else str(path))
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", linear_cls: LinearFactory | None = None):

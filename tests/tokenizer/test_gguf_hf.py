@@ -122,3 +122,29 @@ def test_hf_unsupported(tmp_path):
     path.write_text(json.dumps({"model": {"type": "WordPiece", "vocab": {}}}))
     with pytest.raises(ValueError, match="not BPE"):
         load_hf_tokenizer(path)
+
+
+@pytest.mark.parametrize("ignore_merges", [False, True])
+def test_hf_tokenizer_json_llama3_split(tmp_path, seed, ignore_merges):
+    """Llama 3 style tokenizer.json: Split(cl100k-like regex, isolated) + ByteLevel(use_regex=False),
+    with and without ignore_merges."""
+    pytest.importorskip("tokenizers")
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    from pyllmops.tokenizer import load_hf_tokenizer
+
+    llama3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+    hf = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(llama3), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    hf.train_from_iterator([_data.real_text(300_000)], trainers.BpeTrainer(
+        vocab_size=1200, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    path = tmp_path / "tokenizer.json"
+    hf.save(str(path))
+    enc = load_hf_tokenizer(path)
+    assert enc.split == "cl100k"
+    text = _data.adversarial_text(seed, 3000) + _data.real_text(1 << 20)[-100_000:]
+    assert enc.encode_ordinary(text) == hf.encode(text, add_special_tokens=False).ids, f"seed {seed}"
