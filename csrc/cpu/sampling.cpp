@@ -6,13 +6,14 @@
 //                      k-th value is skipped after one vectorised max); then everything runs on the
 //                      ~k survivors: weights, top-p walk in descending order, min-p, inverse CDF in
 //                      vocabulary order.
-//  top-k off / large   pass 1: max (and the k-th largest by nth_element on a copy for a large k);
-//                      pass 2: w = exp((x - m) / t) (0 below the k-th) into scratch; for top-p,
-//                      Z, and the weights that can matter (>= (1 - p) Z / V / 2) collected with a
-//                      vectorised test per 16: a histogram of their mass by their top 12 bits
-//                      (a 2^(1/8) ratio per bucket) finds the bucket where the descending mass
-//                      reaches p * Z, the only one sorted. Last pass: sums of kept w per
-//                      64-element chunk; the inverse CDF walks chunk sums and scans one chunk.
+//  top-k off / large   (a large k: its k-th largest by nth_element on a copy.) Pass 1: max and
+//                      Z = sum of w = exp((x - m) / t) together (online softmax, per 1024 block).
+//                      Pass 2: recompute w per block and collect only the weights that can
+//                      matter (>= (1 - p) Z / V / 2 for top-p, >= min_p) with a vectorised test:
+//                      for peaked rows a small fraction. Then on that list: a histogram of the
+//                      mass by w's top 12 bits (a 2^(1/8) ratio per bucket) finds the bucket where
+//                      the descending mass reaches p * Z, the only one sorted; the inverse CDF
+//                      walks the list (it is in vocabulary order).
 //
 // Hot loops are written lane-wise (16 independent accumulators) so the compiler vectorises them
 // without reassociating float sums, and compiled for AVX-512 / AVX2 / baseline with target_clones.
@@ -32,7 +33,7 @@
 
 #include "cpu/parallel.h"
 
-#define PYLLMOPS_SIMD __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#define PYLLMOPS_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
 // Helpers must inline into every clone to be vectorised with it.
 #define PYLLMOPS_INLINE inline __attribute__((always_inline))
 
@@ -63,7 +64,8 @@ double row_uniform(int64_t seed, int64_t offset) {
 namespace {
 
 constexpr int kLanes = 16;
-constexpr int64_t kChunk = 64;  // inverse-CDF chunk
+constexpr int64_t kChunk = 64;    // top-k candidate scan: skip a chunk below the running k-th
+constexpr int64_t kBlock = 1024;  // online max/mass and weight blocks (L1-resident)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kFloatMax = std::numeric_limits<float>::max();
 constexpr int kBucketShift = 20;  // w's top 12 bits: 8 exponent + 3 mantissa (w in [0, 1])
@@ -122,19 +124,16 @@ PYLLMOPS_SIMD void convert_row(const uint16_t* src, float* dst, int64_t n, bool 
 
 PYLLMOPS_SIMD MaxScan scan_max(const float* x, int64_t n) {
   float acc[kLanes];
-  uint32_t bad[kLanes];
+  int32_t bad[kLanes];
   for (int j = 0; j < kLanes; ++j) acc[j] = kNegInf, bad[j] = 0;
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const float v = x[i + j];
-      acc[j] = v > acc[j] ? v : acc[j];
-      bad[j] |= !(v <= kFloatMax);
-    }
+    for (int j = 0; j < kLanes; ++j) acc[j] = std::max(acc[j], x[i + j]);
+    for (int j = 0; j < kLanes; ++j) bad[j] += (x[i + j] != x[i + j]) | (x[i + j] > kFloatMax);
   }
   for (; i < n; ++i) {
-    acc[0] = x[i] > acc[0] ? x[i] : acc[0];
-    bad[0] |= !(x[i] <= kFloatMax);
+    acc[0] = std::max(acc[0], x[i]);
+    bad[0] += (x[i] != x[i]) | (x[i] > kFloatMax);
   }
   MaxScan r{kNegInf, false};
   for (int j = 0; j < kLanes; ++j) r.max = std::max(r.max, acc[j]), r.bad |= bad[j] != 0;
@@ -150,26 +149,6 @@ PYLLMOPS_SIMD void weights(const float* x, float* w, int64_t n, float m, float t
   }
 }
 
-// Sum of the w >= tau in each 64-element chunk (last one partial), float lanes in a fixed order.
-PYLLMOPS_SIMD void chunk_sums(const float* w, int64_t n, float tau, double* sums) {
-  for (int64_t c = 0; c * kChunk < n; ++c) {
-    const int64_t b = c * kChunk, e = std::min(n, b + kChunk);
-    float acc[kLanes] = {};
-    int64_t i = b;
-    for (; i + kLanes <= e; i += kLanes)
-      for (int j = 0; j < kLanes; ++j) acc[j] += w[i + j] >= tau ? w[i + j] : 0.0f;
-    for (; i < e; ++i) acc[0] += w[i] >= tau ? w[i] : 0.0f;
-    float s = 0.0f;
-    for (int j = 0; j < kLanes; ++j) s += acc[j];
-    sums[c] = s;
-  }
-}
-
-PYLLMOPS_SIMD void write_probs(const float* w, int64_t n, float tau, double total, float* probs) {
-  const double inv = 1.0 / total;
-  for (int64_t i = 0; i < n; ++i) probs[i] = w[i] >= tau ? float(w[i] * inv) : 0.0f;
-}
-
 struct Cand {
   float x;
   float w;
@@ -178,10 +157,8 @@ struct Cand {
 
 struct Scratch {
   std::vector<float> row;  // fp16/bf16 row converted to float
-  std::vector<float> w;    // weights (top-k off)
-  std::vector<Cand> cand;  // top-k survivors
+  std::vector<Cand> cand;  // top-k survivors, or the weights that can matter
   std::vector<float> bucket;
-  std::vector<double> sums;
 };
 
 // Smallest w kept by top-p: the mass of the weights strictly above it is < target. `desc` holds
@@ -263,57 +240,84 @@ int64_t draw_top_k(const float* x, int64_t n, float t, int64_t k, float p, float
   return last;
 }
 
-// Sum of w[0, n) in float lanes, accumulated in double.
-PYLLMOPS_SIMD double lane_sum(const float* w, int64_t n) {
-  double total = 0.0;
-  for (int64_t b = 0; b < n; b += kChunk) {
-    const int64_t e = std::min(n, b + kChunk);
-    float acc[kLanes] = {};
-    int64_t i = b;
-    for (; i + kLanes <= e; i += kLanes)
-      for (int j = 0; j < kLanes; ++j) acc[j] += w[i + j];
-    for (; i < e; ++i) acc[0] += w[i];
-    for (int j = 0; j < kLanes; ++j) total += acc[j];
-  }
-  return total;
-}
-
-// Appends every w[i] >= eps to `out`; a 16-wide chunk whose max is below eps costs one compare.
-PYLLMOPS_SIMD void collect_at_least(const float* w, int64_t n, float eps, std::vector<float>& out) {
+// Sum over x[0, n) >= kth of exp((x - m) / t), float lanes (no weights stored).
+PYLLMOPS_SIMD float mass(const float* x, int64_t n, float m, float t, float kth) {
+  float acc[kLanes] = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    int hits = 0;
-    for (int j = 0; j < kLanes; ++j) hits += w[i + j] >= eps;
-    if (hits == 0) continue;
-    for (int j = 0; j < kLanes; ++j)
-      if (w[i + j] >= eps) out.push_back(w[i + j]);
-  }
-  for (; i < n; ++i)
-    if (w[i] >= eps) out.push_back(w[i]);
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j] >= kth ? exp_nonpos((x[i + j] - m) / t) : 0.0f;
+  for (; i < n; ++i) acc[0] += x[i] >= kth ? exp_nonpos((x[i] - m) / t) : 0.0f;
+  float sum = 0.0f;
+  for (int j = 0; j < kLanes; ++j) sum += acc[j];
+  return sum;
 }
 
-// The top-p cut-off (smallest kept w) for weights with total z. Weights below
-// eps = (1 - p) * z / n can never be kept (all of them together hold less than (1 - p) * z), so
-// only the others are looked at: a mass histogram by their top 12 bits finds the bucket where
-// the descending mass reaches p * z, and only that bucket is sorted.
-float top_p_threshold(const float* w, int64_t n, float p, double z, Scratch& s) {
-  const double target = double(p) * z;
-  auto& big = s.bucket;
-  big.clear();
-  collect_at_least(w, n, float((1.0 - double(p)) * z / double(n) * 0.5), big);  // half: rounding margin
+// Writes base + i and w[i] for every w[i] >= eps (i < n) to idx / val, branch-free (the
+// survivors are scattered: a branch per element would mispredict); returns how many.
+PYLLMOPS_SIMD int64_t gather_at_least(const float* w, int64_t n, int64_t base, float eps, int32_t* idx, float* val) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    idx[count] = int32_t(base + i);
+    val[count] = w[i];
+    count += w[i] >= eps;
+  }
+  return count;
+}
+
+struct MassScan {
+  float max;
+  double z;  // sum of exp((x - max) / t) over x >= kth
+  bool bad;
+};
+
+// Max, Z and the NaN/+inf check in one read (online softmax): per 1024-element block a vectorised
+// max; when it raises the running max, Z so far is rescaled; then the chunk's mass is added.
+MassScan max_and_mass(const float* x, int64_t n, float t, float kth) {
+  MassScan r{kNegInf, 0.0, false};
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = std::min(kBlock, n - b);
+    const MaxScan c = scan_max(x + b, len);
+    r.bad |= c.bad;
+    if (c.max > r.max) {
+      r.z *= exp_nonpos((r.max - c.max) / t);  // 0 while the running max was -inf
+      r.max = c.max;
+    }
+    if (r.max != kNegInf && !r.bad) r.z += mass(x + b, len, r.max, t, kth);
+  }
+  return r;
+}
+
+// Appends {x, w, index} for every top-k survivor with weight w >= eps, in vocabulary order.
+void collect_weights(const float* x, int64_t n, float m, float t, float kth, float eps, std::vector<Cand>& out) {
+  float w[kBlock], val[kBlock];
+  int32_t idx[kBlock];
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = std::min(kBlock, n - b);
+    weights(x + b, w, len, m, t, kth);
+    const int64_t hits = gather_at_least(w, len, b, eps, idx, val);
+    for (int64_t j = 0; j < hits; ++j) out.push_back({x[idx[j]], val[j], idx[j]});
+  }
+}
+
+// The top-p cut-off (smallest kept weight) among `c`, the weights that can matter: a mass
+// histogram by their top 12 bits finds the bucket where the descending mass reaches the target;
+// only that bucket is sorted.
+float top_p_threshold(const std::vector<Cand>& c, double target, Scratch& s) {
   double hist[kBuckets] = {};
-  for (const float v : big) hist[bits_of(v) >> kBucketShift] += v;
+  for (const auto& e : c) hist[bits_of(e.w) >> kBucketShift] += e.w;
   double above = 0.0;
   int b = kBuckets - 1;
   for (; b >= 0; --b) {
     if (above + hist[b] >= target) break;
     above += hist[b];
   }
-  if (b < 0) return 0.0f;  // rounding kept p * z out of reach: keep everything
-  // Move the crossing bucket's values to the front, sort them, walk.
-  const auto mid = std::partition(big.begin(), big.end(), [b](float v) { return (bits_of(v) >> kBucketShift) == uint32_t(b); });
-  std::sort(big.begin(), mid, [](float x, float y) { return x > y; });
-  return top_p_walk(big.data(), size_t(mid - big.begin()), above, target);
+  if (b < 0) return 0.0f;  // rounding kept the target out of reach: keep everything
+  auto& vals = s.bucket;
+  vals.clear();
+  for (const auto& e : c)
+    if ((bits_of(e.w) >> kBucketShift) == uint32_t(b)) vals.push_back(e.w);
+  std::sort(vals.begin(), vals.end(), [](float x, float y) { return x > y; });
+  return top_p_walk(vals.data(), vals.size(), above, target);
 }
 
 // The k-th largest of x[0, n) (k in [1, n]); -inf for k = 0 (no top-k).
@@ -326,36 +330,42 @@ float kth_largest(const float* x, int64_t n, int64_t k, std::vector<float>& tmp)
 
 int64_t draw_full(const float* x, int64_t n, float t, int64_t k, float p, float q, double u, float* probs,
                   Scratch& s) {
-  const MaxScan ms = scan_max(x, n);
+  float kth = kNegInf;
+  if (k > 0) {
+    const MaxScan pre = scan_max(x, n);  // NaN-free before nth_element
+    if (pre.bad) return kBadValue;
+    kth = kth_largest(x, n, k, s.bucket);
+  }
+  const MassScan ms = max_and_mass(x, n, t, kth);
   if (ms.bad) return kBadValue;
   if (ms.max == kNegInf) return kAllNegInf;
-  const float kth = kth_largest(x, n, k, s.bucket);
-  s.w.resize(n);
-  float* w = s.w.data();
-  weights(x, w, n, ms.max, t, kth);
-  const float tau_p = p < 1.0f ? top_p_threshold(w, n, p, lane_sum(w, n), s) : 0.0f;
-  const float tau = std::max(tau_p, q);
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  s.sums.resize(chunks);
-  chunk_sums(w, n, tau, s.sums.data());
+  // Weights below (1 - p) * Z / n together hold less than (1 - p) * Z: top-p drops them all (half
+  // of that bound leaves room for rounding); min-p drops those below q. The rest is collected.
+  float eps = std::max(q, std::numeric_limits<float>::min());
+  if (p < 1.0f) eps = std::max(eps, float((1.0 - double(p)) * ms.z / double(n) * 0.5));
+  auto& c = s.cand;
+  c.clear();
+  collect_weights(x, n, ms.max, t, kth, eps, c);
+  float tau = q;
+  if (p < 1.0f) tau = std::max(tau, top_p_threshold(c, double(p) * ms.z, s));
   double total = 0.0;
-  for (int64_t c = 0; c < chunks; ++c) total += s.sums[c];
-  if (probs) write_probs(w, n, tau, total, probs);
+  for (const auto& e : c)
+    if (e.w >= tau) total += e.w;
+  if (probs) {
+    std::fill(probs, probs + n, 0.0f);
+    for (const auto& e : c)
+      if (e.w >= tau) probs[e.idx] = float(e.w / total);
+  }
   const double target = u * total;
   double run = 0.0;
-  for (int64_t c = 0; c < chunks; ++c) {
-    if (run + s.sums[c] > target) {
-      double inner = run;
-      for (int64_t i = c * kChunk, e = std::min(n, i + kChunk); i < e; ++i) {
-        if (w[i] >= tau) inner += w[i];
-        if (inner > target) return i;
-      }
-    }
-    run += s.sums[c];
+  int64_t last = c.front().idx;  // the max (weight 1) is always collected and kept
+  for (const auto& e : c) {
+    if (e.w < tau) continue;
+    last = e.idx;
+    run += e.w;
+    if (run > target) return e.idx;
   }
-  for (int64_t i = n - 1; i > 0; --i)  // rounding: the last kept token with weight
-    if (w[i] >= tau && w[i] > 0.0f) return i;
-  return 0;
+  return last;  // rounding left u * W out of reach
 }
 
 int64_t draw_greedy(const float* x, int64_t n, float* probs) {

@@ -27,9 +27,12 @@ function of its logits, parameters, seed and offset only: the same whatever else
 and no host RNG state is touched (safe under CUDA graphs). seed=None draws the seeds from torch's
 generator for the logits' device; a scalar seed s means seed[row] = s + row.
 
-Backends compute the same kept set and the same u, so they return the same token except when
-float rounding decides: a running sum (or p * Z) within float rounding of a boundary, where the
-summation order differs (cpp and torch sum in float64, Triton and CUDA in float32).
+Backends compute the same kept set and the same u (bit-identical Philox), so they return the same
+token except when float rounding decides: a running sum (or p * Z) within rounding of a boundary,
+where the summation order differs (cpp and torch sum in float64, Triton and CUDA in float32) or the
+float32 exp differs by an ulp (cpp uses its own vectorised polynomial). Within one backend the
+result is bit-reproducible whatever the batch. Ties at the top-p boundary: HF's sort keeps an
+arbitrary part of a tied group; here the whole group is kept, as top-k does.
 
 Errors: a row with NaN or +inf, a row of only -inf, temperature < 0 or NaN, top_p outside (0, 1],
 min_p outside [0, 1], a non-integer top_k, per-row tensors of the wrong shape, dtype or device.
@@ -37,7 +40,7 @@ min_p outside [0, 1], a non-integer top_k, per-row tensors of the wrong shape, d
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Union
+from typing import Union
 
 import torch
 
