@@ -68,7 +68,13 @@ def run_ranks(args: argparse.Namespace, rank_fn) -> int:
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         if int(os.environ["WORLD_SIZE"]) != args.tp:
             raise ValueError(f"--tp {args.tp} but torchrun started WORLD_SIZE={os.environ['WORLD_SIZE']} processes")
-        return rank_fn(init_tensor_parallel(timeout=TP_TIMEOUT_S), args)
+        import torch.distributed as dist
+
+        tp = init_tensor_parallel(timeout=TP_TIMEOUT_S)
+        try:
+            return rank_fn(tp, args)
+        finally:  # gloo's threads still running at interpreter exit would abort the process
+            dist.destroy_process_group()
     if args.device == "cuda":
         raise ValueError(f"--tp {args.tp} on CUDA: launch with `torchrun --nproc-per-node {args.tp} -m pyllmops.cli ...`")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.tp)

@@ -37,11 +37,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_rank(tp, args: argparse.Namespace) -> int:
     """One tensor-parallel rank (all of it for --tp 1); rank 0 writes the text and stats."""
+    import torch
+    import torch.distributed
+
     from pyllmops.models.chat import DEFAULT_SYSTEM_PROMPT, chat_prompt, stop_ids
     from pyllmops.models.generate import GenerationStats, generate, stream_text
     from pyllmops.models.parallel import parallelize_llama
     from pyllmops.parallel import VocabParallelSampler
 
+    if tp.world > 1:  # under torchrun each rank drew its own random seed: all use rank 0's
+        seed = torch.tensor([args.seed])
+        torch.distributed.broadcast(seed, torch.distributed.get_global_rank(tp.group, 0) if tp.group else 0, group=tp.group)
+        args.seed = int(seed)
     model, tok = _model.load(args)
     model = _model.quantize(model, tok, args.quant, args)
     if tp.world > 1:

@@ -16,8 +16,6 @@ Heads that do not divide by the world size (SmolLM2-135M: 9 query / 3 KV heads o
 split unevenly by whole KV groups."""
 from __future__ import annotations
 
-import dataclasses
-
 from pyllmops.models.llama import Llama
 from pyllmops.parallel import (
     ColumnParallelLinear, ParallelLMHead, RowParallelLinear, TPGroup, VocabParallelEmbedding, head_rows, qkv_heads,
@@ -25,9 +23,10 @@ from pyllmops.parallel import (
 
 
 def parallelize_llama(model: Llama, tp: TPGroup, *, gather_logits: bool = False) -> Llama:
-    """Shard `model` (full weights, on every rank) for rank tp.rank of tp.world, in place; returns it.
-    Afterwards model.config.n_kv_heads is this rank's KV head count (what its KV cache holds) and
-    model.tp is `tp`. Raises ValueError (before any collective) when a size does not split."""
+    """Shard `model` (full weights, on every rank) for rank tp.rank of tp.world, in place; returns it
+    (with model.tp = tp). The model's forward takes its head counts from the projections' outputs
+    and sizes its KV cache from the first keys it stores, so it runs unchanged on its share of the
+    heads. Raises ValueError (before any collective) when a size does not split."""
     cfg = model.config
     rank, world, group = tp.rank, tp.world, tp.group
     hd = cfg.head_dim
@@ -35,7 +34,7 @@ def parallelize_llama(model: Llama, tp: TPGroup, *, gather_logits: bool = False)
     def heads_of(r: int):
         return qkv_heads(cfg.n_heads, cfg.n_kv_heads, r, world, allow_uneven=True)
 
-    q_heads, kv_heads = heads_of(rank)
+    q_heads = heads_of(rank)[0]
     for layer in model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         attn.q_proj = ColumnParallelLinear.from_linear_rows(attn.q_proj, lambda r: head_rows(heads_of(r)[0], hd),
@@ -45,7 +44,6 @@ def parallelize_llama(model: Llama, tp: TPGroup, *, gather_logits: bool = False)
         attn.v_proj = ColumnParallelLinear.from_linear_rows(attn.v_proj, lambda r: head_rows(heads_of(r)[1], hd),
                                                             rank, world, group)
         attn.o_proj = RowParallelLinear.from_linear(attn.o_proj, rank, world, group, index=head_rows(q_heads, hd))
-        attn.n_heads, attn.n_kv_heads = len(q_heads), len(kv_heads)
         mlp.gate_proj = ColumnParallelLinear.from_linear(mlp.gate_proj, rank, world, group)
         mlp.up_proj = ColumnParallelLinear.from_linear(mlp.up_proj, rank, world, group)
         mlp.down_proj = RowParallelLinear.from_linear(mlp.down_proj, rank, world, group)
@@ -55,6 +53,5 @@ def parallelize_llama(model: Llama, tp: TPGroup, *, gather_logits: bool = False)
         model.lm_head = ParallelLMHead.from_embedding(model.embed_tokens, gather_output=gather_logits)
     else:
         model.lm_head = ParallelLMHead.from_linear(model.lm_head, rank, world, group, gather_output=gather_logits)
-    model.config = dataclasses.replace(cfg, n_kv_heads=len(kv_heads))
     model.tp = tp
     return model

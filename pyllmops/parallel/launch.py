@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 import torch.multiprocessing as mp
 
-from pyllmops.parallel.group import TPGroup, init_tensor_parallel
+from pyllmops.parallel.group import init_tensor_parallel
 
 
 @dataclass

@@ -3,6 +3,8 @@ Joins the group from the torchrun environment and runs every layer check against
 single-process module; exits non-zero (naming the failures) if any is off."""
 import sys
 
+import torch.distributed as dist
+
 from pyllmops.parallel import init_tensor_parallel
 from tests.parallel._workers import run_checks
 
@@ -13,4 +15,5 @@ if __name__ == "__main__":
     results = run_checks(tp, int(sys.argv[1]))
     bad = {f"{name}.{k}": v for name, res in results.items() for k, v in res.items() if not v <= TOL}
     print(f"rank {tp.rank}/{tp.world}: {sum(len(r) for r in results.values())} comparisons, bad={bad}", flush=True)
+    dist.destroy_process_group()  # gloo's threads still running at interpreter exit would abort it
     sys.exit(1 if bad else 0)
