@@ -7,9 +7,15 @@ from pyllmops.ops import (
     available_backends,
     dequantize_int4_grouped,
     dequantize_int8,
+    pack_w8a8_weight,
     quantize_int4_grouped,
     quantize_int8,
+    sample,
+    top_k_top_p_filter,
     use_backend,
+    w4a16_matmul,
+    w8a8_matmul,
+    w8a16_matmul,
 )
 
 from pyllmops.quantization import quantize
@@ -35,5 +41,6 @@ def build_info() -> dict:
 
 __all__ = [
     "available_backends", "build_info", "dequantize_int4_grouped", "dequantize_int8", "ops",
-    "quantize", "quantize_int4_grouped", "quantize_int8", "use_backend",
+    "pack_w8a8_weight", "quantize", "quantize_int4_grouped", "quantize_int8", "sample", "top_k_top_p_filter",
+    "use_backend", "w4a16_matmul", "w8a16_matmul", "w8a8_matmul",
 ]

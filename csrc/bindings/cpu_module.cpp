@@ -7,8 +7,16 @@
 namespace py = pybind11;
 
 void bind_info(py::module_& m);
+void bind_sampling(py::module_& m);
+void bind_bpe(py::module_& m);
+void bind_weight_only(py::module_& m);
+void bind_w8a8(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyllmops C++ core (torch-free)";
   bind_info(m);
+  bind_sampling(m);
+  bind_bpe(m);
+  bind_weight_only(m);
+  bind_w8a8(m);
 }

@@ -7,6 +7,9 @@
 namespace py = pybind11;
 
 void bind_cuda_quant(py::module_& m);
+void bind_cuda_sampling(py::module_& m);
+void bind_cuda_weight_only(py::module_& m);
+void bind_cuda_w8a8(py::module_& m);
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "pyllmops CUDA kernels (torch-free)";
@@ -16,4 +19,7 @@ PYBIND11_MODULE(_cuda, m) {
     return v;
   });
   bind_cuda_quant(m);
+  bind_cuda_sampling(m);
+  bind_cuda_weight_only(m);
+  bind_cuda_w8a8(m);
 }

@@ -23,7 +23,9 @@ def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     g.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights and activations of the float model")
     g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    g.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (only 1 for now)")
+    g.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel degree: N > 1 runs N local processes joined by gloo (CPU), or, under "
+                        "torchrun with N processes, one rank per process (NCCL on CUDA)")
 
 
 def check_methods(names: list[str]) -> list[str]:
@@ -38,8 +40,8 @@ def check_methods(names: list[str]) -> list[str]:
 
 
 def setup(args: argparse.Namespace) -> torch.device:
-    if args.tp != 1:
-        raise ValueError(f"--tp {args.tp}: tensor parallelism is not wired into the CLI yet; use --tp 1")
+    if args.tp < 1:
+        raise ValueError(f"--tp must be >= 1, got {args.tp}")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -47,6 +49,32 @@ def setup(args: argparse.Namespace) -> torch.device:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     return torch.device(args.device)
+
+
+TP_TIMEOUT_S = 300.0  # collectives wait this long for a peer (a slow rank may still be loading)
+
+
+def run_ranks(args: argparse.Namespace, rank_fn) -> int:
+    """rank_fn(tp: TPGroup, args) -> exit code, on args.tp tensor-parallel ranks: in this process
+    for --tp 1; as this process's rank when started by torchrun (WORLD_SIZE must equal --tp);
+    else on --tp local processes joined by gloo over 127.0.0.1. Returns rank 0's result."""
+    import os
+
+    from pyllmops.parallel import TPGroup, init_tensor_parallel
+    from pyllmops.parallel.launch import spawn
+
+    if args.tp == 1:
+        return rank_fn(TPGroup.single(args.device), args)
+    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        if int(os.environ["WORLD_SIZE"]) != args.tp:
+            raise ValueError(f"--tp {args.tp} but torchrun started WORLD_SIZE={os.environ['WORLD_SIZE']} processes")
+        return rank_fn(init_tensor_parallel(timeout=TP_TIMEOUT_S), args)
+    if args.device == "cuda":
+        raise ValueError(f"--tp {args.tp} on CUDA: launch with `torchrun --nproc-per-node {args.tp} -m pyllmops.cli ...`")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.tp)
+    outcomes = spawn(rank_fn, args.tp, (args,), backend="gloo", timeout=TP_TIMEOUT_S, deadline=float("inf"),
+                     threads=threads)
+    return outcomes[0].value
 
 
 def load(args: argparse.Namespace):

@@ -23,8 +23,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyllmops.models.evaluate import perplexity
-
     methods = ["fp"] + [m for m in dict.fromkeys(s.strip() for s in args.quant.split(",")) if m and m != "fp"]
     _model.check_methods(methods)
     if not args.text_file.is_file():
@@ -32,6 +30,16 @@ def run(args: argparse.Namespace) -> int:
     if args.calib_file is not None and not args.calib_file.is_file():
         raise FileNotFoundError(f"--calib-file not found: {args.calib_file}")
     _model.setup(args)
+    args.methods = methods
+    return _model.run_ranks(args, _run_rank)
+
+
+def _run_rank(tp, args: argparse.Namespace) -> int:
+    """One tensor-parallel rank (all of it for --tp 1); rank 0 prints the results."""
+    from pyllmops.models.evaluate import perplexity
+    from pyllmops.models.parallel import parallelize_llama
+
+    methods = args.methods
     float_model, tok = _model.load(args)
     ids = tok.encode(args.text_file.read_text())
     if len(ids) < 2:
@@ -39,19 +47,25 @@ def run(args: argparse.Namespace) -> int:
 
     results: dict[str, dict[str, float]] = {}
     for method in methods:
-        print(f"{method}: {'' if method == 'fp' else 'quantizing, then '}scoring {len(ids)} tokens", file=sys.stderr)
+        if tp.rank == 0:
+            print(f"{method}: {'' if method == 'fp' else 'quantizing, then '}scoring {len(ids)} tokens", file=sys.stderr)
         # Quantization is in place: each method starts from its own copy of the float model.
         model = float_model if method == "fp" else _model.quantize(copy.deepcopy(float_model), tok, method, args)
-        ppl = perplexity(model, ids, window=args.window, stride=args.stride, batch_size=args.batch_size, progress=True)
+        if tp.world > 1:  # full logits gathered on every rank: perplexity runs unchanged
+            model = parallelize_llama(model if method != "fp" else copy.deepcopy(model), tp, gather_logits=True)
+        ppl = perplexity(model, ids, window=args.window, stride=args.stride, batch_size=args.batch_size,
+                         progress=tp.rank == 0)
         results[method] = {"ppl": ppl}
         if method != "fp":
             results[method]["delta_pct"] = 100.0 * (ppl / results["fp"]["ppl"] - 1.0)
         del model
 
+    if tp.rank != 0:
+        return 0
     if args.json:
         print(json.dumps({"text_tokens": len(ids), "results": results}))
     else:
-        print(f"{args.text_file}: {len(ids)} tokens, window {args.window}, {args.dtype}")
+        print(f"{args.text_file}: {len(ids)} tokens, window {args.window}, {args.dtype}, tp={tp.world}")
         print(f"{'method':<16} {'perplexity':>11} {'vs fp':>9}")
         for method, r in results.items():
             delta = f"{r['delta_pct']:+.2f}%" if "delta_pct" in r else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pyllmops.commands import _model
@@ -23,23 +24,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyllmops.models.chat import DEFAULT_SYSTEM_PROMPT, chat_prompt, stop_ids
-    from pyllmops.models.generate import GenerationStats, TorchSampler, generate, stream_text
-
     if not args.prompt.strip():
         raise ValueError("prompt must not be empty")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     _model.check_methods([args.quant])
-    sampler = TorchSampler(args.temperature, args.top_k, args.top_p, args.seed)
+    if args.seed is None:  # every rank must draw with the same seed
+        args.seed = int.from_bytes(os.urandom(7), "little")
     _model.setup(args)
+    return _model.run_ranks(args, _run_rank)
+
+
+def _run_rank(tp, args: argparse.Namespace) -> int:
+    """One tensor-parallel rank (all of it for --tp 1); rank 0 writes the text and stats."""
+    from pyllmops.models.chat import DEFAULT_SYSTEM_PROMPT, chat_prompt, stop_ids
+    from pyllmops.models.generate import GenerationStats, generate, stream_text
+    from pyllmops.models.parallel import parallelize_llama
+    from pyllmops.parallel import VocabParallelSampler
+
     model, tok = _model.load(args)
     model = _model.quantize(model, tok, args.quant, args)
+    if tp.world > 1:
+        model = parallelize_llama(model, tp)
+    # The fused sampler's (seed, offset = step) draw: the same tokens for every --tp.
+    sampler = VocabParallelSampler(args.temperature, args.top_k, args.top_p, seed=args.seed, group=tp.group,
+                                   world=tp.world)
 
     prompt = tok.encode(args.prompt) if args.raw else chat_prompt(tok, args.prompt, args.system or DEFAULT_SYSTEM_PROMPT)
     stops = stop_ids(tok)
     stats = GenerationStats()
     steps = generate(model, [prompt], max_new_tokens=args.max_new_tokens, sampler=sampler, stop_ids=stops, stats=stats)
+    if tp.rank != 0:
+        for _ in steps:
+            pass
+        return 0
     if args.raw:
         sys.stdout.write(args.prompt)
     for piece in stream_text(tok, (int(s[0]) for s in steps), stops):
@@ -47,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     sys.stdout.write("\n")
     print(
-        f"[{args.quant}, {args.dtype}, {args.device}] prefill: {stats.prompt_tokens} tokens in {stats.prefill_s:.3f} s "
+        f"[{args.quant}, {args.dtype}, {args.device}, tp={tp.world}] prefill: {stats.prompt_tokens} tokens in {stats.prefill_s:.3f} s "
         f"({stats.prefill_tok_s:.1f} tok/s); decode: {stats.new_tokens} tokens, {stats.decode_tok_s:.1f} tok/s",
         file=sys.stderr,
     )

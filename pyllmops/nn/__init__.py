@@ -1,1 +1,5 @@
-"""pyllmops.nn"""
+"""pyllmops.nn: thin drop-in modules that hold (quantized) parameters and call the ops."""
+from pyllmops.nn.sampler import Sampler
+from pyllmops.nn.weight_only import WeightOnlyLinear
+
+__all__ = ["Sampler", "WeightOnlyLinear"]

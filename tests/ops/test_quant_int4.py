@@ -17,15 +17,21 @@ def test_against_reference(shape, group_size, symmetric, bits, dtype, seed):
     assert got.values.shape == shape and got.scales.shape == (shape[0], groups) and got.zeros.shape == (shape[0], groups)
     torch.testing.assert_close(got.scales, ref.scales, rtol=1e-6, atol=0)
     assert int(got.values.max()) <= 2**bits - 1
-    assert int((got.values.int() - ref.values.int()).abs().max()) <= 1
+    # float32 vs float64 can fall on different sides of a .5 tie, for a value and for its group's
+    # zero point: compare the zero-centred values, which may differ by one step.
+    gsz = shape[1] // groups
+    centred = lambda r: r.values.int() - r.zeros.int().repeat_interleave(gsz, dim=1)  # noqa: E731
+    assert int((centred(got) - centred(ref)).abs().max()) <= 1
+    assert int((got.zeros.int() - ref.zeros.int()).abs().max()) <= 1
     deq = pyllmops.dequantize_int4_grouped(got.values, got.scales, got.zeros, torch.float64)
     step = got.scales.double().repeat_interleave(shape[1] // groups, dim=1)
     err = (deq - w.double()).abs()
     inside = (got.values > 0) & (got.values < 2**bits - 1)
-    # Half a step wherever the value was not clamped; the rounded zero point can push a range
+    # Half a step wherever the value was not clamped (plus float32 noise in w / scale, up to
+    # ~2**bits ulps of a step); the rounded zero point can push a range
     # end by up to half a step more, so at most one step at the clamped ends.
-    assert bool((err[inside] <= step[inside] * (0.5 + 1e-5)).all())
-    assert bool((err <= step * (1 + 1e-5)).all())
+    assert bool((err[inside] <= step[inside] * (0.5 + 1e-4)).all())
+    assert bool((err <= step * (1 + 1e-4)).all())
 
 
 def test_noncontiguous_input(seed):

@@ -20,7 +20,10 @@ def _input(shape, dtype, noncontig):
 def _check_against_reference(got, ref, x):
     # Scales: same float32 formula, float64 vs float32 arithmetic.
     torch.testing.assert_close(got.scale, ref.scale, rtol=1e-6, atol=0)
-    diff = (got.values.int() - ref.values.int()).abs()
+    def centred(r):  # an asymmetric zero point can itself sit on a tie: compare value - zero
+        return r.values.int() - (r.zero_point.int() if r.zero_point is not None else 0)
+
+    diff = (centred(got) - centred(ref)).abs()
     # x / scale in float32 may land on the other side of a .5 tie than float64 does: at most one
     # step, and rarely.
     assert int(diff.max()) <= 1
@@ -33,8 +36,8 @@ def _check_against_reference(got, ref, x):
     # Half a step where not clamped; an asymmetric rounded zero point can cost half a step more at
     # the clamped range ends.
     inside = (got.values > -127) & (got.values < 127)
-    assert bool((err[inside] <= step[inside] * (0.5 + 1e-5)).all())
-    assert bool((err <= step * (1 + 1e-5)).all())
+    assert bool((err[inside] <= step[inside] * (0.5 + 1e-4)).all())
+    assert bool((err <= step * (1 + 1e-4)).all())
 
 
 @pytest.mark.parametrize("backend", cpu_backends("quantize_int8"))

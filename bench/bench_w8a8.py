@@ -1,0 +1,95 @@
+"""W8A8 linear layers against the float F.linear a user would otherwise run.
+
+Every W8A8 row includes the activation quantization (it is what a W8A8Linear costs per call):
+  w8a8 dynamic   W8A8Linear, per-token activation scales computed each call
+  w8a8 static    W8A8Linear, one calibrated per-tensor activation scale
+  w8a8_matmul    the int8 GEMM + fused dequantization alone, already quantized input
+CPU: baseline float32 F.linear, plus bfloat16 F.linear (AMX) and the W8A8 rows with bf16 in/out.
+GPU: baseline bfloat16 F.linear (cuBLAS), the W8A8 rows per GPU backend (cuda, triton).
+"""
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pyllmops
+from bench.conftest import bench_device, perf_backends, record, sync
+from pyllmops.nn.w8a8 import W8A8Linear
+
+CPU_SHAPES = [(128, 2048, 2048), (256, 4096, 4096), (512, 4096, 4096)]
+GPU_SHAPES = [(1, 4096, 4096), (16, 4096, 4096), (8192, 8192, 8192)]
+DEVICE = bench_device()
+SHAPES = GPU_SHAPES if DEVICE.type == "cuda" else CPU_SHAPES
+# (row name, float dtype of x and out) per device; the first is the baseline
+FLOAT_ROWS = [("F.linear bf16", torch.bfloat16)] if DEVICE.type == "cuda" else \
+    [("F.linear fp32", torch.float32), ("F.linear bf16", torch.bfloat16)]
+ACT_DTYPES = [torch.bfloat16] if DEVICE.type == "cuda" else [torch.float32, torch.bfloat16]
+W8A8_BACKENDS = perf_backends("w8a8_matmul", DEVICE)
+# The layer rows on CPU run the default dispatch (the cpp quantizer feeding oneDNN): forcing
+# "torch" would force the slower torch quantizer too. On GPU each backend is forced in turn.
+LINEAR_BACKENDS = W8A8_BACKENDS if DEVICE.type == "cuda" else ["default"]
+
+
+def _ids(s):
+    return f"{s[0]}x{s[1]}x{s[2]}"
+
+
+def _linear(shape, device):
+    m, k, n = shape
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(k, n, bias=False, device=device)
+    x = torch.randn(m, k, device=device)
+    return lin, x
+
+
+def _group(benchmark, shape, backend, baseline=False, **extra):
+    m, k, n = shape
+    record(benchmark, op="w8a8 linear", shape=f"M={m} K={k} N={n}", backend=backend, baseline=baseline,
+           throughput=2 * m * k * n, unit="op", **extra)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+@pytest.mark.parametrize("row", range(len(FLOAT_ROWS)))
+def test_float_linear(benchmark, device, shape, row):
+    name, dtype = FLOAT_ROWS[row]
+    lin, x = _linear(shape, device)
+    x, w = x.to(dtype), lin.weight.detach().to(dtype)
+    _group(benchmark, shape, name, baseline=row == 0)
+    benchmark(lambda: (F.linear(x, w), sync(device)))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+@pytest.mark.parametrize("act", ["dynamic", "static"])
+@pytest.mark.parametrize("dtype", ACT_DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("backend", LINEAR_BACKENDS)
+def test_w8a8_linear(benchmark, device, shape, act, dtype, backend):
+    lin, x = _linear(shape, device)
+    mod = W8A8Linear.from_linear(lin, act, x.abs().amax() / 127 if act == "static" else None)
+    x = x.to(dtype)
+    _group(benchmark, shape, f"w8a8 {act} {str(dtype)[6:]} ({backend})")
+
+    def fn():
+        with torch.no_grad(), (contextlib.nullcontext() if backend == "default" else pyllmops.use_backend(backend)):
+            return mod(x)
+
+    fn()
+    benchmark(lambda: (fn(), sync(device)))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+@pytest.mark.parametrize("backend", W8A8_BACKENDS)
+def test_w8a8_matmul_only(benchmark, device, shape, backend):
+    lin, x = _linear(shape, device)
+    mod = W8A8Linear.from_linear(lin)
+    q = pyllmops.quantize_int8(x, "token")
+    with pyllmops.use_backend(backend):
+        b = mod._weight_operand()
+    _group(benchmark, shape, f"w8a8_matmul only, fp32 out ({backend})")
+
+    def fn():
+        with pyllmops.use_backend(backend):
+            return pyllmops.w8a8_matmul(q.values, b, q.scale, mod.weight_scale)
+
+    fn()
+    benchmark(lambda: (fn(), sync(device)))

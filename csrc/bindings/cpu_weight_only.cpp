@@ -1,0 +1,34 @@
+// Binding for the weight-only GEMMs (csrc/cpu/weight_only.h). Arguments were validated in
+// pyllmops/ops/weight_only.py (dtypes, contiguity, shapes); here they are only converted. The GIL
+// is released while the kernel runs.
+#include <pybind11/pybind11.h>
+
+#include "cpu/weight_only.h"
+
+namespace py = pybind11;
+using namespace pyllmops::cpu;
+
+void bind_weight_only(py::module_& m) {
+  m.def("weight_only_simd", &weight_only_simd);
+  m.def(
+      "w4a16_gemm",
+      [](uintptr_t x, int64_t M, int64_t K, uintptr_t qweight, uintptr_t scales, uintptr_t zeros, int64_t N,
+         int64_t group_size, uintptr_t out, int threads) {
+        py::gil_scoped_release release;
+        w4a16_gemm(reinterpret_cast<const float*>(x), M, K, reinterpret_cast<const uint8_t*>(qweight),
+                   reinterpret_cast<const float*>(scales), reinterpret_cast<const uint8_t*>(zeros), N, group_size,
+                   reinterpret_cast<float*>(out), threads);
+      },
+      py::arg("x"), py::arg("M"), py::arg("K"), py::arg("qweight"), py::arg("scales"), py::arg("zeros"),
+      py::arg("N"), py::arg("group_size"), py::arg("out"), py::arg("threads") = 0);
+  m.def(
+      "w8a16_gemm",
+      [](uintptr_t x, int64_t M, int64_t K, uintptr_t qweight, uintptr_t scales, int64_t N, uintptr_t out,
+         int threads) {
+        py::gil_scoped_release release;
+        w8a16_gemm(reinterpret_cast<const float*>(x), M, K, reinterpret_cast<const int8_t*>(qweight),
+                   reinterpret_cast<const float*>(scales), N, reinterpret_cast<float*>(out), threads);
+      },
+      py::arg("x"), py::arg("M"), py::arg("K"), py::arg("qweight"), py::arg("scales"), py::arg("N"),
+      py::arg("out"), py::arg("threads") = 0);
+}

@@ -1,0 +1,23 @@
+// Weight-only quantized GEMM for small M (decode) on the CPU: y[M, N] = x[M, K] @ W^T with W
+// stored as int4 (internal layout of pyllmops/quant/packing.py) or int8. Torch-free; arguments
+// are validated in pyllmops/ops/weight_only.py.
+#pragma once
+#include <cstdint>
+
+namespace pyllmops::cpu {
+
+// True when the vectorized (AVX-512) kernels can run on this CPU; the scalar path is correct
+// everywhere but slow, and the Python side only picks this backend when this is true.
+bool weight_only_simd();
+
+// x [M, K] fp32 (row stride K); qweight [N, K/2] u8, byte j = k 2j (low nibble) | 2j+1 (high);
+// scales [N, G] fp32; zeros [N, G] u8; G = ceil(K / group_size), last group ragged.
+// Requires K % 32 == 0 and group_size % 32 == 0. out [M, N] fp32.
+void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
+                const uint8_t* zeros, int64_t N, int64_t group_size, float* out, int threads);
+
+// x [M, K] fp32; qweight [N, K] int8; scales [N] fp32 (per output channel). Requires K % 16 == 0.
+void w8a16_gemm(const float* x, int64_t M, int64_t K, const int8_t* qweight, const float* scales,
+                int64_t N, float* out, int threads);
+
+}  // namespace pyllmops::cpu

@@ -1,0 +1,101 @@
+"""WeightOnlyLinear: a drop-in for nn.Linear whose weight is stored int4 (W4A16) or int8 (W8A16).
+
+    WeightOnlyLinear(Int4Weight | Int8Weight, bias=None, input_scale=None)
+    WeightOnlyLinear.from_linear(linear, bits=4, group_size=128, symmetric=False)   (RTN)
+    forward(x [..., K] fp32/fp16/bf16) -> [..., N] x.dtype
+
+The quantized weight is a frozen buffer; forward is differentiable with respect to x (the op's
+backward multiplies by the dequantized weight), so adapters such as LoRA can be trained on top.
+
+Act-order (GPTQ desc_act, a g_idx that is not k // group_size) is turned into a column permutation
+at construction: the input channels are reordered so that each group is contiguous again, the
+packed weight is stored in that order, and forward gathers x[..., perm] (K values per token, far
+cheaper than gathering scales per weight). The fast kernels therefore never see a g_idx.
+
+input_scale [K] (optional): forward computes layer(x / input_scale). AWQ uses it when a model
+gives no op to fold its scales into.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from pyllmops.ops.weight_only import w4a16_matmul, w8a16_matmul
+from pyllmops.quant.packing import Int4Weight, Int8Weight, default_g_idx, pack_int4
+from pyllmops.quant.rtn import rtn_int4, rtn_int8
+
+
+def _contiguous_groups(w: Int4Weight) -> tuple[Int4Weight, Optional[torch.Tensor]]:
+    """Reorder act-order input channels so groups are contiguous; returns (weight, perm or None)."""
+    if w.g_idx is None:
+        return w, None
+    perm = torch.argsort(w.g_idx.long(), stable=True)
+    k = w.shape[1]
+    if not torch.equal(w.g_idx[perm], default_g_idx(k, w.group_size, w.g_idx.device)):
+        # groups of unequal sizes: keep g_idx (served by the torch / Triton backends)
+        return w, None
+    return Int4Weight(pack_int4(w.values()[:, perm]), w.scales, w.zeros, w.group_size, w.bits), perm
+
+
+class WeightOnlyLinear(nn.Module):
+    def __init__(self, weight: Union[Int4Weight, Int8Weight], bias: Optional[torch.Tensor] = None,
+                 input_scale: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.int4 = isinstance(weight, Int4Weight)
+        perm = None
+        if self.int4:
+            weight.validate()
+            weight, perm = _contiguous_groups(weight)
+            self.group_size, self.bits = weight.group_size, weight.bits
+            self.register_buffer("zeros", weight.zeros)
+            self.register_buffer("g_idx", weight.g_idx)
+        elif isinstance(weight, Int8Weight):
+            self.group_size, self.bits = -1, 8
+        else:
+            raise TypeError(f"weight must be Int4Weight or Int8Weight, got {type(weight).__name__}")
+        self.register_buffer("qweight", weight.qweight)
+        self.register_buffer("scales", weight.scales)
+        self.register_buffer("perm", perm)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.register_buffer("input_scale", None if input_scale is None else input_scale.detach().clone())
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int = 4, group_size: int = 128, symmetric: bool = False) -> "WeightOnlyLinear":
+        """RTN-quantize an nn.Linear (bits 2-4: int4 layout, group-wise; bits 8: per-channel int8)."""
+        w = linear.weight.detach()
+        q = rtn_int8(w) if bits == 8 else rtn_int4(w, group_size, bits, symmetric)
+        return cls(q, linear.bias)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """W [N, K] as forward applies it to x (input order, input_scale folded in)."""
+        if self.int4:
+            w = Int4Weight(self.qweight, self.scales, self.zeros, self.group_size, self.bits, self.g_idx).dequantize(dtype)
+            if self.perm is not None:
+                w = w[:, torch.argsort(self.perm)]
+        else:
+            w = Int8Weight(self.qweight, self.scales).dequantize(dtype)
+        return w if self.input_scale is None else w / self.input_scale.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.input_scale is not None:
+            x2 = x2 / self.input_scale.to(x.dtype)
+        if self.perm is not None:
+            x2 = x2[:, self.perm]
+        if self.int4:
+            y = w4a16_matmul(x2, self.qweight, self.scales, self.zeros, self.group_size, self.g_idx)
+        else:
+            y = w8a16_matmul(x2, self.qweight, self.scales)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        kind = f"int{self.bits}, group_size={self.group_size}" if self.int4 else "int8 per-channel"
+        act_order = self.perm is not None or getattr(self, "g_idx", None) is not None
+        return (f"in_features={self.in_features}, out_features={self.out_features}, {kind}, "
+                f"act_order={act_order}, bias={self.bias is not None}")

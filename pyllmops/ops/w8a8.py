@@ -1,0 +1,191 @@
+"""W8A8 GEMM: int8 activations x int8 weights, int32 accumulation, dequantization fused.
+
+    w8a8_matmul(a [M, K] int8, b [K, N] int8, scale_a, scale_b, bias=None, out_dtype=float32)
+        -> out [M, N] out_dtype,   out = float32(a @ b) * scale_a * scale_b + bias
+
+scale_a: [1] (per-tensor) or [M, 1] (per-token); scale_b: [1] (per-tensor) or [1, N] (per-channel),
+any combination, float (used as float32); bias: [N] float or None. These are exactly the scale
+shapes `quantize_int8` returns for granularity "tensor"/"token" (activations) and "channel" (the
+weight quantized as b [K, N]: one scale per output column). The epilogue runs in float32 (the
+accumulator is converted once, then scaled and biased) and is cast to out_dtype at the end.
+
+b, the weight, may come in two layouts:
+  * a strided int8 [K, N] tensor, any strides. An nn.Linear-style weight w [N, K] is passed as
+    the view `w.t()` (no copy); that "K-major" layout is what the CUDA kernel reads.
+  * the packed form from `pack_w8a8_weight(b)`: on CPU, oneDNN's prepacked (AMX/VNNI-blocked)
+    weight, an opaque torch._mkldnn tensor of shape [K, N]. Packing once instead of reordering the
+    weight on every call is what makes the CPU path fast; on other devices packing returns the
+    K-major strided tensor.
+
+Backends: reference (exact int64 product, float64 epilogue), torch (CPU: oneDNN int8 linear for
+packed b, torch._int_mm + epilogue otherwise; torch._int_mm on the CPU accepts any M, K, N, on CUDA
+only M > 16 with K, N multiples of 8),
+triton (kernels/w8a8.py, any shape), cuda (csrc/cuda/w8a8.cu: K-major b, K % 16 == 0).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from pyllmops.ops import _dispatch
+from pyllmops.ops._validate import FLOAT_DTYPES, check_finite, check_tensor
+
+OUT_DTYPES = FLOAT_DTYPES
+
+
+def _is_packed(b: torch.Tensor) -> bool:
+    return b.layout == torch._mkldnn
+
+
+def _epilogue(acc: torch.Tensor, scale_a, scale_b, bias, out_dtype) -> torch.Tensor:
+    """float32(acc) * scale_a * scale_b + bias, cast to out_dtype. acc [M, N] int32."""
+    out = torch.mul(acc, scale_a.float())  # int32 * float32 -> float32, one pass
+    out.mul_(scale_b.float())
+    if bias is not None:
+        out.add_(bias.float())
+    return out.to(out_dtype)
+
+
+# ----------------------------------------------------------------------------- reference
+def reference_w8a8_matmul(a, b, scale_a, scale_b, bias=None, out_dtype=torch.float32):
+    """Exact int64 product, float64 epilogue, one final rounding to out_dtype: the test oracle.
+    b must be strided here."""
+    acc = a.long() @ b.long()
+    out = acc.double() * scale_a.double() * scale_b.double()
+    if bias is not None:
+        out = out + bias.double()
+    return out.to(out_dtype)
+
+
+@_dispatch.register("w8a8_matmul", "reference", supports=lambda a, b, *rest: not _is_packed(b))
+def _reference(a, b, scale_a, scale_b, bias, out_dtype):
+    return reference_w8a8_matmul(a, b, scale_a, scale_b, bias, out_dtype)
+
+
+# ----------------------------------------------------------------------------- torch / oneDNN
+def _onednn_packed(a, b, scale_a, scale_b, bias, out_dtype):
+    """oneDNN's int8 linear on a prepacked weight. It takes only a per-tensor activation scale:
+    per-token scales run it with scale 1 in float32 and apply scale_a and the bias after."""
+    n = b.shape[1]
+    w_scale = scale_b.float().reshape(-1).expand(n).contiguous()
+    w_zp = torch.zeros(n, dtype=torch.int64)
+    per_tensor = scale_a.numel() == 1
+    x_scale = float(scale_a) if per_tensor else 1.0
+    fused_bias = bias.float() if per_tensor and bias is not None else None
+    out = torch.ops.onednn.qlinear_pointwise(
+        a.contiguous(), x_scale, 0, b, w_scale, w_zp, fused_bias, 1.0, 0,
+        out_dtype if per_tensor else torch.float32, "none", [], "")
+    if per_tensor:
+        return out
+    out.mul_(scale_a.float())
+    if bias is not None:
+        out.add_(bias.float())
+    return out.to(out_dtype)
+
+
+def _torch_supports(a, b, *rest):
+    # torch._int_mm's rules on CUDA: M > 16, K and N multiples of 8. The CPU build takes any shape.
+    return a.device.type == "cpu" or (a.shape[0] > 16 and a.shape[1] % 8 == 0 and b.shape[1] % 8 == 0)
+
+
+@_dispatch.register("w8a8_matmul", "torch", supports=_torch_supports)
+def _torch_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
+    if _is_packed(b):
+        return _onednn_packed(a, b, scale_a, scale_b, bias, out_dtype)
+    return _epilogue(torch._int_mm(a, b), scale_a, scale_b, bias, out_dtype)
+
+
+# ----------------------------------------------------------------------------- triton
+@_dispatch.register("w8a8_matmul", "triton", supports=lambda a, b, *rest: not _is_packed(b))
+def _triton_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
+    from pyllmops.kernels.w8a8 import w8a8_matmul as kernel
+
+    return kernel(a, b, scale_a.float(), scale_b.float(), None if bias is None else bias.float(), out_dtype)
+
+
+# ----------------------------------------------------------------------------- cuda
+_CUDA_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _cuda_supports(a, b, *rest):
+    # The kernel reads 16-byte chunks along K from both operands: K-major b, aligned rows.
+    k = a.shape[1]
+    return (not _is_packed(b) and b.stride(0) == 1 and a.stride(1) == 1 and k % 16 == 0
+            and a.stride(0) % 16 == 0 and b.stride(1) % 16 == 0
+            and a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0)
+
+
+@_dispatch.register("w8a8_matmul", "cuda", devices=("cuda",), supports=_cuda_supports)
+def _cuda_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
+    from pyllmops import _ext
+
+    m, k = a.shape
+    n = b.shape[1]
+    sa = scale_a.float().contiguous()
+    sb = scale_b.float().contiguous()
+    bf = bias.float().contiguous() if bias is not None else None
+    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    _ext.cuda().w8a8_matmul(
+        a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(1), m, n, k,
+        sa.data_ptr(), sa.numel() != 1, sb.data_ptr(), sb.numel() != 1,
+        bf.data_ptr() if bf is not None else 0, out.data_ptr(), _CUDA_DTYPES[out_dtype],
+        torch.cuda.current_stream(a.device).cuda_stream)
+    return out
+
+
+# ----------------------------------------------------------------------------- front door
+@torch.library.custom_op("pyllmops::w8a8_matmul", mutates_args=())
+def _w8a8_matmul_op(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
+                    bias: Optional[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
+    check_finite("scale_a", scale_a)
+    check_finite("scale_b", scale_b)
+    return _dispatch.call("w8a8_matmul", a.device, a, b, scale_a, scale_b, bias, out_dtype)
+
+
+@_w8a8_matmul_op.register_fake
+def _(a, b, scale_a, scale_b, bias, out_dtype):
+    return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+
+
+def w8a8_matmul(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
+                bias: Optional[torch.Tensor] = None, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """out [M, N] = float32(a @ b) * scale_a * scale_b + bias, cast to out_dtype.
+
+    a: [M, K] int8. b: [K, N] int8 (strided, any strides, or `pack_w8a8_weight(b)`).
+    scale_a: [1] or [M, 1] float. scale_b: [1] or [1, N] float. bias: [N] float or None.
+    out_dtype: float32, float16 or bfloat16. Scales must be finite.
+    """
+    check_tensor("a", a, dtypes=(torch.int8,), ndim=2)
+    check_tensor("b", b, dtypes=(torch.int8,), ndim=2, device=a.device)
+    m, k = a.shape
+    if b.shape[0] != k:
+        raise ValueError(f"b must be [K, N] with K = a.shape[1] = {k}, got b of shape {tuple(b.shape)} "
+                         f"(an nn.Linear weight [N, K] is passed as weight.t())")
+    n = b.shape[1]
+    check_tensor("scale_a", scale_a, dtypes=FLOAT_DTYPES, device=a.device)
+    if tuple(scale_a.shape) not in {(1,), (m, 1)}:
+        raise ValueError(f"scale_a must have shape (1,) (per-tensor) or ({m}, 1) (per-token), got {tuple(scale_a.shape)}")
+    check_tensor("scale_b", scale_b, dtypes=FLOAT_DTYPES, device=a.device)
+    if tuple(scale_b.shape) not in {(1,), (1, n)}:
+        raise ValueError(f"scale_b must have shape (1,) (per-tensor) or (1, {n}) (per-channel), got {tuple(scale_b.shape)}")
+    if bias is not None:
+        check_tensor("bias", bias, dtypes=FLOAT_DTYPES, device=a.device)
+        if tuple(bias.shape) != (n,):
+            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"out_dtype must be one of float32, float16, bfloat16, got {out_dtype}")
+    return torch.ops.pyllmops.w8a8_matmul(a, b, scale_a, scale_b, bias, out_dtype)
+
+
+def pack_w8a8_weight(b: torch.Tensor) -> torch.Tensor:
+    """The fastest layout of the weight b [K, N] int8 for w8a8_matmul on b's device.
+
+    CPU (oneDNN available): the prepacked oneDNN tensor (torch._mkldnn layout, shape [K, N]);
+    it is not a state_dict format — keep the strided weight for saving and pack after loading.
+    Elsewhere: b as a K-major view (b.stride(0) == 1), the layout the CUDA kernel reads.
+    """
+    check_tensor("b", b, dtypes=(torch.int8,), ndim=2)
+    if b.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        return torch.ops.onednn.qlinear_prepack(b.t().contiguous(), None)
+    return b.t().contiguous().t()

@@ -1,0 +1,286 @@
+"""Weight-only quantized matmuls: activations stay in floating point, the weight is int4 or int8.
+
+    w4a16_matmul(x [M, K] fp32/fp16/bf16, qweight [N, K/2] uint8, scales [N, G] float,
+                 zeros [N, G] uint8, group_size, g_idx [K] int32 | None) -> [M, N] x.dtype
+    w8a16_matmul(x [M, K], qweight [N, K] int8, scales [N] float) -> [M, N] x.dtype
+
+Semantics: y = x @ W^T with W[n, k] = (q[n, k] - zeros[n, g(k)]) * scales[n, g(k)], g(k) =
+g_idx[k] or k // group_size (group_size -1: one group); G = ceil(K / group_size), so the last
+group may be ragged (K = 576, group 128: G = 5). The int4 layout is documented in
+pyllmops/quant/packing.py. W8A16: W[n, k] = q[n, k] * scales[n].
+
+Backends:
+  reference  dequantize in float64, matmul, cast (the oracle).
+  torch      dequantize to float32, F.linear in float32, cast; any shape, any device.
+  cpp        csrc/cpu/weight_only.cpp, AVX-512, for decode-sized M <= 16: reads the packed bytes
+             directly (1/8 of an fp32 weight's traffic). Needs K % 32 == 0 and group_size % 32 == 0
+             and no g_idx (nn.WeightOnlyLinear turns act-order into a column permutation, so the
+             fast paths never see one); otherwise the torch fallback serves.
+  triton     kernels/weight_only.py: dequantize in registers; split-K for small M.
+  cuda       csrc/cuda/w4a16.cu: decode (M <= 16), int4 -> half with magic-number bit tricks.
+torch.ops.aten._weight_int4pack_mm_for_cpu was measured and not used: it needs its own prepacked
+weight (a per-call conversion), and on this CPU at M=1, K=N=4096 it is slower than float32
+F.linear (32 ms vs 20 ms for bf16 x); its zero point convention is a float offset,
+W = (q - 8) * s + zero_f, i.e. zero_f = (8 - zero) * s in ours (checked in tests).
+
+Both ops are differentiable with respect to x (the weight is frozen): grad_x = grad_y @ W.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from pyllmops.ops import _dispatch
+from pyllmops.ops._validate import FLOAT_DTYPES, check_int, check_tensor
+
+INDEX_DTYPES = (torch.int32, torch.int64)
+DECODE_MAX_M = 16
+
+
+# ----------------------------------------------------------------------------- validation
+def check_int4_weight(qweight, scales, zeros, group_size, g_idx=None, in_features=None) -> int:
+    """Shape/dtype checks of an int4 weight; returns G. Raises naming the argument."""
+    check_tensor("qweight", qweight, dtypes=(torch.uint8,), ndim=2)
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    if in_features is not None and in_features != k:
+        raise ValueError(f"qweight must have shape [N, K/2] = [{n}, {in_features // 2}] for x with K={in_features}, "
+                         f"got {tuple(qweight.shape)}")
+    check_int("group_size", group_size)
+    if group_size != -1 and not 1 <= group_size <= k:
+        raise ValueError(f"group_size must be -1 (per-channel) or in [1, K={k}], got {group_size}")
+    groups = 1 if group_size == -1 else -(-k // group_size)
+    check_tensor("scales", scales, dtypes=FLOAT_DTYPES, ndim=2, device=qweight.device)
+    check_tensor("zeros", zeros, dtypes=(torch.uint8,), ndim=2, device=qweight.device)
+    if tuple(scales.shape) != (n, groups):
+        raise ValueError(f"scales must have shape [N, G] = [{n}, {groups}] (G = ceil(K={k} / group_size={group_size})), "
+                         f"got {tuple(scales.shape)}")
+    if tuple(zeros.shape) != (n, groups):
+        raise ValueError(f"zeros must have shape [N, G] = [{n}, {groups}] like scales, got {tuple(zeros.shape)}")
+    if g_idx is not None:
+        check_tensor("g_idx", g_idx, dtypes=INDEX_DTYPES, ndim=1, device=qweight.device)
+        if g_idx.shape[0] != k:
+            raise ValueError(f"g_idx must have shape [K] = [{k}], got {tuple(g_idx.shape)}")
+    return groups
+
+
+def _check_g_idx_values(g_idx: Optional[torch.Tensor], groups: int) -> None:
+    # value check (needs real data): run inside the op
+    if g_idx is not None and bool(((g_idx < 0) | (g_idx >= groups)).any()):
+        raise ValueError(f"g_idx values must lie in [0, G={groups}), got range "
+                         f"[{int(g_idx.min())}, {int(g_idx.max())}]")
+
+
+def _group_of(k: int, group_size: int, g_idx, device) -> torch.Tensor:
+    if g_idx is not None:
+        return g_idx.long()
+    return torch.arange(k, device=device) // (k if group_size == -1 else group_size)
+
+
+def dequantize_int4(qweight, scales, zeros, group_size, g_idx=None, dtype=torch.float32) -> torch.Tensor:
+    """W [N, K] from the packed int4 layout, computed in `dtype` (use float32 or float64)."""
+    q = torch.stack((qweight & 0xF, qweight >> 4), dim=-1).flatten(-2).to(dtype)
+    g = _group_of(q.shape[1], group_size, g_idx, q.device)
+    return (q - zeros.to(dtype)[:, g]) * scales.to(dtype)[:, g]
+
+
+# ----------------------------------------------------------------------------- w4a16 backends
+@_dispatch.register("w4a16_matmul", "reference")
+def _reference_w4(x, qweight, scales, zeros, group_size, g_idx):
+    w = dequantize_int4(qweight, scales, zeros, group_size, g_idx, torch.float64)
+    return (x.double() @ w.t()).to(x.dtype)
+
+
+@_dispatch.register("w4a16_matmul", "torch")
+def _torch_w4(x, qweight, scales, zeros, group_size, g_idx):
+    w = dequantize_int4(qweight, scales, zeros, group_size, g_idx, torch.float32)
+    return torch.nn.functional.linear(x.float(), w).to(x.dtype)
+
+
+def _cpp_w4_supported(x, qweight, scales, zeros, group_size, g_idx):
+    from pyllmops import _ext
+
+    k = x.shape[1]
+    gs = k if group_size == -1 else group_size
+    return (g_idx is None and x.shape[0] <= DECODE_MAX_M and k % 32 == 0 and gs % 32 == 0
+            and _ext.cpp().weight_only_simd())
+
+
+@_dispatch.register("w4a16_matmul", "cpp", devices=("cpu",), supports=_cpp_w4_supported)
+def _cpp_w4(x, qweight, scales, zeros, group_size, g_idx):
+    from pyllmops import _ext
+
+    m, k = x.shape
+    n = qweight.shape[0]
+    xf, qw = x.float().contiguous(), qweight.contiguous()
+    sf, zc = scales.float().contiguous(), zeros.contiguous()
+    out = torch.empty((m, n), dtype=torch.float32)
+    _ext.cpp().w4a16_gemm(xf.data_ptr(), m, k, qw.data_ptr(), sf.data_ptr(), zc.data_ptr(), n,
+                          k if group_size == -1 else group_size, out.data_ptr())
+    return out.to(x.dtype)
+
+
+@_dispatch.register("w4a16_matmul", "triton")
+def _triton_w4(x, qweight, scales, zeros, group_size, g_idx):
+    from pyllmops.kernels.weight_only import w4a16_matmul as kernel
+
+    return kernel(x, qweight, scales, zeros, x.shape[1] if group_size == -1 else group_size, g_idx)
+
+
+def _cuda_w4_supported(x, qweight, scales, zeros, group_size, g_idx):
+    k = x.shape[1]
+    gs = k if group_size == -1 else group_size
+    return (g_idx is None and x.shape[0] <= DECODE_MAX_M and x.dtype in (torch.float16, torch.bfloat16)
+            and k % 32 == 0 and gs % 32 == 0)
+
+
+@_dispatch.register("w4a16_matmul", "cuda", devices=("cuda",), supports=_cuda_w4_supported)
+def _cuda_w4(x, qweight, scales, zeros, group_size, g_idx):
+    from pyllmops import _ext
+
+    m, k = x.shape
+    n = qweight.shape[0]
+    xc, qw = _aligned16(x), _aligned16(qweight)
+    sc, zc = scales.to(x.dtype).contiguous(), zeros.contiguous()
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    _ext.cuda().w4a16_gemm(xc.data_ptr(), _CUDA_DTYPES[x.dtype], m, k, qw.data_ptr(), sc.data_ptr(), zc.data_ptr(),
+                           n, k if group_size == -1 else group_size, out.data_ptr(),
+                           torch.cuda.current_stream(x.device).cuda_stream)
+    return out
+
+
+_CUDA_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _aligned16(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous and 16-byte aligned (the CUDA kernels use 128-bit loads); copies a view that is not."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+# ----------------------------------------------------------------------------- w8a16 backends
+@_dispatch.register("w8a16_matmul", "reference")
+def _reference_w8(x, qweight, scales):
+    return (x.double() @ (qweight.double() * scales.double()[:, None]).t()).to(x.dtype)
+
+
+@_dispatch.register("w8a16_matmul", "torch")
+def _torch_w8(x, qweight, scales):
+    # the per-channel scale commutes with the matmul: scale the [M, N] output, not the weight
+    return (torch.nn.functional.linear(x.float(), qweight.float()) * scales.float()).to(x.dtype)
+
+
+def _cpp_w8_supported(x, qweight, scales):
+    from pyllmops import _ext
+
+    return x.shape[0] <= DECODE_MAX_M and x.shape[1] % 16 == 0 and _ext.cpp().weight_only_simd()
+
+
+@_dispatch.register("w8a16_matmul", "cpp", devices=("cpu",), supports=_cpp_w8_supported)
+def _cpp_w8(x, qweight, scales):
+    from pyllmops import _ext
+
+    m, k = x.shape
+    n = qweight.shape[0]
+    xf, qw, sf = x.float().contiguous(), qweight.contiguous(), scales.float().contiguous()
+    out = torch.empty((m, n), dtype=torch.float32)
+    _ext.cpp().w8a16_gemm(xf.data_ptr(), m, k, qw.data_ptr(), sf.data_ptr(), n, out.data_ptr())
+    return out.to(x.dtype)
+
+
+@_dispatch.register("w8a16_matmul", "triton")
+def _triton_w8(x, qweight, scales):
+    from pyllmops.kernels.weight_only import w8a16_matmul as kernel
+
+    return kernel(x, qweight, scales)
+
+
+def _cuda_w8_supported(x, qweight, scales):
+    return x.shape[0] <= DECODE_MAX_M and x.dtype in (torch.float16, torch.bfloat16) and x.shape[1] % 16 == 0
+
+
+@_dispatch.register("w8a16_matmul", "cuda", devices=("cuda",), supports=_cuda_w8_supported)
+def _cuda_w8(x, qweight, scales):
+    from pyllmops import _ext
+
+    m, k = x.shape
+    n = qweight.shape[0]
+    xc, qw, sc = _aligned16(x), _aligned16(qweight), scales.to(x.dtype).contiguous()
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    _ext.cuda().w8a16_gemm(xc.data_ptr(), _CUDA_DTYPES[x.dtype], m, k, qw.data_ptr(), sc.data_ptr(), n,
+                           out.data_ptr(), torch.cuda.current_stream(x.device).cuda_stream)
+    return out
+
+
+# ----------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("pyllmops::w4a16_matmul", mutates_args=())
+def _w4a16_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+              g_idx: Optional[torch.Tensor]) -> torch.Tensor:
+    _check_g_idx_values(g_idx, scales.shape[1])
+    return _dispatch.call("w4a16_matmul", x.device, x, qweight, scales, zeros, group_size, g_idx)
+
+
+@_w4a16_op.register_fake
+def _(x, qweight, scales, zeros, group_size, g_idx):
+    return x.new_empty((x.shape[0], qweight.shape[0]))
+
+
+def _w4_setup(ctx, inputs, output):
+    _, qweight, scales, zeros, group_size, g_idx = inputs
+    ctx.save_for_backward(qweight, scales, zeros, g_idx)
+    ctx.group_size = group_size
+
+
+def _w4_backward(ctx, grad):
+    qweight, scales, zeros, g_idx = ctx.saved_tensors
+    w = dequantize_int4(qweight, scales, zeros, ctx.group_size, g_idx, torch.float32)
+    return (grad.float() @ w).to(grad.dtype), None, None, None, None, None
+
+
+_w4a16_op.register_autograd(_w4_backward, setup_context=_w4_setup)
+
+
+@torch.library.custom_op("pyllmops::w8a16_matmul", mutates_args=())
+def _w8a16_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return _dispatch.call("w8a16_matmul", x.device, x, qweight, scales)
+
+
+@_w8a16_op.register_fake
+def _(x, qweight, scales):
+    return x.new_empty((x.shape[0], qweight.shape[0]))
+
+
+def _w8_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1], inputs[2])
+
+
+def _w8_backward(ctx, grad):
+    qweight, scales = ctx.saved_tensors
+    return ((grad.float() * scales.float()) @ qweight.float()).to(grad.dtype), None, None
+
+
+_w8a16_op.register_autograd(_w8_backward, setup_context=_w8_setup)
+
+
+# ----------------------------------------------------------------------------- front doors
+def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                 group_size: int, g_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W^T for an int4 weight in the internal layout (module docstring)."""
+    check_tensor("x", x, dtypes=FLOAT_DTYPES, ndim=2)
+    check_int4_weight(qweight, scales, zeros, group_size, g_idx, in_features=x.shape[1])
+    if qweight.device != x.device:
+        raise ValueError(f"qweight is on {qweight.device} but must be on {x.device} (same device as x)")
+    return torch.ops.pyllmops.w4a16_matmul(x, qweight, scales, zeros, group_size, g_idx)
+
+
+def w8a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ (qweight [N, K] int8 * scales [N, 1])^T."""
+    check_tensor("x", x, dtypes=FLOAT_DTYPES, ndim=2)
+    check_tensor("qweight", qweight, dtypes=(torch.int8,), ndim=2, device=x.device)
+    check_tensor("scales", scales, dtypes=FLOAT_DTYPES, ndim=1, device=x.device)
+    n, k = qweight.shape
+    if k != x.shape[1]:
+        raise ValueError(f"qweight must have shape [N, K] with K={x.shape[1]} (x.shape[1]), got {tuple(qweight.shape)}")
+    if tuple(scales.shape) != (n,):
+        raise ValueError(f"scales must have shape [N] = [{n}] (one per output channel), got {tuple(scales.shape)}")
+    return torch.ops.pyllmops.w8a16_matmul(x, qweight, scales)

@@ -1,0 +1,91 @@
+"""GPTQ (Frantar et al., 2022): quantize a linear layer's weight column by column, pushing each
+column's rounding error onto the columns not yet quantized, weighted by the inverse Hessian of
+the layer's reconstruction loss ||W X - Q X||^2.
+
+    h = Hessian(K); h.add(x [..., K]) for each calibration batch     (H = 2 X X^T / tokens)
+    gptq_int4(w [N, K], h.matrix, group_size=128, bits=4, symmetric=False, act_order=False,
+              block_size=128, damp=0.01) -> Int4Weight
+
+Steps: dead inputs (H_kk = 0) are zeroed; with act_order the columns are visited by decreasing
+H_kk and the resulting group of each input channel is recorded in g_idx (GPTQ's desc_act); H is
+damped by `damp` x mean(diag H); U = upper Cholesky factor of H^-1; columns are processed in
+blocks of `block_size` with the error propagated inside the block immediately and to the rest of
+the matrix once per block (the "lazy batch" update). A group's scale/zero are fixed from the
+current (error-updated) weights when its first column is reached. The last group may be ragged.
+"""
+from __future__ import annotations
+
+import torch
+
+from pyllmops.quant.packing import Int4Weight
+from pyllmops.quant.rtn import group_params, quantize_with
+
+
+class Hessian:
+    """Running H = 2 X X^T / tokens over calibration inputs x [..., K] (float64 accumulation)."""
+
+    def __init__(self, in_features: int, device=None):
+        self.matrix = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).double()
+        t = x.shape[0]
+        self.matrix.mul_(self.tokens / (self.tokens + t)).addmm_(x.t(), x, alpha=2.0 / (self.tokens + t))
+        self.tokens += t
+
+
+def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1."""
+    h = h.clone()
+    h.diagonal().add_(damp * float(h.diagonal().mean()))
+    lower = torch.linalg.cholesky(h)
+    return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
+
+
+def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int = 128, bits: int = 4, symmetric: bool = False,
+              act_order: bool = False, block_size: int = 128, damp: float = 0.01) -> Int4Weight:
+    """GPTQ-quantize w [N, K] (float) given H [K, K]; see the module docstring."""
+    n, k = w.shape
+    if tuple(hessian.shape) != (k, k):
+        raise ValueError(f"hessian must have shape [K, K] = [{k}, {k}], got {tuple(hessian.shape)}")
+    if group_size != -1 and group_size <= 0:
+        raise ValueError(f"group_size must be -1 or positive, got {group_size}")
+    gs = k if group_size == -1 else min(group_size, k)  # a group wider than K is one group
+    W = w.detach().double().clone()
+    H = hessian.double().clone()
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(k)
+    W, H = W[:, perm], H[perm][:, perm]
+    U = _inverse_cholesky(H, damp)
+
+    groups = -(-k // gs)
+    Q = torch.zeros_like(W)
+    scales = torch.zeros(n, groups, dtype=torch.float32)
+    zeros = torch.zeros(n, groups, dtype=torch.float32)
+    for b0 in range(0, k, block_size):
+        b1 = min(b0 + block_size, k)
+        Wb, Ub = W[:, b0:b1].clone(), U[b0:b1, b0:b1]
+        Err = torch.zeros_like(Wb)
+        for i in range(b1 - b0):
+            col = b0 + i
+            if col % gs == 0:
+                # the group's current weights: in-block columns carry this block's updates already
+                g_end = min(col + gs, k)
+                cur = torch.cat((Wb[:, i:], W[:, b1:g_end]), dim=1)[:, :g_end - col]
+                s, z = group_params(cur.float(), bits, symmetric)
+                scales[:, col // gs], zeros[:, col // gs] = s, z
+            s, z = scales[:, col // gs].double(), zeros[:, col // gs].double()
+            q = quantize_with(Wb[:, i], s, z, bits).double()
+            Q[:, col] = q
+            err = (Wb[:, i] - (q - z) * s) / Ub[i, i]
+            Wb[:, i:] -= err[:, None] * Ub[i, i:][None, :]
+            Err[:, i] = err
+        W[:, b1:] -= Err @ U[b0:b1, b1:]
+
+    inverse = torch.argsort(perm)
+    values = Q[:, inverse].to(torch.uint8)
+    g_idx = (inverse // gs).to(torch.int32) if act_order else None
+    return Int4Weight.from_values(values, scales, zeros.to(torch.uint8), gs, bits, g_idx)

@@ -1,0 +1,178 @@
+"""SmoothQuant (Xiao et al. 2023): move activation outliers into the weights before W8A8.
+
+A few input channels of a linear layer carry huge activations (SmolLM2's down_proj sees |x| ~ 3000
+in one channel), so one int8 scale per token or per tensor wastes most of its range on them.
+Dividing input channel j by s_j and multiplying weight column j by s_j leaves x @ W.T unchanged
+but flattens the activations:
+
+    s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)
+
+(max|W_j| over every linear that reads channel j; alpha = 0.5 splits the difficulty evenly, higher
+alpha pushes more of it into the weights). The division is folded into whatever produces the
+input, so it costs nothing at run time:
+
+  * a norm (RMSNorm / LayerNorm: `.weight`, optional `.bias`): its weight (and bias) / s. Several
+    linears reading the same norm (q/k/v; gate/up) share one s.
+  * a previous nn.Linear whose output is the input (v_proj -> o_proj through attention, which is
+    linear in v per channel; up_proj -> down_proj through silu(gate) * up): its output rows / s.
+    With grouped-query attention v_proj has fewer output channels than o_proj has inputs (each
+    value head serves n_heads / n_kv_heads query heads): s is then shared by the repeated
+    channels (`kv_head_dim`).
+
+Which producer feeds which linears is architecture knowledge, declared as SmoothGroups;
+`llama_smooth_groups` finds them in Llama-style models (Hugging Face module names). Another
+architecture passes its own list, e.g. for a GPT-2-like block with LayerNorms ln_1 / ln_2:
+
+    groups = [SmoothGroup(f"h.{i}.ln_1", (f"h.{i}.attn.qkv",)) for i in range(n_layers)]
+           + [SmoothGroup(f"h.{i}.ln_2", (f"h.{i}.mlp.fc1",)) for i in range(n_layers)]
+    pyllmops.quantize(model, "w8a8-sq", calib=batches, smooth_groups=groups)
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+# Statistics below this are treated as "no information" for that channel: s_j = 1 there.
+_EPS = 1e-5
+# Smoothing factors are clamped to [1 / _S_MAX, _S_MAX]: keeps every folded weight finite even
+# for channels whose activation range and weight range differ by many orders of magnitude.
+_S_MAX = 1e5
+
+
+@dataclass(frozen=True)
+class SmoothGroup:
+    """`linears` (module names) all read the output of `prev` (a norm with `.weight` or an
+    nn.Linear). kv_head_dim: set when prev is the value projection of grouped-query attention
+    (prev has n_kv_heads * kv_head_dim outputs, the linears n_heads * kv_head_dim inputs; query
+    head h reads value head h // (n_heads / n_kv_heads))."""
+    prev: str
+    linears: tuple[str, ...]
+    kv_head_dim: int | None = None
+
+
+def llama_smooth_groups(model: nn.Module) -> list[SmoothGroup]:
+    """The smoothing groups of a Llama-style model: every module with input_layernorm,
+    self_attn.{q,k,v,o}_proj, post_attention_layernorm and mlp.{gate,up,down}_proj (the names of
+    pyllmops.models.Llama and Hugging Face Llama/Mistral/Qwen2/SmolLM). Only nn.Linear consumers
+    and producers are used, so an already quantized layer is skipped."""
+    groups: list[SmoothGroup] = []
+    for name, block in model.named_modules():
+        attn, mlp = getattr(block, "self_attn", None), getattr(block, "mlp", None)
+        if attn is None or mlp is None or not hasattr(block, "input_layernorm") or not hasattr(block, "post_attention_layernorm"):
+            continue
+        pre = f"{name}." if name else ""
+
+        def linear(owner, attr, path):
+            mod = getattr(owner, attr, None)
+            return f"{pre}{path}.{attr}" if type(mod) is nn.Linear else None
+
+        qkv = tuple(n for n in (linear(attn, a, "self_attn") for a in ("q_proj", "k_proj", "v_proj")) if n)
+        gate_up = tuple(n for n in (linear(mlp, a, "mlp") for a in ("gate_proj", "up_proj")) if n)
+        if qkv:
+            groups.append(SmoothGroup(f"{pre}input_layernorm", qkv))
+        if gate_up:
+            groups.append(SmoothGroup(f"{pre}post_attention_layernorm", gate_up))
+        v, o = linear(attn, "v_proj", "self_attn"), linear(attn, "o_proj", "self_attn")
+        if v and o:
+            head_dim = getattr(attn, "head_dim", None)
+            if attn.v_proj.out_features == attn.o_proj.in_features:
+                groups.append(SmoothGroup(v, (o,)))
+            elif head_dim:
+                groups.append(SmoothGroup(v, (o,), kv_head_dim=int(head_dim)))
+        up, down = linear(mlp, "up_proj", "mlp"), linear(mlp, "down_proj", "mlp")
+        if up and down:
+            groups.append(SmoothGroup(up, (down,)))
+    return groups
+
+
+def smoothing_factors(x_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
+    """s [K] float32 = x_absmax^alpha / w_absmax^(1 - alpha), finite and > 0 everywhere.
+
+    x_absmax: [K] max |activation| per input channel; w_absmax: [K] max |weight| per input
+    channel over the linears reading it. A channel with no activation or no weight (statistic
+    below 1e-5) gets s = 1; s is clamped to [1e-5, 1e5]."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    x = x_absmax.float()
+    w = w_absmax.float()
+    s = x.clamp(min=_EPS).pow(alpha) / w.clamp(min=_EPS).pow(1.0 - alpha)
+    s = torch.where((x < _EPS) | (w < _EPS), torch.ones_like(s), s)
+    return s.clamp(1.0 / _S_MAX, _S_MAX)
+
+
+def _alpha_for(group: SmoothGroup, alpha: float, layer_alpha: Mapping[str, float] | None) -> float:
+    for pattern, value in (layer_alpha or {}).items():
+        if any(fnmatch.fnmatchcase(n, pattern) for n in (group.prev, *group.linears)):
+            return float(value)
+    return float(alpha)
+
+
+def _repeat_view(t: torch.Tensor, group: SmoothGroup, n_prev: int) -> torch.Tensor:
+    """A consumer-channel statistic [K] viewed as [n_kv, rep, head_dim] (rep = K / n_prev)."""
+    return t.reshape(n_prev // group.kv_head_dim, -1, group.kv_head_dim)
+
+
+@torch.no_grad()
+def smooth_(model: nn.Module, groups: Sequence[SmoothGroup], absmax: Mapping[str, torch.Tensor],
+            alpha: float = 0.5, layer_alpha: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """Fold SmoothQuant factors into `model` in place; the float model computes the same function
+    (up to rounding). absmax: {linear name: [K] input absmax} from calibration.input_absmax on the
+    unsmoothed model. layer_alpha: {fnmatch pattern: alpha} overriding `alpha` for the groups
+    whose producer or any consumer name matches (first matching pattern wins), e.g.
+    {"*.down_proj": 0.8}. Returns {producer name: s [K] float32}."""
+    modules = dict(model.named_modules())
+    factors: dict[str, torch.Tensor] = {}
+    for group in groups:
+        for name in (group.prev, *group.linears):
+            if name not in modules:
+                raise ValueError(f"smooth group {group}: no module named {name!r} in the model")
+        consumers = [modules[n] for n in group.linears]
+        if any(not isinstance(c, nn.Linear) for c in consumers):
+            raise TypeError(f"smooth group {group}: every consumer must be an nn.Linear")
+        missing = [n for n in group.linears if n not in absmax]
+        if missing:
+            raise ValueError(f"smooth group {group}: no calibration statistics for {missing} (did they run?)")
+        k = consumers[0].in_features
+        if any(c.in_features != k for c in consumers):
+            raise ValueError(f"smooth group {group}: the linears disagree on in_features")
+        x_amax = torch.stack([absmax[n].float().to(consumers[0].weight.device) for n in group.linears]).amax(0)
+        w_amax = torch.stack([c.weight.detach().abs().amax(0).float() for c in consumers]).amax(0)
+        prev = modules[group.prev]
+        n_prev = prev.out_features if isinstance(prev, nn.Linear) else prev.weight.shape[0]
+        if n_prev != k and group.kv_head_dim is None:
+            raise ValueError(f"smooth group {group}: {group.prev} has {n_prev} outputs but the linears take {k} "
+                             f"inputs; set kv_head_dim for grouped-query attention")
+        if n_prev != k and (k % n_prev or n_prev % group.kv_head_dim):
+            raise ValueError(f"smooth group {group}: {k} inputs are not whole repeats of {n_prev} outputs "
+                             f"in heads of {group.kv_head_dim}")
+        if n_prev != k:
+            # One factor per value channel, from the max over the query heads that share it.
+            s_prev = smoothing_factors(_repeat_view(x_amax, group, n_prev).amax(1).reshape(-1),
+                                       _repeat_view(w_amax, group, n_prev).amax(1).reshape(-1),
+                                       _alpha_for(group, alpha, layer_alpha))
+            s = s_prev.reshape(-1, 1, group.kv_head_dim).expand(-1, k // n_prev, -1).reshape(-1)
+        else:
+            s_prev = s = smoothing_factors(x_amax, w_amax, _alpha_for(group, alpha, layer_alpha))
+        _divide_output(prev, s_prev)
+        for c in consumers:
+            c.weight.mul_(s.to(c.weight.dtype)[None, :])
+        factors[group.prev] = s
+    return factors
+
+
+def _divide_output(prev: nn.Module, s: torch.Tensor) -> None:
+    """Scale the producer so that its output channel j is divided by s_j."""
+    if isinstance(prev, nn.Linear):
+        prev.weight.div_(s.to(prev.weight.dtype)[:, None])
+    elif not isinstance(getattr(prev, "weight", None), torch.Tensor):
+        raise TypeError(f"cannot fold smoothing into {type(prev).__name__}: it is neither an nn.Linear nor a "
+                        f"norm with a .weight")
+    else:
+        prev.weight.div_(s.to(prev.weight.dtype))
+    bias = getattr(prev, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        bias.div_(s.to(bias.dtype))

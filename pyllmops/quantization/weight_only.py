@@ -1,0 +1,264 @@
+"""Weight-only methods for pyllmops.quantize:
+
+    "w4a16-rtn"   round-to-nearest int4 (group_size=128, bits=4 or 3, symmetric=False); no calib
+    "w8a16"       int8 per output channel, symmetric; no calib
+    "w4a16-gptq"  GPTQ (quant/gptq.py): act_order=False, block_size=128, damp=0.01
+    "w4a16-awq"   AWQ (quant/awq.py): clip=True, awq_tokens=2048 (rows kept for the searches)
+
+Common options: group_size (default 128, -1 per-channel; a ragged last group is fine), bits
+(4 or 3; stored in the int4 container), skip (linear names to leave in float, default the LM head:
+("lm_head",)), progress (tqdm bar per block, default True), block_spec (see _blocks.py).
+
+Every eligible nn.Linear becomes a pyllmops.nn.WeightOnlyLinear. The calibrated methods walk the
+model's blocks in order (GPTQ's sequential scheme; AWQ uses it too): the block inputs are
+captured once from the calibration batches, then for each block and each group of linears that
+share an input (in forward order), the block runs on the current inputs until that group, the
+group is calibrated and its float weights are replaced by their dequantized values, and once the
+block is done its outputs become the next block's inputs. So every layer is calibrated on
+activations that already went through the quantized layers before it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from pyllmops.nn.weight_only import WeightOnlyLinear
+from pyllmops.quant.awq import awq_clip, awq_search_scale
+from pyllmops.quant.gptq import Hessian, gptq_int4
+from pyllmops.quant.packing import Int4Weight
+from pyllmops.quant.rtn import rtn_int4
+from pyllmops.quantization import register_method
+from pyllmops.quantization._blocks import BlockSpec, ScaleGroup, resolve_spec
+from pyllmops.quantization._walk import linear_layers, replace_module
+
+
+def _check_bits(bits: int) -> None:
+    if bits not in (2, 3, 4):
+        raise ValueError(f"bits must be 4 or 3 (2 also works) for the w4a16 methods, got {bits!r}")
+
+
+def _eligible(skip: Iterable[str]) -> Callable[[str, nn.Linear], bool]:
+    skip = tuple(skip)
+    return lambda name, _: not any(name == s or name.endswith("." + s) for s in skip)
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="layer")
+
+
+@register_method("w4a16-rtn", needs_calib=False)
+def quantize_rtn(model: nn.Module, *, calib=None, group_size: int = 128, bits: int = 4, symmetric: bool = False,
+                 skip: Iterable[str] = ("lm_head",), progress: bool = True) -> nn.Module:
+    _check_bits(bits)
+    for name, lin in _progress(list(linear_layers(model, _eligible(skip))), progress, "w4a16-rtn"):
+        replace_module(model, name, WeightOnlyLinear.from_linear(lin, bits, group_size, symmetric))
+    return model
+
+
+@register_method("w8a16", needs_calib=False)
+def quantize_w8a16(model: nn.Module, *, calib=None, skip: Iterable[str] = ("lm_head",), progress: bool = True,
+                   **_ignored: Any) -> nn.Module:
+    for name, lin in _progress(list(linear_layers(model, _eligible(skip))), progress, "w8a16"):
+        replace_module(model, name, WeightOnlyLinear.from_linear(lin, bits=8))
+    return model
+
+
+# ----------------------------------------------------------------------------- calibrated driver
+class _Stop(Exception):
+    """Raised by a capture hook to end a forward pass early."""
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _call(module: nn.Module, batch) -> Any:
+    if isinstance(batch, dict):
+        return module(**batch)
+    if isinstance(batch, (tuple, list)):
+        return module(*batch)
+    return module(batch)
+
+
+def _capture_block_inputs(model: nn.Module, block: nn.Module, calib) -> list[tuple[tuple, dict]]:
+    """(args, kwargs) of `block` for each calibration batch, by running the model up to it."""
+    captured = []
+
+    def hook(_, args, kwargs):
+        captured.append((args, kwargs))
+        raise _Stop
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in calib:
+            try:
+                _call(model, batch)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise ValueError("calib produced no batches (or the model never reached its first block)")
+    return captured
+
+
+def _group_inputs(block: nn.Module, linear: nn.Module, inputs, sink: Callable[[torch.Tensor], None]) -> None:
+    """Run `block` on every input until `linear` is reached and hand its input to sink."""
+
+    def hook(_, args):
+        sink(args[0].detach())
+        raise _Stop
+
+    handle = linear.register_forward_pre_hook(hook)
+    try:
+        for args, kwargs in inputs:
+            try:
+                block(*args, **kwargs)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+
+
+class _TokenSample:
+    """Keeps up to `limit` input rows [T, K] (evenly thinned) for AWQ's searches."""
+
+    def __init__(self, limit: int):
+        self.limit, self.rows = limit, []
+
+    def __call__(self, x: torch.Tensor) -> None:
+        self.rows.append(x.reshape(-1, x.shape[-1]).float())
+
+    def tensor(self) -> torch.Tensor:
+        x = torch.cat(self.rows)
+        return x[torch.linspace(0, x.shape[0] - 1, min(self.limit, x.shape[0])).long()] if x.shape[0] > self.limit else x
+
+
+def _groups_of(block: nn.Module, spec: BlockSpec, skip) -> list[ScaleGroup]:
+    eligible = {name for name, _ in linear_layers(block, _eligible(skip))}
+    groups = [ScaleGroup(g.prev, tuple(n for n in g.linears if n in eligible)) for g in spec.groups]
+    named = {n for g in groups for n in g.linears}
+    groups += [ScaleGroup(None, (n,)) for n, _ in linear_layers(block) if n in eligible and n not in named]
+    return [g for g in groups if g.linears]
+
+
+def _calibrated(model: nn.Module, calib, spec: BlockSpec, skip, progress: bool, desc: str,
+                make_sink: Callable[[int], Any],
+                quantize_group: Callable[[nn.Module, ScaleGroup, Any, dict], dict[str, tuple[Int4Weight, Optional[torch.Tensor]]]]) -> nn.Module:
+    if spec.blocks is None:
+        blocks, prefix = [model], [""]
+        inputs = [((b,), {}) if not isinstance(b, (dict, tuple, list)) else
+                  ((), b) if isinstance(b, dict) else (tuple(b), {}) for b in calib]
+    else:
+        mlist = model.get_submodule(spec.blocks)
+        blocks, prefix = list(mlist), [f"{spec.blocks}.{i}." for i in range(len(mlist))]
+        with torch.no_grad():
+            inputs = _capture_block_inputs(model, mlist[0], calib)
+    done: dict[str, tuple[Int4Weight, Optional[torch.Tensor]]] = {}
+    with torch.no_grad():
+        for block, pre in zip(_progress(blocks, progress, desc), prefix):
+            for group in _groups_of(block, spec if spec.blocks is not None else BlockSpec(None), skip):
+                first = block.get_submodule(group.linears[0])
+                sink = make_sink(first.in_features)
+                _group_inputs(block, first, inputs, sink)
+                local = {n[len(pre):]: v for n, v in done.items() if n.startswith(pre)}
+                for name, result in quantize_group(block, group, sink, local).items():
+                    done[pre + name] = result
+            if spec.blocks is not None:
+                inputs = [((_first(block(*args, **kwargs)),) + tuple(args[1:]), kwargs) for args, kwargs in inputs]
+    for name, (weight, input_scale) in done.items():
+        lin = model.get_submodule(name)
+        replace_module(model, name, WeightOnlyLinear(weight, lin.bias, input_scale))
+    return model
+
+
+def _write_back(lin: nn.Linear, weight: Int4Weight, input_scale: Optional[torch.Tensor] = None) -> None:
+    """Make the float layer compute what the quantized one will (for the later layers' calibration)."""
+    w = weight.dequantize(torch.float32)
+    if input_scale is not None:
+        w = w / input_scale
+    lin.weight.copy_(w.to(lin.weight.dtype))
+
+
+@register_method("w4a16-gptq", needs_calib=True)
+def quantize_gptq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 4, symmetric: bool = False,
+                  act_order: bool = False, block_size: int = 128, damp: float = 0.01,
+                  skip: Iterable[str] = ("lm_head",), progress: bool = True,
+                  block_spec: Optional[BlockSpec] = None) -> nn.Module:
+    _check_bits(bits)
+
+    def quantize_group(block, group, hessian, done):
+        out = {}
+        for name in group.linears:
+            lin = block.get_submodule(name)
+            w = gptq_int4(lin.weight.float(), hessian.matrix, group_size, bits, symmetric, act_order, block_size, damp)
+            _write_back(lin, w)
+            out[name] = (w, None)
+        return out
+
+    return _calibrated(model, calib, resolve_spec(model, block_spec), skip, progress, "w4a16-gptq",
+                       lambda k: _HessianSink(k), quantize_group)
+
+
+class _HessianSink(Hessian):
+    def __call__(self, x: torch.Tensor) -> None:
+        self.add(x)
+
+
+@register_method("w4a16-awq", needs_calib=True)
+def quantize_awq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 4, symmetric: bool = False,
+                 clip: bool = True, awq_tokens: int = 2048, skip: Iterable[str] = ("lm_head",),
+                 progress: bool = True, block_spec: Optional[BlockSpec] = None) -> nn.Module:
+    _check_bits(bits)
+
+    def quantize_group(block, group, sample, done):
+        x = sample.tensor()
+        lins = [block.get_submodule(n) for n in group.linears]
+        prev = block.get_submodule(group.prev) if group.prev is not None else None
+        if isinstance(prev, nn.Linear) and prev.out_features != x.shape[-1]:
+            prev = "unfoldable"  # e.g. v_proj -> o_proj under grouped-query attention: leave unscaled
+        s = None
+        if prev != "unfoldable":
+            s = awq_search_scale(x, [lin.weight for lin in lins], group_size, bits, symmetric)
+            _fold(prev, group.prev, s, done)
+            for lin in lins:
+                lin.weight.mul_(s.to(lin.weight.dtype))
+            x = x / s
+        out = {}
+        for lin, name in zip(lins, group.linears):
+            w = lin.weight.float()
+            if clip:
+                w = awq_clip(w, x, group_size, bits, symmetric)
+            q = rtn_int4(w, group_size, bits, symmetric)
+            input_scale = s if prev is None else None
+            _write_back(lin, q, input_scale)
+            out[name] = (q, input_scale)
+        return out
+
+    return _calibrated(model, calib, resolve_spec(model, block_spec), skip, progress, "w4a16-awq",
+                       lambda k: _TokenSample(awq_tokens), quantize_group)
+
+
+def _fold(prev: Optional[nn.Module], prev_name: Optional[str], s: torch.Tensor, done: dict) -> None:
+    """Divide the producer of the scaled input by s: a norm's weight, or a linear's output rows
+    (and, when that linear is already quantized, its int4 scales, which is exact)."""
+    if prev is None:
+        return  # no producer: the scale stays on the layer as its input_scale
+    if isinstance(prev, nn.Linear):
+        prev.weight.div_(s.to(prev.weight.dtype)[:, None])
+        if prev.bias is not None:
+            prev.bias.div_(s.to(prev.bias.dtype))
+        if prev_name in done:
+            q, input_scale = done[prev_name]
+            q.scales = (q.scales.float() / s[:, None]).to(q.scales.dtype)
+        return
+    weight = getattr(prev, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.shape != s.shape:
+        raise ValueError(f"cannot fold AWQ scales into {type(prev).__name__}: it needs a weight of shape {tuple(s.shape)}")
+    weight.div_(s.to(weight.dtype))

