@@ -55,7 +55,7 @@ def _prompt(tok) -> list[int]:
 def _text_ids(tok, n: int | None = None) -> list[int]:
     if not EVAL_TEXT.is_file():
         pytest.skip(f"needs {EVAL_TEXT}")
-    ids = tok.encode(EVAL_TEXT.read_text())
+    ids = tok.encode_ordinary(EVAL_TEXT.read_text())
     return ids if n is None else ids[:n]
 
 

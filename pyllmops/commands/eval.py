@@ -41,7 +41,7 @@ def _run_rank(tp, args: argparse.Namespace) -> int:
 
     methods = args.methods
     float_model, tok = _model.load(args)
-    ids = tok.encode(args.text_file.read_text())
+    ids = tok.encode_ordinary(args.text_file.read_text())
     if len(ids) < 2:
         raise ValueError(f"--text-file has {len(ids)} tokens; need at least 2")
 

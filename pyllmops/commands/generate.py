@@ -50,7 +50,7 @@ def _run_rank(tp, args: argparse.Namespace) -> int:
     sampler = VocabParallelSampler(args.temperature, args.top_k, args.top_p, seed=args.seed, group=tp.group,
                                    world=tp.world)
 
-    prompt = tok.encode(args.prompt) if args.raw else chat_prompt(tok, args.prompt, args.system or DEFAULT_SYSTEM_PROMPT)
+    prompt = tok.encode_ordinary(args.prompt) if args.raw else chat_prompt(tok, args.prompt, args.system or DEFAULT_SYSTEM_PROMPT)
     stops = stop_ids(tok)
     stats = GenerationStats()
     steps = generate(model, [prompt], max_new_tokens=args.max_new_tokens, sampler=sampler, stop_ids=stops, stats=stats)

@@ -37,12 +37,12 @@ def encode_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt
     if messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system_prompt}, *messages]
     start, end = special_id(tokenizer, IM_START), special_id(tokenizer, IM_END)
-    newline = tokenizer.encode("\n")
+    newline = tokenizer.encode_ordinary("\n")
     ids: list[int] = []
     for m in messages:
-        ids += [start, *tokenizer.encode(f"{m['role']}\n{m['content']}"), end, *newline]
+        ids += [start, *tokenizer.encode_ordinary(f"{m['role']}\n{m['content']}"), end, *newline]
     if add_generation_prompt:
-        ids += [start, *tokenizer.encode("assistant\n")]
+        ids += [start, *tokenizer.encode_ordinary("assistant\n")]
     return ids
 
 

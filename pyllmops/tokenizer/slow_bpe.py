@@ -86,6 +86,10 @@ class SlowBPE:
                     ids.extend(self._encode_piece(piece))
         return ids
 
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of `text`, special-token text treated as ordinary text."""
+        return self.encode(text)
+
     def decode_bytes(self, ids: Collection[int]) -> bytes:
         out = bytearray()
         for i in ids:
