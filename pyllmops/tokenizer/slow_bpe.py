@@ -87,7 +87,7 @@ class SlowBPE:
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
-        """Token ids of `text`, special-token text encoded as ordinary text (as tiktoken's)."""
+        """Token ids of `text`, special-token text treated as ordinary text."""
         return self.encode(text)
 
     def decode_bytes(self, ids: Collection[int]) -> bytes:

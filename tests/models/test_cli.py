@@ -21,11 +21,6 @@ def test_empty_prompt_is_a_clear_error(capsys):
     assert "prompt must not be empty" in capsys.readouterr().err
 
 
-def test_tp_is_not_wired_yet(capsys):
-    assert main(["generate", "hi", "--tp", "2"]) == 2
-    assert "--tp 2" in capsys.readouterr().err
-
-
 def test_missing_text_file(capsys, tmp_path):
     assert main(["eval", "--text-file", str(tmp_path / "none.txt")]) == 2
     assert "--text-file not found" in capsys.readouterr().err
