@@ -1,8 +1,8 @@
 """Token generation with a KV cache: a batch of prompts (left-padded), streamed one step at a time.
 
-The sampler is any callable `sampler(logits [B, V] float32, step: int) -> ids [B] int64`.
-`TorchSampler` below is a small plain-torch one (temperature, top-k, top-p, seeded generator)
-until `pyllmops.nn.Sampler` is wired in.
+The sampler is any callable `sampler(logits [B, V] float32, step: int) -> ids [B] int64`:
+`pyllmops.nn.Sampler` (the fused, Philox-seeded sampler; step becomes its offset) or, for tensor
+parallelism, `pyllmops.parallel.VocabParallelSampler`.
 """
 from __future__ import annotations
 
@@ -15,39 +15,6 @@ import torch
 
 Sampler = Callable[[torch.Tensor, int], torch.Tensor]
 FINISHED = -1  # what a row that has already stopped yields
-
-
-class TorchSampler:
-    """Temperature, then top-k, then top-p (nucleus) sampling; temperature 0 is greedy.
-    seed: a torch.Generator seed (None: nondeterministic)."""
-
-    def __init__(self, temperature: float = 0.7, top_k: int = 50, top_p: float = 0.9, seed: int | None = None):
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
-
-    def __call__(self, logits: torch.Tensor, step: int) -> torch.Tensor:
-        if self.temperature == 0:
-            return logits.argmax(-1)
-        logits = logits.float() / self.temperature
-        k = logits.shape[-1] if self.top_k == 0 else min(self.top_k, logits.shape[-1])
-        top, idx = logits.topk(k, dim=-1)  # sorted, descending
-        probs = torch.softmax(top, dim=-1)
-        if self.top_p < 1:
-            # Keep the smallest prefix whose mass reaches top_p (always at least the first).
-            outside = probs.cumsum(-1) - probs >= self.top_p
-            probs = probs.masked_fill(outside, 0.0)
-        choice = torch.multinomial(probs.cpu(), 1, generator=self.generator).to(idx.device)
-        return idx.gather(-1, choice).squeeze(-1)
 
 
 @dataclass
