@@ -212,8 +212,9 @@ class Llama(nn.Module):
             positions = (n_before[:, None] + mask.long().cumsum(1) - 1).clamp_(min=0)
         else:
             positions = n_before[:, None] + torch.arange(t, device=ids.device)
-        cos = self.rope_cos[positions].unsqueeze(1)  # [B, 1, T, D] float32
-        sin = self.rope_sin[positions].unsqueeze(1)
+        # [B, 1, T, D] float32 even when model.to(dtype) converted the tables (attention is float32)
+        cos = self.rope_cos[positions].unsqueeze(1).float()
+        sin = self.rope_sin[positions].unsqueeze(1).float()
 
         attn_mask, causal = self._attention_mask(mask, padded, cache, start, t, ids.device)
         if cache is not None:

@@ -75,8 +75,8 @@ def test_smoothing_preserves_llama_with_gqa(seed):
     assert SmoothGroup("layers.1.self_attn.v_proj", ("layers.1.self_attn.o_proj",), kv_head_dim=8) in groups
     smooth_(model, groups, input_absmax(model, ids, progress=False), alpha=0.7, layer_alpha={"*.down_proj": 0.9})
     for i, r in zip(ids, ref):
-        # the model returns float32 logits: equal to float32 rounding
-        torch.testing.assert_close(model(i), r, rtol=1e-6, atol=1e-6)
+        # attention and the logits run in float32 even for a float64 model: float32 noise only
+        torch.testing.assert_close(model(i), r, rtol=1e-5, atol=1e-5)
 
 
 def test_factors_formula_and_safety():
