@@ -21,7 +21,7 @@ $(VENV)/.built: $(VENV)/.deps $(NATIVE)
 	touch $@
 
 demo: venv
-	$(VENV)/bin/pyllmops generate "What is the capital of France?"
+	$(VENV)/bin/pyllmops generate "What is the capital of France?" --temperature 0
 
 test: venv
 	$(PY) -m pytest -q tests
