@@ -24,10 +24,12 @@ def _check_against_reference(got, ref, x):
         return r.values.int() - (r.zero_point.int() if r.zero_point is not None else 0)
 
     diff = (centred(got) - centred(ref)).abs()
-    # x / scale in float32 may land on the other side of a .5 tie than float64 does: at most one
-    # step, and rarely.
+    # x / scale in float32 may land on the other side of a .5 tie than float64 does (common with
+    # bf16 inputs, e.g. x = absmax / 2): at most one step, and only next to a tie.
     assert int(diff.max()) <= 1
-    assert float((diff > 0).float().mean()) < 1e-3
+    t = x.double() / ref.scale.double()
+    near_tie = ((t - t.floor()) - 0.5).abs() < 1e-4
+    assert bool(near_tie[diff > 0].all())
     # The defining property: dequantization error is at most half a step (plus float noise).
     deq = pyllmops.dequantize_int8(got.values, got.scale, got.zero_point, out_dtype=torch.float64) if got.zero_point is not None \
         else got.values.double() * got.scale.double()
