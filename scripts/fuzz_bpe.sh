@@ -6,7 +6,8 @@
 set -euo pipefail
 RUNS=${1:-1000000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=${PYLLMOPS_FUZZ_BUILD_DIR:-/tmp/pyllmops-fuzz-build}
+# Inside the checkout (ignored): a CMake build tree is tied to the source folder it was made from.
+BUILD=${PYLLMOPS_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}
 CXX=${CXX_FUZZ:-clang++}
 command -v "$CXX" >/dev/null || { echo "fuzz_bpe.sh: $CXX not found (apt-get install -y clang)" >&2; exit 2; }
 cmake -S "$ROOT" -B "$BUILD" -DPYLLMOPS_FUZZ=ON -DCMAKE_CXX_COMPILER="$CXX" -DCMAKE_BUILD_TYPE=Debug \
