@@ -11,11 +11,12 @@ It is the plainly-correct reference for the fast C++ encoder: same ids as Huggin
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import AbstractSet, Collection, Literal
 
 import regex
+
+from pyllmops.tokenizer._bytelevel import byte_to_char
 
 # GPT-2's split, as HF's ByteLevel pre-tokenizer uses it (the trailing \s+ catches whitespace
 # that is followed by a non-space, minus the space that joins the next word).
@@ -27,20 +28,6 @@ PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
     "smollm": (r"\p{N}", GPT2_SPLIT),
 }
 SPECIAL_TOKEN_TYPE = 3  # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL
-
-
-@lru_cache(maxsize=None)
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table: printable Latin-1 bytes map to
-    themselves, the other 68 to code points 256, 257, ... in byte order."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in keep}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 class SlowBPE:
@@ -56,7 +43,7 @@ class SlowBPE:
         self.special_tokens = {self.tokens[i]: i for i in special_ids}
         self.eos_id, self.bos_id = eos_id, bos_id
         self._splits = [regex.compile(p) for p in PRE_TOKENIZERS[pre]]
-        self._byte_char = bytes_to_unicode()
+        self._byte_char = byte_to_char()
         self._char_byte = {c: b for b, c in self._byte_char.items()}
         self._cache: dict[str, list[int]] = {}
 
