@@ -109,7 +109,7 @@ def test_gptq_calibrates_each_layer_on_the_quantized_model_inputs(setup):
     orig_add = Hessian.add
 
     def add(self, x):
-        seen.setdefault(id(self), []).append(x.detach().clone())
+        seen.setdefault(id(self), (self, []))[1].append(x.detach().clone())  # holding self: no id reuse
         orig_add(self, x)
 
     Hessian.add = add
@@ -127,7 +127,7 @@ def test_gptq_calibrates_each_layer_on_the_quantized_model_inputs(setup):
             q(b)
     for h in hooks:
         h.remove()
-    recorded = list(seen.values())  # Hessians are created in calibration order: block, then group
+    recorded = [xs for _, xs in seen.values()]  # Hessians are created in calibration order: block, then group
     assert len(recorded) == len(firsts)
     for name, xs in zip(firsts, recorded):
         assert len(xs) == len(calib)
