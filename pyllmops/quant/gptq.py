@@ -13,12 +13,20 @@ blocks of `block_size` with the error propagated inside the block immediately an
 the matrix once per block (the "lazy batch" update). A group's scale/zero are fixed from the
 current (error-updated) weights when its first column is reached. The last group may be ragged.
 
-Calibration size matters: with the CLI's default calibration (8 x 512 tokens of Python docstrings)
-the 1% dampening fits the calibration text so closely that on SmolLM2's MLP down_proj (K = 1536)
-the held-out output error of a single layer ends up above RTN's; damp=0.1 brings it back to or
-below RTN per layer, but SmolLM2's end-to-end perplexity at W4 g128 stayed worse than RTN's with
-either setting (measured 2026-11-28; not yet understood). More, and more varied, calibration
-tokens are the first thing to try.
+Calibration size matters, but it is not the whole story (measured 2026-11-28, SmolLM2-135M, W4
+g128, GPL-3 perplexity, 512-token disjoint windows, fp 22.35). GPTQ fits each layer to its
+calibration inputs and with few tokens per input channel it overfits them: on layers.0.mlp.down_proj
+(K = 1536, inputs from the fp model), 8 x 512 calibration tokens gave a relative output error of
+0.036 on those tokens (RTN 0.070) but 0.077 on held-out GPL-3 text (RTN 0.071); with 16k / 29k
+tokens the held-out error fell to 0.062 / 0.059. Yet end to end, 55 windows (29k tokens) gave
+perplexity 33.46 against 32.20 with 8 windows (RTN 28.87), and damp=0.1 gave 32.85. Checked and
+ruled out: the dequantized weight WeightOnlyLinear applies equals the one computed here (exactly),
+and the block-sequential driver feeds each layer the inputs it has in the quantized model
+(tests/quant/test_methods.py); quantizing every linear independently from the float model's
+inputs (8 windows, no block-sequential driver) gave 33.74, so the driver is not the cause either.
+Per layer, on held-out GPL-3 inputs of the float model, GPTQ's output error is 0.25-0.96 x RTN's
+for q/k/v/o/gate/up and 0.94-1.17 x for down_proj in layers 0-4, which does not explain a worse
+perplexity either. Still not understood.
 """
 from __future__ import annotations
 
