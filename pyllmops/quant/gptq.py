@@ -13,20 +13,25 @@ blocks of `block_size` with the error propagated inside the block immediately an
 the matrix once per block (the "lazy batch" update). A group's scale/zero are fixed from the
 current (error-updated) weights when its first column is reached. The last group may be ragged.
 
-Calibration size matters, but it is not the whole story (measured 2026-11-28, SmolLM2-135M, W4
-g128, GPL-3 perplexity, 512-token disjoint windows, fp 22.35). GPTQ fits each layer to its
-calibration inputs and with few tokens per input channel it overfits them: on layers.0.mlp.down_proj
-(K = 1536, inputs from the fp model), 8 x 512 calibration tokens gave a relative output error of
-0.036 on those tokens (RTN 0.070) but 0.077 on held-out GPL-3 text (RTN 0.071); with 16k / 29k
-tokens the held-out error fell to 0.062 / 0.059. Yet end to end, 55 windows (29k tokens) gave
-perplexity 33.46 against 32.20 with 8 windows (RTN 28.87), and damp=0.1 gave 32.85. Checked and
-ruled out: the dequantized weight WeightOnlyLinear applies equals the one computed here (exactly),
-and the block-sequential driver feeds each layer the inputs it has in the quantized model
-(tests/quant/test_methods.py); quantizing every linear independently from the float model's
-inputs (8 windows, no block-sequential driver) gave 33.74, so the driver is not the cause either.
-Per layer, on held-out GPL-3 inputs of the float model, GPTQ's output error is 0.25-0.96 x RTN's
-for q/k/v/o/gate/up and 0.94-1.17 x for down_proj in layers 0-4, which does not explain a worse
-perplexity either. Still not understood.
+Which tokens the Hessian weighs (`Hessian(..., weighting=)`), measured on SmolLM2-135M (W4 g128,
+GPL-3 perplexity, 512-token disjoint windows, float 22.35; RTN 28.87):
+- "uniform" is the paper's H = 2 X X^T / tokens. It gave 32.20, worse than RTN, and per layer
+  the cause is visible (tests/quant/test_gptq_weighting.py has a small model of it): the loss
+  sum_t ||dW x_t||^2 is ruled by a few tokens and blind to rare ones. In layers.1-2.mlp.down_proj
+  the first token of each sequence has inputs 7-27x the median norm, so GPTQ fits that token
+  (relative output error 0.01-0.02 vs RTN 0.06) and gets worse than RTN on every other token;
+  in layers.20.self_attn.{q,k,v}_proj the first token's input lies in directions the other
+  tokens rarely use, so GPTQ parks the rounding error there (error on it 0.28/0.75/1.45 vs RTN
+  0.07/0.20/0.41). That first token is the attention sink (Xiao et al., 2023): every later
+  token's attention reads its key and value, so its error reaches all of them.
+- "sink" (the default of pyllmops.quantize's w4a16-gptq) scales every token's input to unit norm (the next RMSNorm divides the
+  residual stream by its norm anyway, so relative error is what propagates) and gives the first
+  position of each sequence `sink_share` (default 0.1) of the total weight. Same calibration:
+  28.69; calibrated on in-domain text (GPL-2, not the evaluation text): 24.65 (+10.3%) against
+  29.93 for "uniform" on the same text.
+Calibration size and domain matter too: GPTQ fits its calibration inputs and with few tokens per
+input channel it overfits them (layers.0.mlp.down_proj, K = 1536: 4k tokens gave held-out error
+0.077 vs RTN 0.071; 29k tokens 0.059).
 """
 from __future__ import annotations
 
@@ -36,18 +41,46 @@ from pyllmops.quant.packing import Int4Weight
 from pyllmops.quant.rtn import group_params, quantize_with
 
 
-class Hessian:
-    """Running H = 2 X X^T / tokens over calibration inputs x [..., K] (float64 accumulation)."""
+WEIGHTINGS = ("uniform", "sink")
 
-    def __init__(self, in_features: int, device=None):
+
+class Hessian:
+    """Running H = 2 sum_t c_t x_t x_t^T / sum_t c_t over calibration inputs x [..., K] (float64).
+
+    weighting "uniform": c_t = 1 (GPTQ's 2 X X^T / tokens). "sink": each x_t is scaled to unit
+    norm, and for inputs with a sequence dimension (x [..., T, K], T > 1) the first position of
+    each sequence gets `sink_share` of the weight of its sequence; see the module docstring."""
+
+    def __init__(self, in_features: int, device=None, weighting: str = "uniform", sink_share: float = 0.1):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if not 0.0 <= sink_share < 1.0:
+            raise ValueError(f"sink_share must be in [0, 1), got {sink_share}")
         self.matrix = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+        self.weighting, self.sink_share = weighting, sink_share
         self.tokens = 0
+        self.total_weight = 0.0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).double()
-        t = x.shape[0]
-        self.matrix.mul_(self.tokens / (self.tokens + t)).addmm_(x.t(), x, alpha=2.0 / (self.tokens + t))
-        self.tokens += t
+        k = self.matrix.shape[0]
+        if x.shape[-1] != k:
+            raise ValueError(f"x must have {k} features in its last dimension, got shape {tuple(x.shape)}")
+        x = x.detach().to(self.matrix.device, torch.float64)
+        if self.weighting == "uniform":
+            rows, weight = x.reshape(-1, k), None
+        else:
+            seqs = x.reshape(-1, x.shape[-2] if x.dim() >= 3 else 1, k)  # [S, T, K]; 2-D input: no sequences
+            seqs = seqs / seqs.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+            t = seqs.shape[1]
+            weight = torch.ones(seqs.shape[:2] + (1,), dtype=torch.float64, device=seqs.device)
+            if t > 1 and self.sink_share > 0:
+                weight[:, 0] = self.sink_share / (1.0 - self.sink_share) * (t - 1)
+            rows, weight = (seqs * weight.sqrt()).reshape(-1, k), float(weight.sum())
+        added = float(rows.shape[0]) if weight is None else weight
+        total = self.total_weight + added
+        self.matrix.mul_(self.total_weight / total).addmm_(rows.t(), rows, alpha=2.0 / total)
+        self.total_weight = total
+        self.tokens += rows.shape[0]
 
 
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
     "w4a16-rtn"   round-to-nearest int4 (group_size=128, bits=4 or 3, symmetric=False); no calib
     "w8a16"       int8 per output channel, symmetric; no calib
-    "w4a16-gptq"  GPTQ (quant/gptq.py): act_order=False, block_size=128, damp=0.01
+    "w4a16-gptq"  GPTQ (quant/gptq.py): act_order=False, block_size=128, damp=0.01,
+                  weighting="sink" (unit-norm tokens, the first token of each sequence given
+                  sink_share=0.1 of the weight; "uniform" is the paper's H = 2 X X^T)
     "w4a16-awq"   AWQ (quant/awq.py): clip=True, awq_tokens=2048 (rows kept for the searches)
 
 Common options: group_size (default 128, -1 per-channel; a ragged last group is fine), bits
@@ -189,7 +191,7 @@ def _write_back(lin: nn.Linear, weight: Int4Weight, input_scale: Optional[torch.
 @register_method("w4a16-gptq", needs_calib=True)
 def quantize_gptq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 4, symmetric: bool = False,
                   act_order: bool = False, block_size: int = 128, damp: float = 0.01,
-                  skip: Iterable[str] = ("lm_head",), progress: bool = True,
+                  weighting: str = "sink", sink_share: float = 0.1, skip: Iterable[str] = ("lm_head",), progress: bool = True,
                   block_spec: Optional[BlockSpec] = None) -> nn.Module:
     _check_bits(bits)
 
@@ -203,7 +205,7 @@ def quantize_gptq(model: nn.Module, *, calib, group_size: int = 128, bits: int =
         return out
 
     return _calibrated(model, calib, resolve_spec(model, block_spec), skip, progress, "w4a16-gptq",
-                       lambda k: _HessianSink(k), quantize_group)
+                       lambda k: _HessianSink(k, weighting=weighting, sink_share=sink_share), quantize_group)
 
 
 class _HessianSink(Hessian):
