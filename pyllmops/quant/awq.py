@@ -29,11 +29,23 @@ def _fake_quant(w: torch.Tensor, group_size: int, bits: int, symmetric: bool) ->
     return rtn_int4(w, group_size, bits, symmetric).dequantize(torch.float32)
 
 
+def _weighted(x: torch.Tensor, row_weight) -> torch.Tensor:
+    """Rows of x [T, K] scaled by sqrt(row_weight [T]): squared errors of x @ W^T then count c_t times."""
+    if row_weight is None:
+        return x
+    if row_weight.shape != x.shape[:1]:
+        raise ValueError(f"row_weight must have shape [{x.shape[0]}], got {tuple(row_weight.shape)}")
+    return x * row_weight.to(x.dtype).sqrt()[:, None]
+
+
 def awq_search_scale(x: torch.Tensor, weights: list[torch.Tensor], group_size: int = 128, bits: int = 4,
-                     symmetric: bool = False, n_grid: int = ALPHA_GRID) -> torch.Tensor:
-    """Per-input-channel scale s [K] (fp32) for the linears `weights` that all read x [T, K]."""
+                     symmetric: bool = False, n_grid: int = ALPHA_GRID,
+                     row_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-input-channel scale s [K] (fp32) for the linears `weights` that all read x [T, K];
+    row_weight [T] (pyllmops.quant.token_weights) weighs each token's output error."""
     x = x.reshape(-1, x.shape[-1]).float()
     x_mean = x.abs().mean(0)
+    x = _weighted(x, row_weight)
     ref = [x @ w.float().t() for w in weights]
     best_err, best = float("inf"), torch.ones_like(x_mean)
     for alpha in torch.linspace(0, 1, n_grid).tolist():
@@ -57,11 +69,12 @@ def _padded_groups(t: torch.Tensor, gs: int) -> torch.Tensor:
 
 
 def awq_clip(w: torch.Tensor, x: torch.Tensor, group_size: int = 128, bits: int = 4, symmetric: bool = False,
-             n_grid: int = CLIP_GRID, max_tokens: int = 512) -> torch.Tensor:
-    """w [N, K] with each (row, group) clamped to the range ratio that minimises its output error."""
+             n_grid: int = CLIP_GRID, max_tokens: int = 512, row_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """w [N, K] with each (row, group) clamped to the range ratio that minimises its output error
+    (over up to max_tokens rows of x, each weighted by row_weight [T] when given)."""
     n, k = w.shape
     gs = k if group_size == -1 else group_size
-    x = x.reshape(-1, k).float()
+    x = _weighted(x.reshape(-1, k).float(), row_weight)
     x = x[torch.linspace(0, x.shape[0] - 1, min(max_tokens, x.shape[0])).long()]
     wg = _padded_groups(w.float(), gs)                     # [N, G, gs]
     xg = _padded_groups(x, gs)                             # [T, G, gs]

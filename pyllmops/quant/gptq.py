@@ -39,6 +39,7 @@ import torch
 
 from pyllmops.quant.packing import Int4Weight
 from pyllmops.quant.rtn import group_params, quantize_with
+from pyllmops.quant.token_weights import check_sink_share, token_weights
 
 
 WEIGHTINGS = ("uniform", "sink")
@@ -54,8 +55,7 @@ class Hessian:
     def __init__(self, in_features: int, device=None, weighting: str = "uniform", sink_share: float = 0.1):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        if not 0.0 <= sink_share < 1.0:
-            raise ValueError(f"sink_share must be in [0, 1), got {sink_share}")
+        check_sink_share(sink_share)
         self.matrix = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
         self.weighting, self.sink_share = weighting, sink_share
         self.tokens = 0
@@ -65,22 +65,16 @@ class Hessian:
         k = self.matrix.shape[0]
         if x.shape[-1] != k:
             raise ValueError(f"x must have {k} features in its last dimension, got shape {tuple(x.shape)}")
-        x = x.detach().to(self.matrix.device, torch.float64)
+        rows = x.detach().to(self.matrix.device, torch.float64).reshape(-1, k)
         if self.weighting == "uniform":
-            rows, weight = x.reshape(-1, k), None
+            added = float(rows.shape[0])
         else:
-            seqs = x.reshape(-1, x.shape[-2] if x.dim() >= 3 else 1, k)  # [S, T, K]; 2-D input: no sequences
-            seqs = seqs / seqs.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-            t = seqs.shape[1]
-            weight = torch.ones(seqs.shape[:2] + (1,), dtype=torch.float64, device=seqs.device)
-            if t > 1 and self.sink_share > 0:
-                weight[:, 0] = self.sink_share / (1.0 - self.sink_share) * (t - 1)
-            rows, weight = (seqs * weight.sqrt()).reshape(-1, k), float(weight.sum())
-        added = float(rows.shape[0]) if weight is None else weight
+            c = token_weights(x, self.sink_share).to(rows.device)
+            rows, added = rows * c.sqrt()[:, None], float(c.mul(rows.pow(2).sum(-1)).sum())
         total = self.total_weight + added
         self.matrix.mul_(self.total_weight / total).addmm_(rows.t(), rows, alpha=2.0 / total)
         self.total_weight = total
-        self.tokens += rows.shape[0]
+        self.tokens += x.numel() // k
 
 
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:

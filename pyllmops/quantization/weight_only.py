@@ -5,7 +5,9 @@
     "w4a16-gptq"  GPTQ (quant/gptq.py): act_order=False, block_size=128, damp=0.01,
                   weighting="sink" (unit-norm tokens, the first token of each sequence given
                   sink_share=0.1 of the weight; "uniform" is the paper's H = 2 X X^T)
-    "w4a16-awq"   AWQ (quant/awq.py): clip=True, awq_tokens=2048 (rows kept for the searches)
+    "w4a16-awq"   AWQ (quant/awq.py): clip=True, awq_tokens=2048 (rows kept for the scale search;
+                  the clip search uses CLIP_TOKENS of them), weighting="sink", sink_share=0.1
+                  (each token's output error weighted as GPTQ's Hessian weighs it)
 
 Common options: group_size (default 128, -1 per-channel; a ragged last group is fine), bits
 (4 or 3; stored in the int4 container), skip (linear names to leave in float, default the LM head:
@@ -28,9 +30,10 @@ from torch import nn
 
 from pyllmops.nn.weight_only import WeightOnlyLinear
 from pyllmops.quant.awq import awq_clip, awq_search_scale
-from pyllmops.quant.gptq import Hessian, gptq_int4
+from pyllmops.quant.gptq import WEIGHTINGS, Hessian, gptq_int4
 from pyllmops.quant.packing import Int4Weight
 from pyllmops.quant.rtn import rtn_int4
+from pyllmops.quant.token_weights import token_weights
 from pyllmops.quantization import register_method
 from pyllmops.quantization._blocks import BlockSpec, ScaleGroup, resolve_spec
 from pyllmops.quantization._walk import linear_layers, replace_module
@@ -128,18 +131,42 @@ def _group_inputs(block: nn.Module, linear: nn.Module, inputs, sink: Callable[[t
         handle.remove()
 
 
-class _TokenSample:
-    """Keeps up to `limit` input rows [T, K] (evenly thinned) for AWQ's searches."""
+CLIP_TOKENS = 512
 
-    def __init__(self, limit: int):
-        self.limit, self.rows = limit, []
+
+class _TokenSample:
+    """Keeps up to `limit` input rows [T, K] for AWQ's searches, with their loss weights
+    (pyllmops.quant.token_weights) unless weighting is "uniform". Thinning is even over the
+    tokens but keeps every sequence's first token, and rescales the others' weights so the
+    first tokens keep their share."""
+
+    def __init__(self, limit: int, weighting: str = "sink", sink_share: float = 0.1):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        self.limit, self.weighting, self.sink_share = limit, weighting, sink_share
+        self.rows, self.weights, self.first = [], [], []
 
     def __call__(self, x: torch.Tensor) -> None:
-        self.rows.append(x.reshape(-1, x.shape[-1]).float())
+        rows = x.reshape(-1, x.shape[-1]).float()
+        t = x.shape[-2] if x.dim() >= 3 else 1
+        self.rows.append(rows)
+        self.first.append((torch.arange(rows.shape[0]) % t == 0) if t > 1 else torch.zeros(rows.shape[0], dtype=torch.bool))
+        self.weights.append(token_weights(x, self.sink_share) if self.weighting == "sink" else torch.ones(rows.shape[0], dtype=torch.float64))
 
-    def tensor(self) -> torch.Tensor:
-        x = torch.cat(self.rows)
-        return x[torch.linspace(0, x.shape[0] - 1, min(self.limit, x.shape[0])).long()] if x.shape[0] > self.limit else x
+    def tensor(self, limit: Optional[int] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(x [T', K] fp32, row weights [T'] or None for uniform), T' <= limit (default self.limit)."""
+        x, c, first = torch.cat(self.rows), torch.cat(self.weights), torch.cat(self.first)
+        limit = self.limit if limit is None else limit
+        if x.shape[0] > limit:
+            heads, others = first.nonzero()[:, 0], (~first).nonzero()[:, 0]
+            room = max(limit - heads.numel(), 1)
+            kept = others[torch.linspace(0, others.numel() - 1, min(room, others.numel())).long()] if others.numel() else others
+            c = c.clone()
+            if kept.numel():
+                c[kept] *= c[others].sum() / c[kept].sum()
+            idx = torch.cat((heads, kept)).sort().values
+            x, c = x[idx], c[idx]
+        return x, (None if self.weighting == "uniform" else c)
 
 
 def _groups_of(block: nn.Module, spec: BlockSpec, skip) -> list[ScaleGroup]:
@@ -215,28 +242,30 @@ class _HessianSink(Hessian):
 
 @register_method("w4a16-awq", needs_calib=True)
 def quantize_awq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 4, symmetric: bool = False,
-                 clip: bool = True, awq_tokens: int = 2048, skip: Iterable[str] = ("lm_head",),
+                 clip: bool = True, awq_tokens: int = 2048, weighting: str = "sink", sink_share: float = 0.1,
+                 skip: Iterable[str] = ("lm_head",),
                  progress: bool = True, block_spec: Optional[BlockSpec] = None) -> nn.Module:
     _check_bits(bits)
 
     def quantize_group(block, group, sample, done):
-        x = sample.tensor()
+        x, c = sample.tensor()
+        x_clip, c_clip = sample.tensor(CLIP_TOKENS)
         lins = [block.get_submodule(n) for n in group.linears]
         prev = block.get_submodule(group.prev) if group.prev is not None else None
         if isinstance(prev, nn.Linear) and prev.out_features != x.shape[-1]:
             prev = "unfoldable"  # e.g. v_proj -> o_proj under grouped-query attention: leave unscaled
         s = None
         if prev != "unfoldable":
-            s = awq_search_scale(x, [lin.weight for lin in lins], group_size, bits, symmetric)
+            s = awq_search_scale(x, [lin.weight for lin in lins], group_size, bits, symmetric, row_weight=c)
             _fold(prev, group.prev, s, done)
             for lin in lins:
                 lin.weight.mul_(s.to(lin.weight.dtype))
-            x = x / s
+            x_clip = x_clip / s
         out = {}
         for lin, name in zip(lins, group.linears):
             w = lin.weight.float()
             if clip:
-                w = awq_clip(w, x, group_size, bits, symmetric)
+                w = awq_clip(w, x_clip, group_size, bits, symmetric, row_weight=c_clip)
             q = rtn_int4(w, group_size, bits, symmetric)
             input_scale = s if prev is None else None
             _write_back(lin, q, input_scale)
@@ -244,7 +273,7 @@ def quantize_awq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 
         return out
 
     return _calibrated(model, calib, resolve_spec(model, block_spec), skip, progress, "w4a16-awq",
-                       lambda k: _TokenSample(awq_tokens), quantize_group)
+                       lambda k: _TokenSample(awq_tokens, weighting, sink_share), quantize_group)
 
 
 def _fold(prev: Optional[nn.Module], prev_name: Optional[str], s: torch.Tensor, done: dict) -> None:
