@@ -4,8 +4,10 @@
 #include <atomic>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <stdexcept>
-#include <thread>
+
+#include "bpe/worker_pool.h"
 
 namespace pyllmops::bpe {
 
@@ -416,29 +418,37 @@ void encode_batch(const Encoder& enc, const std::vector<std::string_view>& texts
   out.assign(texts.size(), {});
   bad.assign(texts.size(), -1);
   const bool check = std::find(disallowed.begin(), disallowed.end(), 1) != disallowed.end();
-  std::atomic<size_t> next{0};
   std::exception_ptr error;
   std::atomic<bool> failed{false};
-  auto work = [&] {
+  // More threads than CPUs only adds switching (and cold piece caches): cap at the CPUs.
+  const int helpers = std::min(threads, usable_cpus()) - 1;
+  const std::function<void(size_t)> encode_text = [&](size_t t) {
+    if (failed.load(std::memory_order_relaxed)) return;
     try {
-      for (size_t t; (t = next.fetch_add(1)) < texts.size() && !failed.load();) {
-        const auto* s = reinterpret_cast<const uint8_t*>(texts[t].data());
-        const size_t n = texts[t].size();
-        size_t at;
-        if (check && (bad[t] = enc.find_special(s, n, 0, disallowed, &at)) >= 0) continue;
+      const auto* s = reinterpret_cast<const uint8_t*>(texts[t].data());
+      const size_t n = texts[t].size();
+      size_t at;
+      if (check && (bad[t] = enc.find_special(s, n, 0, disallowed, &at)) >= 0) return;
+      if (helpers <= 0) {
         out[t].reserve(n / 4 + 8);
         enc.encode(s, n, allowed, out[t]);
+        return;
       }
+      // With several threads, ids go to a per-thread scratch buffer and then are copied out in one
+      // go. Appending them straight to out[t], interleaved with the merging, made each of 2 threads
+      // ~40% slower per text (measured, 8 KB texts, cl100k): the output's cache lines were last
+      // held by the other core (previous call, or the caller reading the results), and every few
+      // appends waited for one to come over. A bulk copy pipelines those transfers.
+      thread_local std::vector<uint32_t> scratch;
+      scratch.clear();
+      enc.encode(s, n, allowed, scratch);
+      out[t].assign(scratch.begin(), scratch.end());
+      if (scratch.capacity() > (size_t{1} << 20)) std::vector<uint32_t>().swap(scratch);  // keep no huge buffer per thread
     } catch (...) {
       if (!failed.exchange(true)) error = std::current_exception();
     }
   };
-  const int extra = std::max(0, std::min<int>(threads, static_cast<int>(texts.size())) - 1);
-  std::vector<std::thread> pool;
-  pool.reserve(extra);
-  for (int i = 0; i < extra; ++i) pool.emplace_back(work);
-  work();
-  for (auto& th : pool) th.join();
+  parallel_items(texts.size(), helpers, encode_text);
   if (error) std::rethrow_exception(error);
 }
 

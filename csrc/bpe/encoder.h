@@ -104,7 +104,8 @@ class Encoder {
 // The mergeable ranks of a .tiktoken file ("base64 rank" per line).
 void parse_tiktoken(std::string_view text, std::vector<std::string>& tokens, std::vector<uint32_t>& ranks);
 
-// Encodes texts on up to `threads` threads (each text wholly on one). For each text, if a special
+// Encodes texts on up to `threads` threads, the caller's and persistent pool threads (worker_pool.h),
+// at most one per usable CPU; each text wholly on one thread, texts handed out one at a time. For each text, if a special
 // with disallowed[i] != 0 occurs, bad[t] = its index and the text is not encoded; else bad[t] = -1.
 void encode_batch(const Encoder& enc, const std::vector<std::string_view>& texts, const std::vector<char>& allowed,
                   const std::vector<char>& disallowed, int threads, std::vector<std::vector<uint32_t>>& out,
