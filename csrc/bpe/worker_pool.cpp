@@ -16,27 +16,40 @@
 
 namespace pyllmops::bpe {
 
-namespace {
+// One ParallelItems run. Queue entries hold it by shared_ptr, so an entry a pool thread pops after
+// the run has finished still points at live memory: it finds no index left and never calls fn
+// (whose captures may have gone with the caller's stack frame).
+struct ParallelItems::Job {
+  static constexpr size_t kNotYet = ~size_t{0};
 
-// One parallel_items call. Queue entries hold it by shared_ptr, so an entry a pool thread pops
-// after the call has returned still points at live memory: it finds no index left and never calls
-// fn (whose captures lived on the caller's stack).
-struct Job {
-  const std::function<void(size_t)>* fn = nullptr;
-  size_t n = 0;
-  std::atomic<size_t> next{0};
-  std::atomic<int> inside{0};  // pool threads inside help()
+  Job(size_t n_, std::function<void(size_t)> fn_) : fn(std::move(fn_)), n(n_), order(new std::atomic<size_t>[n_]) {
+    for (size_t k = 0; k < n; ++k) order[k].store(kNotYet, std::memory_order_relaxed);
+  }
+
+  const std::function<void(size_t)> fn;
+  const size_t n;
+  std::atomic<size_t> next{0};      // next unclaimed index
+  std::atomic<size_t> finished{0};  // slots of `order` handed out
+  std::unique_ptr<std::atomic<size_t>[]> order;  // indices in order of finishing
+  std::atomic<int> inside{0};       // pool threads inside help()
   std::mutex m;
   std::condition_variable left;
 
-  void work() {
-    for (size_t i; (i = next.fetch_add(1)) < n;) (*fn)(i);
+  // Runs items while more than `leave` are unclaimed. The release store publishes what fn(i) wrote
+  // to whoever reads i from `order`.
+  void work(size_t leave) {
+    while (n - std::min(n, next.load()) > leave) {
+      const size_t i = next.fetch_add(1);
+      if (i >= n) break;
+      fn(i);
+      order[finished.fetch_add(1)].store(i, std::memory_order_release);
+    }
   }
   // A pool thread counts itself in before claiming an index, so once the caller has seen every
   // index claimed and then inside == 0, no call of fn is still running (all atomics seq_cst).
   void help() {
     inside.fetch_add(1);
-    work();
+    work(0);
     if (inside.fetch_sub(1) == 1) {
       std::lock_guard<std::mutex> lk(m);
       left.notify_all();
@@ -47,6 +60,8 @@ struct Job {
     left.wait(lk, [this] { return inside.load() == 0; });
   }
 };
+
+using Job = ParallelItems::Job;
 
 class Pool {
  public:
@@ -112,6 +127,8 @@ class Pool {
   bool stop_ = false;
 };
 
+namespace {
+
 // g_pool is made with new and never deleted: a forked child drops its copy (the threads it names
 // do not exist there; joining or destroying them would be undefined), and a call racing with exit
 // must not find freed memory. The threads of the live pool are joined at exit by g_reaper.
@@ -156,20 +173,35 @@ int usable_cpus() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-void parallel_items(size_t n, int helpers, const std::function<void(size_t)>& fn) {
+ParallelItems::ParallelItems(size_t n, int helpers, std::function<void(size_t)> fn)
+    : job_(std::make_shared<Job>(n, std::move(fn))) {
   helpers = static_cast<int>(std::min<size_t>(std::max(helpers, 0), n > 0 ? n - 1 : 0));
-  Pool* p = helpers > 0 ? pool() : nullptr;
-  if (!p) {
-    for (size_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  auto job = std::make_shared<Job>();
-  job->fn = &fn;
-  job->n = n;
-  p->submit(job, helpers);
-  job->work();
-  p->withdraw(job.get());
-  job->wait_helpers();
+  if (helpers > 0 && (pool_ = pool())) pool_->submit(job_, helpers);
+}
+
+ParallelItems::~ParallelItems() { finish(); }
+
+void ParallelItems::work(size_t leave) { job_->work(leave); }
+
+bool ParallelItems::next_finished(size_t* i) {
+  if (taken_ == job_->n) return false;
+  const size_t v = job_->order[taken_].load(std::memory_order_acquire);
+  if (v == Job::kNotYet) return false;
+  *i = v;
+  ++taken_;
+  return true;
+}
+
+void ParallelItems::finish() {
+  if (finished_) return;
+  finished_ = true;
+  job_->work(0);
+  if (pool_) pool_->withdraw(job_.get());  // unpopped entries would find nothing to do
+  job_->wait_helpers();
+}
+
+void parallel_items(size_t n, int helpers, const std::function<void(size_t)>& fn) {
+  ParallelItems(n, helpers, fn).finish();
 }
 
 }  // namespace pyllmops::bpe
