@@ -5,7 +5,6 @@
 #include <cstring>
 #include <exception>
 #include <stdexcept>
-#include <thread>
 
 namespace pyllmops::bpe {
 
@@ -410,36 +409,49 @@ void parse_tiktoken(std::string_view text, std::vector<std::string>& tokens, std
   }
 }
 
-void encode_batch(const Encoder& enc, const std::vector<std::string_view>& texts, const std::vector<char>& allowed,
-                  const std::vector<char>& disallowed, int threads, std::vector<std::vector<uint32_t>>& out,
-                  std::vector<long>& bad) {
-  out.assign(texts.size(), {});
-  bad.assign(texts.size(), -1);
-  const bool check = std::find(disallowed.begin(), disallowed.end(), 1) != disallowed.end();
-  std::atomic<size_t> next{0};
-  std::exception_ptr error;
-  std::atomic<bool> failed{false};
-  auto work = [&] {
-    try {
-      for (size_t t; (t = next.fetch_add(1)) < texts.size() && !failed.load();) {
-        const auto* s = reinterpret_cast<const uint8_t*>(texts[t].data());
-        const size_t n = texts[t].size();
-        size_t at;
-        if (check && (bad[t] = enc.find_special(s, n, 0, disallowed, &at)) >= 0) continue;
-        out[t].reserve(n / 4 + 8);
-        enc.encode(s, n, allowed, out[t]);
-      }
-    } catch (...) {
-      if (!failed.exchange(true)) error = std::current_exception();
+BatchEncode::BatchEncode(const Encoder& enc, const std::vector<std::string_view>& texts, std::vector<char> allowed,
+                         std::vector<char> disallowed, int threads)
+    : enc_(enc),
+      texts_(texts),
+      allowed_(std::move(allowed)),
+      disallowed_(std::move(disallowed)),
+      check_(std::find(disallowed_.begin(), disallowed_.end(), 1) != disallowed_.end()),
+      // More threads than CPUs only adds switching (and cold piece caches): cap at the CPUs.
+      helpers_(std::max(0, std::min(threads, usable_cpus()) - 1)),
+      out_(texts.size()),
+      bad_(texts.size(), -1),
+      run_(texts.size(), helpers_, [this](size_t t) { encode_text(t); }) {}
+
+void BatchEncode::encode_text(size_t t) {
+  if (failed_.load(std::memory_order_relaxed)) return;
+  try {
+    const auto* s = reinterpret_cast<const uint8_t*>(texts_[t].data());
+    const size_t n = texts_[t].size();
+    size_t at;
+    if (check_ && (bad_[t] = enc_.find_special(s, n, 0, disallowed_, &at)) >= 0) return;
+    if (helpers_ == 0) {
+      out_[t].reserve(n / 4 + 8);
+      enc_.encode(s, n, allowed_, out_[t]);
+      return;
     }
-  };
-  const int extra = std::max(0, std::min<int>(threads, static_cast<int>(texts.size())) - 1);
-  std::vector<std::thread> pool;
-  pool.reserve(extra);
-  for (int i = 0; i < extra; ++i) pool.emplace_back(work);
-  work();
-  for (auto& th : pool) th.join();
-  if (error) std::rethrow_exception(error);
+    // With several threads, ids go to a per-thread scratch buffer and then are copied out in one
+    // go. Appending them straight to out_[t], interleaved with the merging, made each of 2 threads
+    // ~40% slower per text (measured, 8 KB texts, cl100k): the output's cache lines were last held
+    // by the other core (previous call, or the caller reading the results), and every few appends
+    // waited for one to come over. A bulk copy pipelines those transfers.
+    thread_local std::vector<uint32_t> scratch;
+    scratch.clear();
+    enc_.encode(s, n, allowed_, scratch);
+    out_[t].assign(scratch.begin(), scratch.end());
+    if (scratch.capacity() > (size_t{1} << 20)) std::vector<uint32_t>().swap(scratch);  // no huge buffer kept per thread
+  } catch (...) {
+    if (!failed_.exchange(true)) error_ = std::current_exception();
+  }
+}
+
+void BatchEncode::finish() {
+  run_.finish();
+  if (error_) std::rethrow_exception(error_);
 }
 
 }  // namespace pyllmops::bpe

@@ -18,7 +18,9 @@
 // An Encoder is immutable after construction: share one between threads freely.
 #pragma once
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -27,6 +29,7 @@
 
 #include "bpe/flat_map.h"
 #include "bpe/pretokenize.h"
+#include "bpe/worker_pool.h"
 
 namespace pyllmops::bpe {
 
@@ -104,10 +107,40 @@ class Encoder {
 // The mergeable ranks of a .tiktoken file ("base64 rank" per line).
 void parse_tiktoken(std::string_view text, std::vector<std::string>& tokens, std::vector<uint32_t>& ranks);
 
-// Encodes texts on up to `threads` threads (each text wholly on one). For each text, if a special
-// with disallowed[i] != 0 occurs, bad[t] = its index and the text is not encoded; else bad[t] = -1.
-void encode_batch(const Encoder& enc, const std::vector<std::string_view>& texts, const std::vector<char>& allowed,
-                  const std::vector<char>& disallowed, int threads, std::vector<std::vector<uint32_t>>& out,
-                  std::vector<long>& bad);
+// Encodes a batch of texts on the calling thread and up to threads - 1 pool threads (worker_pool.h),
+// at most one thread per usable CPU; each text wholly on one thread, texts handed out one at a time.
+// A text in which a special with disallowed[i] != 0 occurs is not encoded: bad(t) is that
+// special's index (else -1). The caller may take finished texts while others are still being
+// encoded (the Python binding builds its lists meanwhile):
+//   BatchEncode b(enc, texts, allowed, disallowed, threads);   // pool threads start here
+//   b.work(k);                                  // encode here until at most k texts are unclaimed
+//   for (size_t t; b.next_finished(&t);) use(b.ids(t), b.bad(t));   // never blocks
+//   b.finish();                                 // the rest; rethrows an encoding error
+// texts (and the bytes they view) must outlive the object.
+class BatchEncode {
+ public:
+  BatchEncode(const Encoder& enc, const std::vector<std::string_view>& texts, std::vector<char> allowed,
+              std::vector<char> disallowed, int threads);
+  void work(size_t leave) { run_.work(leave); }
+  bool next_finished(size_t* t) { return run_.next_finished(t); }
+  void finish();
+  int helpers() const { return helpers_; }
+  const std::vector<uint32_t>& ids(size_t t) const { return out_[t]; }
+  long bad(size_t t) const { return bad_[t]; }
+
+ private:
+  void encode_text(size_t t);
+
+  const Encoder& enc_;
+  const std::vector<std::string_view>& texts_;
+  const std::vector<char> allowed_, disallowed_;
+  const bool check_;  // any disallowed special
+  const int helpers_;
+  std::vector<std::vector<uint32_t>> out_;
+  std::vector<long> bad_;
+  std::exception_ptr error_;
+  std::atomic<bool> failed_{false};
+  ParallelItems run_;  // last: destroyed first, which waits for the pool threads using the above
+};
 
 }  // namespace pyllmops::bpe

@@ -4,7 +4,10 @@
 //  - the pieces tile the input: contiguous, non-empty, covering every byte;
 //  - decode(encode(x)) == x for the ranks encoder and the merges encoder, with and without
 //    special tokens, through the O(n^2) and the heap merge paths;
+//  - a batch of pieces of the input, encoded on the worker pool (results collected while others are
+//    still being encoded, as the Python binding does), gives each piece's own encoding;
 //  - a vocabulary trained on the input loads and round-trips it.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -82,6 +85,35 @@ void roundtrip(const Encoder& enc, const uint8_t* s, size_t n, bool specials) {
   check(back.size() == n && std::equal(back.begin(), back.end(), reinterpret_cast<const char*>(s)), "piece round trip");
 }
 
+// The input cut into a few texts at arbitrary bytes; BatchEncode on 2 threads vs one encode each.
+void batch_matches(const Encoder& enc, const uint8_t* s, size_t n, bool specials) {
+  std::vector<std::string_view> texts;
+  size_t at = 0;
+  do {
+    const size_t len = std::min(n - at, 1 + (n ? s[at] % 64 : 0) * (texts.size() + 1));
+    texts.emplace_back(reinterpret_cast<const char*>(s) + at, len);
+    at += len;
+  } while (at < n);
+  const std::vector<char> all(enc.specials().size(), specials ? 1 : 0), none(enc.specials().size(), 0);
+  BatchEncode batch(enc, texts, all, none, 2);
+  batch.work(texts.size() / 2);
+  std::vector<char> seen(texts.size(), 0);
+  size_t got = 0;
+  const auto check_finished = [&] {
+    for (size_t t; batch.next_finished(&t); ++got) {
+      check(t < texts.size() && !seen[t], "each finished text is handed out once");
+      seen[t] = 1;
+      std::vector<uint32_t> want;
+      enc.encode(reinterpret_cast<const uint8_t*>(texts[t].data()), texts[t].size(), all, want);
+      check(batch.ids(t) == want && batch.bad(t) == -1, "batch ids == encode ids");
+    }
+  };
+  check_finished();
+  batch.finish();
+  check_finished();
+  check(got == texts.size(), "every text finishes");
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -102,6 +134,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   roundtrip(*fx.ranks[k], s, n, mode & 4);
   roundtrip(*fx.merges[k], s, n, mode & 8);
+  batch_matches(*fx.ranks[k], s, n, mode & 4);
 
   if ((mode & 0x70) == 0x70 && n < 1024) {
     const std::vector<std::string> tokens = train_bpe({std::string_view(reinterpret_cast<const char*>(s), n)}, 256 + n % 64, split);

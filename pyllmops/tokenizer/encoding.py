@@ -153,7 +153,9 @@ class Encoding:
     def encode_batch(self, texts: Sequence[str], *, num_threads: int = 0,
                      allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
                      disallowed_special: Literal["all"] | Collection[str] = "all") -> list[list[int]]:
-        """`encode` of each text, on `num_threads` C++ threads (0: all cores) without the GIL."""
+        """`encode` of each text, on up to `num_threads` threads (0: all cores) without the GIL: the
+        calling thread and persistent C++ pool threads, never more than the CPUs this process may
+        use (asking for more, like tiktoken's default of 8, gives all of them)."""
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of str, not a str (use encode)")
         texts = list(texts)

