@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 
 from pyllmops.quant.packing import Int4Weight
-from pyllmops.quant.rtn import group_params, quantize_with
+from pyllmops.quant.rtn import group_params, group_params_mse, quantize_with
 from pyllmops.quant.token_weights import check_sink_share, token_weights
 
 
@@ -86,7 +86,7 @@ def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
 
 
 def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int = 128, bits: int = 4, symmetric: bool = False,
-              act_order: bool = False, block_size: int = 128, damp: float = 0.01) -> Int4Weight:
+              act_order: bool = False, block_size: int = 128, damp: float = 0.01, mse: bool = False) -> Int4Weight:
     """GPTQ-quantize w [N, K] (float) given H [K, K]; see the module docstring."""
     n, k = w.shape
     if tuple(hessian.shape) != (k, k):
@@ -117,7 +117,7 @@ def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int = 128, bit
                 # the group's current weights: in-block columns carry this block's updates already
                 g_end = min(col + gs, k)
                 cur = torch.cat((Wb[:, i:], W[:, b1:g_end]), dim=1)[:, :g_end - col]
-                s, z = group_params(cur.float(), bits, symmetric)
+                s, z = (group_params_mse if mse else group_params)(cur.float(), bits, symmetric)
                 scales[:, col // gs], zeros[:, col // gs] = s, z
             s, z = scales[:, col // gs].double(), zeros[:, col // gs].double()
             q = quantize_with(Wb[:, i], s, z, bits).double()

@@ -23,6 +23,28 @@ def group_params(w: torch.Tensor, bits: int = 4, symmetric: bool = False) -> tup
     return q.scales[:, 0], q.zeros[:, 0].float()
 
 
+def group_params_mse(w: torch.Tensor, bits: int = 4, symmetric: bool = False, grid: int = 50,
+                     max_shrink: float = 0.5, norm: float = 2.4) -> tuple[torch.Tensor, torch.Tensor]:
+    """group_params with the range shrunk per row, by the factor in [1 - max_shrink, 1] (grid
+    points) that minimises sum |w - dequant(quant(w))|^norm over the group (GPTQ's `mse` grid:
+    at 3 bits a clipped range rounds most weights finer than the full one)."""
+    w = w.float()
+    best_s, best_z = group_params(w, bits, symmetric)
+    best_err = _deq_err(w, best_s, best_z, bits, norm)
+    for p in torch.linspace(1.0, 1.0 - max_shrink, grid)[1:].tolist():
+        lo, hi = w.amin(1, keepdim=True).clamp(max=0) * p, w.amax(1, keepdim=True).clamp(min=0) * p
+        s, z = group_params(torch.maximum(torch.minimum(w, hi), lo), bits, symmetric)
+        err = _deq_err(w, s, z, bits, norm)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
+    return best_s, best_z
+
+
+def _deq_err(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int, norm: float) -> torch.Tensor:
+    return ((quantize_with(w, s, z, bits) - z[:, None]) * s[:, None] - w).abs().pow(norm).sum(1)
+
+
 def quantize_with(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
     """Integer values (float tensor) of w [N, ...] with per-row scale/zero [N]: clamp(round(w/s) + z)."""
     shape = (-1,) + (1,) * (w.dim() - 1)

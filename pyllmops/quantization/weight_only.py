@@ -218,7 +218,8 @@ def _write_back(lin: nn.Linear, weight: Int4Weight, input_scale: Optional[torch.
 @register_method("w4a16-gptq", needs_calib=True)
 def quantize_gptq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 4, symmetric: bool = False,
                   act_order: bool = False, block_size: int = 128, damp: float = 0.01,
-                  weighting: str = "sink", sink_share: float = 0.1, skip: Iterable[str] = ("lm_head",), progress: bool = True,
+                  weighting: str = "sink", sink_share: float = 0.1, mse: bool = False,
+                  skip: Iterable[str] = ("lm_head",), progress: bool = True,
                   block_spec: Optional[BlockSpec] = None) -> nn.Module:
     _check_bits(bits)
 
@@ -226,7 +227,7 @@ def quantize_gptq(model: nn.Module, *, calib, group_size: int = 128, bits: int =
         out = {}
         for name in group.linears:
             lin = block.get_submodule(name)
-            w = gptq_int4(lin.weight.float(), hessian.matrix, group_size, bits, symmetric, act_order, block_size, damp)
+            w = gptq_int4(lin.weight.float(), hessian.matrix, group_size, bits, symmetric, act_order, block_size, damp, mse)
             _write_back(lin, w)
             out[name] = (w, None)
         return out
