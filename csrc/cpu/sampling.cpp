@@ -82,7 +82,7 @@ namespace {
 constexpr int kLanes = 16;
 constexpr int64_t kBlock = 2048;            // logits per block (8 KiB of fp32)
 constexpr int64_t kMinSegmentBlocks = 8;    // a row is split into segments of at least 16k logits
-constexpr int64_t kMinParallel = 1 << 18;   // fewer logits than this run on the calling thread
+constexpr int64_t kMinParallel = 1 << 15;   // fewer logits than this run on the calling thread
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kFloatMax = std::numeric_limits<float>::max();
 constexpr int kBucketShift = 20;  // w's top 12 bits: 8 exponent + 3 mantissa (w in [0, 1])
@@ -216,10 +216,12 @@ PYLLMOPS_SIMD int64_t weigh_portable(const float* x, const int32_t* idx, int64_t
 }
 
 // ------------------------------------------------------------------ AVX-512 block kernels
-PYLLMOPS_AVX512 PYLLMOPS_INLINE __m512 exp_nonpos16(__m512 x) {
+// exp_nonpos on 16 lanes, except that lanes below -87.3 (flagged in `under`) hold garbage instead
+// of 0; callers mask them. The power of two is applied with scalef (exact, like the multiply).
+PYLLMOPS_AVX512 PYLLMOPS_INLINE __m512 exp16_unmasked(__m512 x, __mmask16& under) {
   const __m512 lo = _mm512_set1_ps(-87.3f), shifter = _mm512_set1_ps(12582912.0f);
-  const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-  const __m512 xc = _mm512_mask_mov_ps(x, under, lo);
+  under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  const __m512 xc = _mm512_max_ps(x, lo);
   const __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)), shifter), shifter);
   const __m512 r = _mm512_add_ps(_mm512_sub_ps(xc, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f))),
                                  _mm512_mul_ps(n, _mm512_set1_ps(2.12194440e-4f)));
@@ -230,8 +232,13 @@ PYLLMOPS_AVX512 PYLLMOPS_INLINE __m512 exp_nonpos16(__m512 x) {
   y = _mm512_add_ps(_mm512_mul_ps(y, r), _mm512_set1_ps(1.6666665459e-1f));
   y = _mm512_add_ps(_mm512_mul_ps(y, r), _mm512_set1_ps(5.0000001201e-1f));
   y = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(y, r), r), r), _mm512_set1_ps(1.0f));
-  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_maskz_mov_ps(~under, _mm512_mul_ps(y, _mm512_castsi512_ps(e)));
+  return _mm512_scalef_ps(y, n);
+}
+
+PYLLMOPS_AVX512 PYLLMOPS_INLINE __m512 exp_nonpos16(__m512 x) {
+  __mmask16 under;
+  const __m512 e = exp16_unmasked(x, under);
+  return _mm512_maskz_mov_ps(~under, e);
 }
 
 PYLLMOPS_AVX512 PYLLMOPS_INLINE __mmask16 live_mask(int64_t i, int64_t n) {
@@ -288,8 +295,10 @@ PYLLMOPS_AVX512 float block_mass_avx512(const float* x, int64_t n, int32_t base,
   for (int64_t i = 0; i < n; i += kLanes) {
     const __mmask16 live = live_mask(i, n);
     const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
-    const __m512 w = exp_nonpos16(_mm512_mul_ps(_mm512_sub_ps(v, vm), vit));
-    acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(_mm512_mask_cmp_ps_mask(live, v, vk, _CMP_GE_OQ), w));
+    __mmask16 under;
+    const __m512 w = exp16_unmasked(_mm512_mul_ps(_mm512_sub_ps(v, vm), vit), under);
+    // Adding 0 (the portable loop) leaves a lane as it is, which the masked add does.
+    acc = _mm512_mask_add_ps(acc, _mm512_mask_cmp_ps_mask(live & ~under, v, vk, _CMP_GE_OQ), acc, w);
     const __mmask16 hit = _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ);
     if (hit) append(c, hit, v, idx);
     idx = _mm512_add_epi32(idx, _mm512_set1_epi32(kLanes));
@@ -753,21 +762,19 @@ int64_t sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, 
     ids[r] = id;
   };
 
+  // Scratch per thread: the pool's workers persist, so its buffers are reused across calls.
+  thread_local Scratch scratch;
   if (nseg == 1) {
-    parallel_for(B, nthreads, 1, [&](int64_t begin, int64_t end) {
-      std::unique_ptr<Scratch> scratch = pool<Scratch>().get();
-      Scratch& s = *scratch;
+    parallel_tasks(B, nthreads, [&](int64_t r) {
+      Scratch& s = scratch;
       s.bmax.resize(nblocks), s.bz.resize(nblocks);
       Segment* seg = &s.seg;
-      for (int64_t r = begin; r < end; ++r) {
-        RowPlan& pl = plans[r];
-        if (pl.mode != Mode::kStatus) {
-          if (pl.k > 0 && pl.mode == Mode::kFull) find_kth(row_ptr(r), dtype, V, pl, s);
-          scan_segment(row_ptr(r), dtype, V, 0, V, pl, s.seg, s.bmax.data(), s.bz.data(), s);
-        }
-        finish(r, Row{&seg, 1}, s.bmax.data(), s.bz.data(), s);
+      RowPlan& pl = plans[r];
+      if (pl.mode != Mode::kStatus) {
+        if (pl.k > 0 && pl.mode == Mode::kFull) find_kth(row_ptr(r), dtype, V, pl, s);
+        scan_segment(row_ptr(r), dtype, V, 0, V, pl, s.seg, s.bmax.data(), s.bz.data(), s);
       }
-      pool<Scratch>().put(std::move(scratch));
+      finish(r, Row{&seg, 1}, s.bmax.data(), s.bz.data(), s);
     });
   } else {
     std::unique_ptr<Workspace> ws = pool<Workspace>().get();
@@ -778,27 +785,23 @@ int64_t sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, 
     for (int64_t r = 0; r < B; ++r) ws->left[r].store(int(nseg), std::memory_order_relaxed);
     std::vector<Segment*> seg_ptrs(jobs);
     for (int64_t j = 0; j < jobs; ++j) seg_ptrs[j] = &ws->segs[j];
-    parallel_for(jobs, nthreads, 1, [&](int64_t begin, int64_t end) {
-      std::unique_ptr<Scratch> scratch = pool<Scratch>().get();
-      Scratch& s = *scratch;
-      for (int64_t j = begin; j < end; ++j) {
-        const int64_t r = j / nseg, g = j % nseg;
-        RowPlan& pl = plans[r];
-        float* bmax = ws->bmax.data() + r * nblocks;
-        float* bz = ws->bz.data() + r * nblocks;
-        Segment& sg = ws->segs[j];
-        sg.max = kNegInf, sg.bad = false, sg.cand.n = 0;
-        const bool large_k = pl.mode == Mode::kFull && pl.k > 0;  // segment 0 scans such a row alone
-        if (pl.mode != Mode::kStatus && (g == 0 || !large_k)) {
-          if (large_k) find_kth(row_ptr(r), dtype, V, pl, s);
-          const int64_t lo = large_k ? 0 : std::min(V, g * seg_blocks * kBlock);
-          const int64_t hi = large_k ? V : std::min(V, (g + 1) * seg_blocks * kBlock);
-          scan_segment(row_ptr(r), dtype, V, lo, hi, pl, sg, bmax, bz, s);
-        }
-        if (ws->left[r].fetch_sub(1, std::memory_order_acq_rel) == 1)
-          finish(r, Row{seg_ptrs.data() + r * nseg, int(nseg)}, bmax, bz, s);
+    parallel_tasks(jobs, nthreads, [&](int64_t j) {
+      Scratch& s = scratch;
+      const int64_t r = j / nseg, g = j % nseg;
+      RowPlan& pl = plans[r];
+      float* bmax = ws->bmax.data() + r * nblocks;
+      float* bz = ws->bz.data() + r * nblocks;
+      Segment& sg = ws->segs[j];
+      sg.max = kNegInf, sg.bad = false, sg.cand.n = 0;
+      const bool large_k = pl.mode == Mode::kFull && pl.k > 0;  // segment 0 scans such a row alone
+      if (pl.mode != Mode::kStatus && (g == 0 || !large_k)) {
+        if (large_k) find_kth(row_ptr(r), dtype, V, pl, s);
+        const int64_t lo = large_k ? 0 : std::min(V, g * seg_blocks * kBlock);
+        const int64_t hi = large_k ? V : std::min(V, (g + 1) * seg_blocks * kBlock);
+        scan_segment(row_ptr(r), dtype, V, lo, hi, pl, sg, bmax, bz, s);
       }
-      pool<Scratch>().put(std::move(scratch));
+      if (ws->left[r].fetch_sub(1, std::memory_order_acq_rel) == 1)
+        finish(r, Row{seg_ptrs.data() + r * nseg, int(nseg)}, bmax, bz, s);
     });
     pool<Workspace>().put(std::move(ws));
   }
