@@ -83,7 +83,7 @@ namespace {
 constexpr int kLanes = 16;
 constexpr int64_t kBlock = 2048;            // logits per block (8 KiB of fp32)
 constexpr int64_t kMinSegmentBlocks = 8;    // a row is split into segments of at least 16k logits
-constexpr int64_t kMinParallel = 1 << 15;   // fewer logits than this run on the calling thread
+constexpr int64_t kMinParallel = 1 << 14;   // fewer logits than this run on the calling thread
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kFloatMax = std::numeric_limits<float>::max();
 constexpr int kBucketShift = 20;  // w's top 12 bits: 8 exponent + 3 mantissa (w in [0, 1])
@@ -165,29 +165,40 @@ struct Cands {
 };
 
 // ------------------------------------------------------------------ portable block kernels
+// Full groups of kLanes go through fixed-length inner loops, which the compiler vectorises; lane j
+// of every group accumulates element i with i % kLanes == j, as in the AVX-512 loops.
 PYLLMOPS_SIMD BlockMax block_max_portable(const float* x, int64_t n) {
   float acc[kLanes];
   int32_t bad[kLanes];
   for (int j = 0; j < kLanes; ++j) acc[j] = kNegInf, bad[j] = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    acc[i % kLanes] = std::max(acc[i % kLanes], x[i]);
-    bad[i % kLanes] |= is_bad(x[i]);
-  }
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] = std::max(acc[j], x[i + j]), bad[j] |= is_bad(x[i + j]);
+  for (; i < n; ++i) acc[i % kLanes] = std::max(acc[i % kLanes], x[i]), bad[i % kLanes] |= is_bad(x[i]);
   BlockMax r{kNegInf, false};
   for (int j = 0; j < kLanes; ++j) r.max = std::max(r.max, acc[j]), r.bad |= bad[j] != 0;
   return r;
 }
 
-// Max and NaN check, and appends the values >= thr (index base + i) to c.
-PYLLMOPS_SIMD BlockMax block_gather_portable(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
-  const BlockMax r = block_max_portable(x, n);
-  if (r.max >= thr) {
-    for (int64_t i = 0; i < n; ++i) {
+// Appends the values x[i] >= thr (index base + i) to c, skipping groups of kLanes without one.
+PYLLMOPS_SIMD void append_at_least(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
+  for (int64_t g = 0; g < n; g += kLanes) {
+    const int64_t e = std::min(n, g + kLanes);
+    int32_t any = 0;
+    for (int64_t i = g; i < e; ++i) any |= x[i] >= thr;
+    if (!any) continue;
+    for (int64_t i = g; i < e; ++i) {
       c.x[c.n] = x[i];
       c.idx[c.n] = base + int32_t(i);
       c.n += x[i] >= thr;
     }
   }
+}
+
+// Max and NaN check, and appends the values >= thr (index base + i) to c.
+BlockMax block_gather_portable(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
+  const BlockMax r = block_max_portable(x, n);
+  if (r.max >= thr) append_at_least(x, n, base, thr, c);
   return r;
 }
 
@@ -195,12 +206,11 @@ PYLLMOPS_SIMD BlockMax block_gather_portable(const float* x, int64_t n, int32_t 
 PYLLMOPS_SIMD float block_mass_portable(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth,
                                         float thr, Cands& c) {
   float acc[kLanes] = {};
-  for (int64_t i = 0; i < n; ++i) acc[i % kLanes] += x[i] >= kth ? exp_nonpos((x[i] - m) * inv_t) : 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    c.x[c.n] = x[i];
-    c.idx[c.n] = base + int32_t(i);
-    c.n += x[i] >= thr;
-  }
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j] >= kth ? exp_nonpos((x[i + j] - m) * inv_t) : 0.0f;
+  for (; i < n; ++i) acc[i % kLanes] += x[i] >= kth ? exp_nonpos((x[i] - m) * inv_t) : 0.0f;
+  append_at_least(x, n, base, thr, c);
   return lane_sum(acc);
 }
 

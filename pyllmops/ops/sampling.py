@@ -30,9 +30,16 @@ generator for the logits' device; a scalar seed s means seed[row] = s + row.
 Backends compute the same kept set and the same u (bit-identical Philox), so they return the same
 token except when float rounding decides: a running sum (or p * Z) within rounding of a boundary,
 where the summation order differs (cpp and torch sum in float64, Triton and CUDA in float32) or the
-float32 exp differs by an ulp (cpp uses its own vectorised polynomial). Within one backend the
-result is bit-reproducible whatever the batch. Ties at the top-p boundary: HF's sort keeps an
-arbitrary part of a tied group; here the whole group is kept, as top-k does.
+float32 exp differs by an ulp (cpp uses its own vectorised polynomial and multiplies by 1 / t).
+Within one backend the result is bit-reproducible whatever the batch; the cpp backend's also
+whatever the thread count (torch.get_num_threads()) and instruction set (AVX-512 or not). Ties at
+the top-p boundary: HF's sort keeps an arbitrary part of a tied group; here the whole group is
+kept, as top-k does.
+
+CPU calls: in eager mode on CPU tensors, sample() calls the C++ kernel directly (no custom-op
+dispatch, Python scalars passed as scalars, a few microseconds per call); under torch.compile, or
+with another backend forced, it goes through the custom op pyllmops::sample. Both run the same
+kernel with the same checks.
 
 Errors: a row with NaN or +inf, a row of only -inf, temperature < 0 or NaN, top_p outside (0, 1],
 min_p outside [0, 1], a non-integer top_k, per-row tensors of the wrong shape, dtype or device.
@@ -359,7 +366,7 @@ def _cpp_eager(logits: torch.Tensor) -> bool:
     if type(logits) is not torch.Tensor or not logits.is_cpu or torch.compiler.is_compiling():
         return False
     forced = _dispatch.forced_backends()
-    return (forced is None or forced[0] == "cpp") and _ext.has_cpp()
+    return (forced is None or forced[:1] == ("cpp",)) and _ext.has_cpp()
 
 
 def _kernel_arg(name: str, value: Param, b: int, dtype: torch.dtype, keep: list):
