@@ -9,8 +9,8 @@
 //                    The ~k survivors then get weights, the top-p walk, min-p and the inverse CDF.
 //  top-k off / large each block: its max m_b and mass z_b = sum exp((x - m_b) / t) (over x >= the
 //                    k-th largest for a large k, found first by nth_element), and a compress of
-//                    the values that can survive: a weight below (1 - p) Z / (2V) is always cut by
-//                    top-p (all of them together hold less than (1 - p) Z), one below min_p by
+//                    the values that can survive: a weight below 0.999 (1 - p) Z / V is always cut
+//                    by top-p (all of them together hold less than (1 - p) Z), one below min_p by
 //                    min-p, and Z >= Z_so_far * exp((m_so_far - m) / t) bounds that in x from
 //                    the blocks read so far. Then Z = sum z_b exp((m_b - m) / t) over the blocks in
 //                    order, exact weights for the candidates, and a mass histogram by the weights'
@@ -86,6 +86,9 @@ constexpr int64_t kMinSegmentBlocks = 8;    // a row is split into segments of a
 constexpr int64_t kMinParallel = 1 << 14;   // fewer logits than this run on the calling thread
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kFloatMax = std::numeric_limits<float>::max();
+// Weights below kEpsShare * (1 - p) * Z / V hold less than (1 - p) * Z together, so top-p cuts them
+// all; the margin below 1 is far more than the float rounding of Z.
+constexpr double kEpsShare = 0.999;
 constexpr int kBucketShift = 20;  // w's top 12 bits: 8 exponent + 3 mantissa (w in [0, 1])
 constexpr int kBuckets = (0x3F800000 >> kBucketShift) + 1;
 
@@ -311,8 +314,8 @@ PYLLMOPS_AVX512 float block_mass_avx512(const float* x, int64_t n, int32_t base,
     const __m512 w = exp16_unmasked(_mm512_mul_ps(_mm512_sub_ps(v, vm), vit), under);
     // Adding 0 (the portable loop) leaves a lane as it is, which the masked add does.
     acc = _mm512_mask_add_ps(acc, _mm512_mask_cmp_ps_mask(live & ~under, v, vk, _CMP_GE_OQ), acc, w);
-    const __mmask16 hit = _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ);
-    if (hit) append(c, hit, v, idx);
+    // Unconditional: with top-p most groups hold a candidate, and a branch would mispredict.
+    append(c, _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ), v, idx);
     idx = _mm512_add_epi32(idx, _mm512_set1_epi32(kLanes));
   }
   alignas(64) float lanes[kLanes];
@@ -356,8 +359,8 @@ PYLLMOPS_AVX512 int64_t keep_at_least_avx512(float* w, int32_t* wi, int64_t n, f
     const __m512 v = _mm512_maskz_loadu_ps(live, w + i);
     const __m512i id = _mm512_maskz_loadu_epi32(live, wi + i);
     const __mmask16 keep = _mm512_mask_cmp_ps_mask(live, v, vc, _CMP_GE_OQ);
-    _mm512_mask_compressstoreu_ps(w + count, keep, v);  // in place: count <= i
-    _mm512_mask_compressstoreu_epi32(wi + count, keep, id);
+    _mm512_storeu_ps(w + count, _mm512_maskz_compress_ps(keep, v));  // in place: count <= i, loaded already
+    _mm512_storeu_si512(wi + count, _mm512_maskz_compress_epi32(keep, id));
     count += __builtin_popcount(keep);
   }
   return count;
@@ -520,13 +523,14 @@ float keep_top_k(Cands& c, int64_t k, std::vector<float>& tmp) {
 }
 
 // The x above which a weight can still survive top-p / min-p, from the running max and mass of the
-// blocks read so far (see the file comment); half a unit of log-weight of slack covers rounding.
+// blocks read so far (see the file comment); 0.01 of log-weight of slack covers rounding (the
+// weights' float rounding is ~1e-6 of that).
 float survivor_bound(const RowPlan& pl, float m, double z, int64_t V) {
   double lw = -std::numeric_limits<double>::infinity();
   if (pl.q > 0.0f) lw = std::log(double(pl.q));
-  if (pl.p < 1.0f) lw = std::max(lw, std::log((1.0 - double(pl.p)) / (2.0 * double(V))) + std::log(std::max(z, 1.0)));
+  if (pl.p < 1.0f) lw = std::max(lw, std::log(kEpsShare * (1.0 - double(pl.p)) / double(V)) + std::log(std::max(z, 1.0)));
   if (std::isinf(lw)) return kNegInf;
-  const double bound = double(m) + double(pl.t) * (lw - 0.5);
+  const double bound = double(m) + double(pl.t) * (lw - 0.01);
   return std::max(pl.kth, bound < -double(kFloatMax) ? kNegInf : float(bound));
 }
 
@@ -712,7 +716,7 @@ int64_t finish_full(const Row& row, const RowPlan& pl, const float* bmax, const 
   for (int64_t b = 0; b < nblocks; ++b)
     if (bmax[b] != kNegInf) z += double(bz[b]) * double(exp_nonpos((bmax[b] - m) * pl.inv_t));
   float eps = std::max(pl.q, std::numeric_limits<float>::min());
-  if (pl.p < 1.0f) eps = std::max(eps, float((1.0 - double(pl.p)) * z / double(V) * 0.5));
+  if (pl.p < 1.0f) eps = std::max(eps, float(kEpsShare * (1.0 - double(pl.p)) * z / double(V)));
   int64_t total = 0;
   for (int i = 0; i < row.nseg; ++i) total += row.segs[i]->cand.n;
   s.w.resize(total + kLanes), s.wi.resize(total + kLanes);
