@@ -103,3 +103,17 @@ def test_portable_loops_match_avx512():
         return done.stdout
 
     assert run({"PYLLMOPS_NO_AVX512": "1"}) == run({})
+
+
+@pytest.mark.parametrize("config", CONFIGS[:4], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_large_vocab_filter_matches_reference(config, seed):
+    """top_k_top_p_filter on split rows (3 threads, 2 rows): the float64 reference's kept set and
+    probabilities."""
+    x = _logits(2, V, seed)
+    full = dict(temperature=0.7, top_k=0, top_p=1.0, min_p=0.0) | config
+    ones = torch.ones(2)
+    ref = reference_filter(x, ones * full["temperature"], ones.long() * full["top_k"], ones * full["top_p"],
+                           ones * full["min_p"])
+    probs = _with_threads(3, lambda: pyllmops.top_k_top_p_filter(x, **config))
+    assert torch.equal(probs > 0, ref > 0)
+    torch.testing.assert_close(probs.double(), ref, rtol=1e-5, atol=1e-7)
