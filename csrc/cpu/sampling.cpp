@@ -185,17 +185,21 @@ PYLLMOPS_SIMD BlockMax block_max_portable(const float* x, int64_t n) {
 
 // Appends the values x[i] >= thr (index base + i) to c, skipping groups of kLanes without one.
 PYLLMOPS_SIMD void append_at_least(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
+  float* cx = c.x.data();
+  int32_t* ci = c.idx.data();
+  int64_t cn = c.n;
   for (int64_t g = 0; g < n; g += kLanes) {
     const int64_t e = std::min(n, g + kLanes);
     int32_t any = 0;
     for (int64_t i = g; i < e; ++i) any |= x[i] >= thr;
     if (!any) continue;
     for (int64_t i = g; i < e; ++i) {
-      c.x[c.n] = x[i];
-      c.idx[c.n] = base + int32_t(i);
-      c.n += x[i] >= thr;
+      cx[cn] = x[i];
+      ci[cn] = base + int32_t(i);
+      cn += x[i] >= thr;
     }
   }
+  c.n = cn;
 }
 
 // Max and NaN check, and appends the values >= thr (index base + i) to c.
@@ -264,10 +268,18 @@ PYLLMOPS_AVX512 PYLLMOPS_INLINE __mmask16 bad_mask(__m512 v) {
   return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v, _mm512_set1_ps(kFloatMax), _CMP_GT_OQ);
 }
 
-PYLLMOPS_AVX512 PYLLMOPS_INLINE void append(Cands& c, __mmask16 hit, __m512 v, __m512i idx) {
-  _mm512_storeu_ps(c.x.data() + c.n, _mm512_maskz_compress_ps(hit, v));
-  _mm512_storeu_si512(c.idx.data() + c.n, _mm512_maskz_compress_epi32(hit, idx));
-  c.n += __builtin_popcount(hit);
+// Appends the lanes of v in `hit` (and their indices) at out.x / out.idx + out.n.
+struct Out {  // a Cands' arrays and count in registers (through a Cands& every store would reload them)
+  float* x;
+  int32_t* idx;
+  int64_t n;
+  explicit Out(Cands& c) : x(c.x.data()), idx(c.idx.data()), n(c.n) {}
+};
+
+PYLLMOPS_AVX512 PYLLMOPS_INLINE void append(Out& o, __mmask16 hit, __m512 v, __m512i idx) {
+  _mm512_storeu_ps(o.x + o.n, _mm512_maskz_compress_ps(hit, v));
+  _mm512_storeu_si512(o.idx + o.n, _mm512_maskz_compress_epi32(hit, idx));
+  o.n += __builtin_popcount(hit);
 }
 
 PYLLMOPS_AVX512 BlockMax block_max_avx512(const float* x, int64_t n) {
@@ -288,15 +300,17 @@ PYLLMOPS_AVX512 BlockMax block_gather_avx512(const float* x, int64_t n, int32_t 
   __mmask16 bad = 0;
   __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(base),
                                  _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  Out o(c);
   for (int64_t i = 0; i < n; i += kLanes) {
     const __mmask16 live = live_mask(i, n);
     const __m512 v = _mm512_mask_loadu_ps(ninf, live, x + i);
     mx = _mm512_max_ps(mx, v);
     bad |= bad_mask(v);
     const __mmask16 hit = _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ);
-    if (hit) append(c, hit, v, idx);
+    if (hit) append(o, hit, v, idx);
     idx = _mm512_add_epi32(idx, _mm512_set1_epi32(kLanes));
   }
+  c.n = o.n;
   return {_mm512_reduce_max_ps(mx), bad != 0};
 }
 
@@ -307,6 +321,7 @@ PYLLMOPS_AVX512 float block_mass_avx512(const float* x, int64_t n, int32_t base,
   __m512 acc = _mm512_setzero_ps();
   __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(base),
                                  _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  Out o(c);
   for (int64_t i = 0; i < n; i += kLanes) {
     const __mmask16 live = live_mask(i, n);
     const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
@@ -315,9 +330,10 @@ PYLLMOPS_AVX512 float block_mass_avx512(const float* x, int64_t n, int32_t base,
     // Adding 0 (the portable loop) leaves a lane as it is, which the masked add does.
     acc = _mm512_mask_add_ps(acc, _mm512_mask_cmp_ps_mask(live & ~under, v, vk, _CMP_GE_OQ), acc, w);
     // Unconditional: with top-p most groups hold a candidate, and a branch would mispredict.
-    append(c, _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ), v, idx);
+    append(o, _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ), v, idx);
     idx = _mm512_add_epi32(idx, _mm512_set1_epi32(kLanes));
   }
+  c.n = o.n;
   alignas(64) float lanes[kLanes];
   _mm512_store_ps(lanes, acc);
   return lane_sum(lanes);
