@@ -13,19 +13,23 @@
 //                    by top-p (all of them together hold less than (1 - p) Z), one below min_p by
 //                    min-p, and Z >= Z_so_far * exp((m_so_far - m) / t) bounds that in x from
 //                    the blocks read so far. Then Z = sum z_b exp((m_b - m) / t) over the blocks in
-//                    order, exact weights for the candidates, and a mass histogram by the weights'
-//                    top 12 bits finds the top-p cut-off (only its bucket is sorted).
+//                    order, exact weights for the candidates, a cut-off below which the mass
+//                    already reaches p Z (16 powers of two tried at once) to drop most of them, and
+//                    a mass histogram by the remaining weights' top 12 bits finds the top-p cut-off
+//                    (only its bucket is sorted).
+//  (1 / t is applied as a multiplication by its float reciprocal.)
 //
-// Threads: rows across threads; with fewer rows than threads a row is also split into
-// block-aligned segments (the last segment of a row to finish completes it). Per-block results are
+// Threads (parallel_tasks: a persistent pool, as the work is often tens of microseconds): rows
+// across threads; with fewer rows than threads a row is also split into block-aligned segments of
+// at least 16k logits (the last segment of a row to finish completes it). Per-block results are
 // combined in block order and the candidate sets are exact after the final filter, so the ids do
 // not depend on the thread count or on the batch.
 //
 // The block loops exist twice: AVX-512 intrinsics, and portable loops (compiled for x86-64-v3, i.e.
 // AVX2 + FMA, and baseline) doing the same float operations in the same order, so both give the
-// same bits.
-// Floating-point contraction is off (every machine rounds the same); no-trapping-math lets the
-// portable loops vectorise.
+// same bits (PYLLMOPS_NO_AVX512=1 selects the portable ones). Implicit floating-point contraction
+// is off (FMAs are explicit, std::fma in the portable code); no-trapping-math lets the portable
+// loops vectorise.
 #pragma GCC optimize("fp-contract=off", "no-trapping-math")
 // GCC 12 false positives inside its own avx512fintrin.h helpers (undefined-vector idiom).
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -545,7 +549,7 @@ float survivor_bound(const RowPlan& pl, float m, double z, int64_t V) {
   double lw = -std::numeric_limits<double>::infinity();
   if (pl.q > 0.0f) lw = std::log(double(pl.q));
   if (pl.p < 1.0f) lw = std::max(lw, std::log(kEpsShare * (1.0 - double(pl.p)) / double(V)) + std::log(std::max(z, 1.0)));
-  if (std::isinf(lw)) return kNegInf;
+  if (std::isinf(lw)) return pl.kth;  // no top-p / min-p: every top-k survivor
   const double bound = double(m) + double(pl.t) * (lw - 0.01);
   return std::max(pl.kth, bound < -double(kFloatMax) ? kNegInf : float(bound));
 }

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.skipif("cpp" not in cpu_backends("sample"), reason="C++
 V = 70_000  # > 2 segments of 16k logits: a lone row is split across threads
 CONFIGS = [dict(temperature=0.7, top_k=50, top_p=0.9), dict(temperature=0.7, top_p=0.9),
            dict(temperature=1.3, min_p=0.05), dict(temperature=0.5, top_k=5000, top_p=0.8),
-           dict(temperature=1.0), dict(temperature=0.0), dict(temperature=0.9, top_k=1)]
+           dict(temperature=0.8, top_k=5000), dict(temperature=1.0), dict(temperature=0.0),
+           dict(temperature=0.9, top_k=1)]
+FILTERED = CONFIGS[:5]  # the configurations that cut the vocabulary
 
 
 def _logits(b, v, gen_seed):
@@ -64,7 +66,7 @@ def test_eager_path_matches_custom_op(seed):
     assert torch.equal(eager, op)
 
 
-@pytest.mark.parametrize("config", CONFIGS[:4], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("config", FILTERED, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_large_vocab_draws_in_the_kept_set(config, seed):
     """Many draws from one split row land only in the float64 reference's kept set and cover it."""
     x = _logits(1, V, seed)
@@ -105,7 +107,7 @@ def test_portable_loops_match_avx512():
     assert run({"PYLLMOPS_NO_AVX512": "1"}) == run({})
 
 
-@pytest.mark.parametrize("config", CONFIGS[:4], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("config", FILTERED, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_large_vocab_filter_matches_reference(config, seed):
     """top_k_top_p_filter on split rows (3 threads, 2 rows): the float64 reference's kept set and
     probabilities."""
