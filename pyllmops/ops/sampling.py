@@ -362,8 +362,9 @@ def _prepare(logits, temperature, top_k, top_p, min_p):
 
 def _cpp_eager(logits: torch.Tensor) -> bool:
     """Whether sample() may call the C++ kernel directly: real CPU tensors, not under torch.compile
-    (which needs the custom op), and cpp is the backend the dispatcher would pick."""
-    if type(logits) is not torch.Tensor or not logits.is_cpu or torch.compiler.is_compiling():
+    or torch.jit.trace (which need the custom op), and cpp is the backend the dispatcher would pick."""
+    if (type(logits) is not torch.Tensor or not logits.is_cpu or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()):
         return False
     forced = _dispatch.forced_backends()
     return (forced is None or forced[:1] == ("cpp",)) and _ext.has_cpp()
