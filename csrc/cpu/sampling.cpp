@@ -87,7 +87,7 @@ namespace {
 constexpr int kLanes = 16;
 constexpr int64_t kBlock = 2048;            // logits per block (8 KiB of fp32)
 constexpr int64_t kMinSegmentBlocks = 8;    // a row is split into segments of at least 16k logits
-constexpr int64_t kMinParallel = 1 << 14;   // fewer logits than this run on the calling thread
+constexpr int64_t kMinParallel = 1 << 16;   // fewer logits than this run on the calling thread
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kFloatMax = std::numeric_limits<float>::max();
 // Weights below kEpsShare * (1 - p) * Z / V hold less than (1 - p) * Z together, so top-p cuts them
