@@ -286,57 +286,69 @@ PYLLMOPS_AVX512 PYLLMOPS_INLINE void append(Out& o, __mmask16 hit, __m512 v, __m
   o.n += __builtin_popcount(hit);
 }
 
+// The block loops run whole groups of 16 with an all-lanes mask (a constant once inlined, so the
+// per-group mask arithmetic disappears) and the tail group with its partial mask.
+#define PYLLMOPS_FOR_GROUPS(n, step)                                        \
+  do {                                                                      \
+    int64_t i_ = 0;                                                         \
+    for (; i_ + kLanes <= (n); i_ += kLanes) step(i_, __mmask16(0xFFFF));   \
+    if (i_ < (n)) step(i_, live_mask(i_, (n)));                             \
+  } while (0)
+
+struct MaxState {
+  __m512 mx;
+  __mmask16 bad;
+};
+
+PYLLMOPS_AVX512 PYLLMOPS_INLINE __m512 max_step(MaxState& st, const float* x, __mmask16 live) {
+  const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(kNegInf), live, x);
+  st.mx = _mm512_max_ps(st.mx, v);
+  st.bad |= bad_mask(v);
+  return v;
+}
+
 PYLLMOPS_AVX512 BlockMax block_max_avx512(const float* x, int64_t n) {
-  const __m512 ninf = _mm512_set1_ps(kNegInf);
-  __m512 mx = ninf;
-  __mmask16 bad = 0;
-  for (int64_t i = 0; i < n; i += kLanes) {
-    const __m512 v = _mm512_mask_loadu_ps(ninf, live_mask(i, n), x + i);
-    mx = _mm512_max_ps(mx, v);
-    bad |= bad_mask(v);
-  }
-  return {_mm512_reduce_max_ps(mx), bad != 0};
+  MaxState st{_mm512_set1_ps(kNegInf), 0};
+  auto step = [&](int64_t i, __mmask16 live) __attribute__((always_inline, target("avx512f,fma"))) {
+    max_step(st, x + i, live);
+  };
+  PYLLMOPS_FOR_GROUPS(n, step);
+  return {_mm512_reduce_max_ps(st.mx), st.bad != 0};
 }
 
 PYLLMOPS_AVX512 BlockMax block_gather_avx512(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
-  const __m512 ninf = _mm512_set1_ps(kNegInf), vthr = _mm512_set1_ps(thr);
-  __m512 mx = ninf;
-  __mmask16 bad = 0;
-  __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(base),
-                                 _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const __m512 vthr = _mm512_set1_ps(thr);
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  MaxState st{_mm512_set1_ps(kNegInf), 0};
   Out o(c);
-  for (int64_t i = 0; i < n; i += kLanes) {
-    const __mmask16 live = live_mask(i, n);
-    const __m512 v = _mm512_mask_loadu_ps(ninf, live, x + i);
-    mx = _mm512_max_ps(mx, v);
-    bad |= bad_mask(v);
+  auto step = [&](int64_t i, __mmask16 live) __attribute__((always_inline, target("avx512f,fma"))) {
+    const __m512 v = max_step(st, x + i, live);
     const __mmask16 hit = _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ);
-    if (hit) append(o, hit, v, idx);
-    idx = _mm512_add_epi32(idx, _mm512_set1_epi32(kLanes));
-  }
+    if (hit) append(o, hit, v, _mm512_add_epi32(_mm512_set1_epi32(base + int32_t(i)), iota));
+  };
+  PYLLMOPS_FOR_GROUPS(n, step);
   c.n = o.n;
-  return {_mm512_reduce_max_ps(mx), bad != 0};
+  return {_mm512_reduce_max_ps(st.mx), st.bad != 0};
 }
 
 PYLLMOPS_AVX512 float block_mass_avx512(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth,
                                         float thr, Cands& c) {
   const __m512 vm = _mm512_set1_ps(m), vit = _mm512_set1_ps(inv_t), vk = _mm512_set1_ps(kth),
                vthr = _mm512_set1_ps(thr);
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 acc = _mm512_setzero_ps();
-  __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(base),
-                                 _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   Out o(c);
-  for (int64_t i = 0; i < n; i += kLanes) {
-    const __mmask16 live = live_mask(i, n);
+  auto step = [&](int64_t i, __mmask16 live) __attribute__((always_inline, target("avx512f,fma"))) {
     const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
     __mmask16 under;
     const __m512 w = exp16_unmasked(_mm512_mul_ps(_mm512_sub_ps(v, vm), vit), under);
     // Adding 0 (the portable loop) leaves a lane as it is, which the masked add does.
     acc = _mm512_mask_add_ps(acc, _mm512_mask_cmp_ps_mask(live & ~under, v, vk, _CMP_GE_OQ), acc, w);
     // Unconditional: with top-p most groups hold a candidate, and a branch would mispredict.
-    append(o, _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ), v, idx);
-    idx = _mm512_add_epi32(idx, _mm512_set1_epi32(kLanes));
-  }
+    append(o, _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ), v,
+           _mm512_add_epi32(_mm512_set1_epi32(base + int32_t(i)), iota));
+  };
+  PYLLMOPS_FOR_GROUPS(n, step);
   c.n = o.n;
   alignas(64) float lanes[kLanes];
   _mm512_store_ps(lanes, acc);
