@@ -1,5 +1,7 @@
 // Binding for the CPU sampling kernel. Arguments were validated in pyllmops/ops/sampling.py
 // (dtypes, shapes, [B] contiguous parameter tensors on the CPU); here they are only converted.
+// Each per-row parameter arrives as (address, scalar): address 0 means the scalar applies to
+// every row (a scalar seed s means seed[row] = s + row), so the eager path allocates nothing.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -9,23 +11,28 @@
 namespace py = pybind11;
 using namespace pyllmops::cpu;
 
+namespace {
+template <class T>
+RowArg<T> row_arg(uintptr_t ptr, T value) {
+  return RowArg<T>{reinterpret_cast<const T*>(ptr), value};
+}
+}  // namespace
+
 void bind_sampling(py::module_& m) {
   m.def(
       "sample_rows",
-      [](uintptr_t logits, int dtype, int64_t B, int64_t V, int64_t ld, uintptr_t temperature, uintptr_t top_k,
-         uintptr_t top_p, uintptr_t min_p, uintptr_t seed, uintptr_t offset, uintptr_t ids, uintptr_t probs,
-         int threads) {
-        const SampleParams params{reinterpret_cast<const float*>(temperature), reinterpret_cast<const int64_t*>(top_k),
-                                  reinterpret_cast<const float*>(top_p), reinterpret_cast<const float*>(min_p),
-                                  reinterpret_cast<const int64_t*>(seed), reinterpret_cast<const int64_t*>(offset)};
+      [](uintptr_t logits, int dtype, int64_t B, int64_t V, int64_t ld, uintptr_t t_ptr, float t, uintptr_t k_ptr,
+         int64_t k, uintptr_t p_ptr, float p, uintptr_t q_ptr, float q, uintptr_t seed_ptr, int64_t seed,
+         uintptr_t offset_ptr, int64_t offset, uintptr_t ids, uintptr_t probs, int threads) {
+        const SampleParams params{row_arg(t_ptr, t),       row_arg(k_ptr, k),       row_arg(p_ptr, p),
+                                  row_arg(q_ptr, q),       row_arg(seed_ptr, seed), row_arg(offset_ptr, offset)};
         py::gil_scoped_release release;
-        sample_rows(reinterpret_cast<const void*>(logits), static_cast<LogitsType>(dtype), B, V, ld, params,
-                    reinterpret_cast<int64_t*>(ids), reinterpret_cast<float*>(probs), threads);
+        return sample_rows(reinterpret_cast<const void*>(logits), static_cast<LogitsType>(dtype), B, V, ld, params,
+                           reinterpret_cast<int64_t*>(ids), reinterpret_cast<float*>(probs), threads);
       },
-      py::arg("logits"), py::arg("dtype"), py::arg("B"), py::arg("V"), py::arg("ld"), py::arg("temperature"),
-      py::arg("top_k"), py::arg("top_p"), py::arg("min_p"), py::arg("seed"), py::arg("offset"), py::arg("ids"),
-      py::arg("probs"), py::arg("threads"),
-      "Sample one token per row of logits [B, V]; ids[row] < 0 flags a bad row (see cpu/sampling.h).");
+      "Sample one token per row of logits [B, V] into ids; ids[row] < 0 flags a bad row (see cpu/sampling.h). "
+      "Per-row parameters: (address of a [B] array, or 0 and the scalar for every row). Returns the first "
+      "flagged row or -1.");
   m.def(
       "philox4x32",
       [](uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {

@@ -1,6 +1,12 @@
 #include "cpu/parallel.h"
 
+#include <immintrin.h>
+#include <pthread.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -38,6 +44,115 @@ void parallel_for(int64_t n, int threads, int64_t grain, const std::function<voi
   run(0, std::min(n, step));
   for (auto& t : workers) t.join();
   if (error) std::rethrow_exception(error);
+}
+
+namespace {
+
+// One parallel_tasks call. Lives on the caller's stack; workers join it under the pool mutex and
+// the caller leaves only when none is inside.
+struct TaskSet {
+  TaskSet(const std::function<void(int64_t)>* t, int64_t count) : task(t), n(count) {}
+  const std::function<void(int64_t)>* task;
+  int64_t n;
+  std::atomic<int64_t> next{0};  // the next index to take
+  std::atomic<int64_t> done{0};
+  int inside = 0;                // workers that joined (guarded by the pool mutex)
+  std::mutex error_mu;
+  std::exception_ptr error;
+  void work() {
+    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
+      try {
+        (*task)(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (!error) error = std::current_exception();
+      }
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+class WorkerPool {
+ public:
+  void run(int64_t n, int threads, const std::function<void(int64_t)>& task) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    TaskSet set(&task, n);
+    if (!busy.owns_lock()) {  // another caller has the workers
+      set.work();
+      if (set.error) std::rethrow_exception(set.error);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      while (int(workers_.size()) < threads - 1) workers_.emplace_back([this] { loop(); });
+      current_ = &set;
+      wanted_ = threads - 1;
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    set.work();
+    while (set.done.load(std::memory_order_acquire) < n) _mm_pause();
+    std::unique_lock<std::mutex> lock(mu_);
+    current_ = nullptr;
+    left_.wait(lock, [&] { return set.inside == 0; });
+    if (set.error) std::rethrow_exception(set.error);
+  }
+
+ private:
+  void loop() {
+    uint64_t seen = generation_.load(std::memory_order_acquire);
+    for (;;) {
+      // Spin a little first: back-to-back calls (a decode loop, a batch of requests) then start
+      // without a futex wake-up.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
+      while (generation_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until)
+        for (int i = 0; i < 16; ++i) _mm_pause();
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [&] { return generation_.load(std::memory_order_relaxed) != seen; });
+      seen = generation_.load(std::memory_order_relaxed);
+      TaskSet* set = current_;
+      if (!set || wanted_ <= 0) continue;
+      --wanted_;
+      ++set->inside;
+      lock.unlock();
+      set->work();
+      lock.lock();
+      if (--set->inside == 0) left_.notify_all();
+    }
+  }
+
+  std::mutex busy_;  // one caller at a time
+  std::mutex mu_;
+  std::condition_variable wake_, left_;
+  std::atomic<uint64_t> generation_{0};
+  TaskSet* current_ = nullptr;
+  int wanted_ = 0;  // workers still to join the current set
+  std::vector<std::thread> workers_;
+};
+
+WorkerPool* g_pool = nullptr;
+std::once_flag g_pool_once;
+
+WorkerPool& worker_pool() {
+  std::call_once(g_pool_once, [] {
+    g_pool = new WorkerPool();  // never destroyed: the workers live until the process exits
+    // A forked child has no workers and maybe a held mutex: give it a fresh pool.
+    pthread_atfork(nullptr, nullptr, [] { g_pool = new WorkerPool(); });
+  });
+  return *g_pool;
+}
+
+}  // namespace
+
+void parallel_tasks(int64_t n, int threads, const std::function<void(int64_t)>& task) {
+  if (n <= 0) return;
+  if (threads <= 0) threads = default_threads();
+  threads = int(std::min<int64_t>(threads, n));
+  if (threads <= 1) {
+    for (int64_t i = 0; i < n; ++i) task(i);
+    return;
+  }
+  worker_pool().run(n, threads, task);
 }
 
 }  // namespace pyllmops::cpu

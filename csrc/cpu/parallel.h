@@ -1,6 +1,7 @@
-// A minimal parallel-for for the CPU kernels: split [0, n) into contiguous chunks over up to
-// `threads` std::threads (the caller's thread takes the first chunk). No pool: the kernels that use
-// it do milliseconds of work per call, against ~20 us to start a thread.
+// Parallel loops for the CPU kernels. parallel_for splits [0, n) into contiguous chunks over up to
+// `threads` fresh std::threads (the caller's thread takes the first chunk): for kernels doing
+// milliseconds of work per call, against ~20 us to start a thread. parallel_tasks uses a
+// persistent pool instead, for short kernels.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -13,5 +14,12 @@ int default_threads();
 // Runs fn(begin, end) on disjoint chunks covering [0, n). Chunks are at least `grain` long.
 // Exceptions from any chunk are rethrown on the calling thread.
 void parallel_for(int64_t n, int threads, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+// Runs task(i) for every i in [0, n) on the calling thread and up to threads - 1 persistent
+// workers (started on first use; after a task they spin ~100 us, then sleep), which take the next
+// i as they become free. For kernels of tens of microseconds, where starting threads would cost as
+// much as the work. While another caller holds the workers, the task runs on the calling thread
+// alone. The first exception of a task is rethrown on the calling thread.
+void parallel_tasks(int64_t n, int threads, const std::function<void(int64_t)>& task);
 
 }  // namespace pyllmops::cpu

@@ -1,39 +1,60 @@
-// CPU sampling kernel. Per row (rows across threads):
+// CPU sampling kernel: one read of the logits per row, no full sort.
 //
-//  greedy (t == 0)     pass 1: max and NaN check; pass 2: first index of the max.
-//  small top-k         pass 1: one read of the row keeping a candidate buffer of values that can
-//                      still be among the k largest (a chunk of 64 whose max is below the running
-//                      k-th value is skipped after one vectorised max); then everything runs on the
-//                      ~k survivors: weights, top-p walk in descending order, min-p, inverse CDF in
-//                      vocabulary order.
-//  top-k off / large   (a large k: its k-th largest by nth_element on a copy.) Pass 1: max and
-//                      Z = sum of w = exp((x - m) / t) together (online softmax, per 1024 block).
-//                      Pass 2: recompute w per block and collect only the weights that can
-//                      matter (>= (1 - p) Z / V / 2 for top-p, >= min_p) with a vectorised test:
-//                      for peaked rows a small fraction. Then on that list: a histogram of the
-//                      mass by w's top 12 bits (a 2^(1/8) ratio per bucket) finds the bucket where
-//                      the descending mass reaches p * Z, the only one sorted; the inverse CDF
-//                      walks the list (it is in vocabulary order).
+// A row is read in blocks of kBlock logits (L1-resident while a block is worked on). Per row mode:
 //
-// Hot loops are written lane-wise (16 independent accumulators) so the compiler vectorises them
-// without reassociating float sums, and compiled for AVX-512 / AVX2 / baseline with target_clones.
-// Floating-point contraction is off so every clone (and every machine) gives the same bits;
-// no-trapping-math (FP exceptions are never inspected) lets the select-heavy exp loop vectorise.
+//  greedy (t == 0)   block max + NaN check; the first index of the running max.
+//  small top-k       each block: max, NaN check and a compress of the values >= a running lower
+//                    bound of the k-th largest (the k-th largest of the candidates so far, raised
+//                    whenever the buffer fills), so after the first block almost nothing is kept.
+//                    The ~k survivors then get weights, the top-p walk, min-p and the inverse CDF.
+//  top-k off / large each block: its max m_b and mass z_b = sum exp((x - m_b) / t) (over x >= the
+//                    k-th largest for a large k, found first by nth_element), and a compress of
+//                    the values that can survive: a weight below 0.999 (1 - p) Z / V is always cut
+//                    by top-p (all of them together hold less than (1 - p) Z), one below min_p by
+//                    min-p, and Z >= Z_so_far * exp((m_so_far - m) / t) bounds that in x from
+//                    the blocks read so far. Then Z = sum z_b exp((m_b - m) / t) over the blocks in
+//                    order, exact weights for the candidates, a cut-off below which the mass
+//                    already reaches p Z (16 powers of two tried at once) to drop most of them, and
+//                    a mass histogram by the remaining weights' top 12 bits finds the top-p cut-off
+//                    (only its bucket is sorted).
+//  (1 / t is applied as a multiplication by its float reciprocal.)
+//
+// Threads (parallel_tasks: a persistent pool, as the work is often tens of microseconds): rows
+// across threads; with fewer rows than threads a row is also split into block-aligned segments of
+// at least 16k logits (the last segment of a row to finish completes it). Per-block results are
+// combined in block order and the candidate sets are exact after the final filter, so the ids do
+// not depend on the thread count or on the batch.
+//
+// The block loops exist twice: AVX-512 intrinsics, and portable loops (compiled for x86-64-v3, i.e.
+// AVX2 + FMA, and baseline) doing the same float operations in the same order, so both give the
+// same bits (PYLLMOPS_NO_AVX512=1 selects the portable ones). Implicit floating-point contraction
+// is off (FMAs are explicit, std::fma in the portable code); no-trapping-math lets the portable
+// loops vectorise.
 #pragma GCC optimize("fp-contract=off", "no-trapping-math")
+// GCC 12 false positives inside its own avx512fintrin.h helpers (undefined-vector idiom).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include "cpu/sampling.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "cpu/parallel.h"
 
-#define PYLLMOPS_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#define PYLLMOPS_SIMD __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define PYLLMOPS_AVX512 __attribute__((target("avx512f,fma")))
 // Helpers must inline into every clone to be vectorised with it.
 #define PYLLMOPS_INLINE inline __attribute__((always_inline))
 
@@ -64,10 +85,14 @@ double row_uniform(int64_t seed, int64_t offset) {
 namespace {
 
 constexpr int kLanes = 16;
-constexpr int64_t kChunk = 64;    // top-k candidate scan: skip a chunk below the running k-th
-constexpr int64_t kBlock = 1024;  // online max/mass and weight blocks (L1-resident)
+constexpr int64_t kBlock = 2048;            // logits per block (8 KiB of fp32)
+constexpr int64_t kMinSegmentBlocks = 8;    // a row is split into segments of at least 16k logits
+constexpr int64_t kMinParallel = 1 << 16;   // fewer logits than this run on the calling thread
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kFloatMax = std::numeric_limits<float>::max();
+// Weights below kEpsShare * (1 - p) * Z / V hold less than (1 - p) * Z together, so top-p cuts them
+// all; the margin below 1 is far more than the float rounding of Z.
+constexpr double kEpsShare = 0.999;
 constexpr int kBucketShift = 20;  // w's top 12 bits: 8 exponent + 3 mantissa (w in [0, 1])
 constexpr int kBuckets = (0x3F800000 >> kBucketShift) + 1;
 
@@ -91,29 +116,6 @@ PYLLMOPS_INLINE float half_to_float(uint16_t h) {
   return float_of(bits_of(mag) | (uint32_t(h & 0x8000u) << 16));
 }
 
-// exp(x) for x <= 0 to ~2 ulp (Cephes expf polynomial), 0 below -87.3 (no subnormals); branch-free
-// so loops over it vectorise. Every sampling path of this file uses it.
-PYLLMOPS_INLINE float exp_nonpos(float x) {
-  const float xc = x < -87.3f ? -87.3f : x;  // also maps -inf; NaN stays NaN (bad rows only)
-  // Round to nearest with the 1.5 * 2^23 trick (exact for |v| < 2^22; floor() would not vectorise).
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const float scaled = y * float_of(uint32_t(int32_t(n) + 127) << 23);
-  return x < -87.3f ? 0.0f : scaled;
-}
-
-struct MaxScan {
-  float max;
-  bool bad;  // NaN or +inf seen
-};
-
 PYLLMOPS_SIMD void convert_row(const uint16_t* src, float* dst, int64_t n, bool bf16) {
   if (bf16) {
     for (int64_t i = 0; i < n; ++i) dst[i] = float_of(uint32_t(src[i]) << 16);
@@ -122,44 +124,495 @@ PYLLMOPS_SIMD void convert_row(const uint16_t* src, float* dst, int64_t n, bool 
   }
 }
 
-PYLLMOPS_SIMD MaxScan scan_max(const float* x, int64_t n) {
+// exp(x) for x <= 0 to ~2 ulp (Cephes expf polynomial, with fused multiply-adds), 0 below -87.3
+// (no subnormals); branch-free. exp16_unmasked below is the same sequence of float operations on 16
+// lanes (std::fma rounds once, as the vector FMA does).
+PYLLMOPS_INLINE float exp_nonpos(float x) {
+  const float xc = x < -87.3f ? -87.3f : x;  // also maps -inf; NaN stays NaN (bad rows only)
+  // Round to nearest with the 1.5 * 2^23 trick (exact for |v| < 2^22; floor() would not vectorise).
+  const float n = std::fma(xc, 1.44269504088896341f, 12582912.0f) - 12582912.0f;
+  const float r = std::fma(n, 2.12194440e-4f, std::fma(n, -0.693359375f, xc));
+  float y = 1.9875691500e-4f;
+  y = std::fma(y, r, 1.3981999507e-3f);
+  y = std::fma(y, r, 8.3334519073e-3f);
+  y = std::fma(y, r, 4.1665795894e-2f);
+  y = std::fma(y, r, 1.6666665459e-1f);
+  y = std::fma(y, r, 5.0000001201e-1f);
+  y = std::fma(y * r, r, r) + 1.0f;
+  const float scaled = y * float_of(uint32_t(int32_t(n) + 127) << 23);
+  return x < -87.3f ? 0.0f : scaled;
+}
+
+PYLLMOPS_INLINE bool is_bad(float v) { return v != v || v > kFloatMax; }  // NaN or +inf
+
+// Lane sums reduced in lane order (both implementations), so the block mass has one value.
+PYLLMOPS_INLINE float lane_sum(const float* acc) {
+  float s = acc[0];
+  for (int j = 1; j < kLanes; ++j) s += acc[j];
+  return s;
+}
+
+struct BlockMax {
+  float max;
+  bool bad;  // NaN or +inf seen
+};
+
+// Candidates (value, vocabulary index), structure of arrays; every writer keeps kLanes of slack.
+struct Cands {
+  std::vector<float> x;
+  std::vector<int32_t> idx;
+  int64_t n = 0;
+  void room_for(int64_t extra) {
+    if (n + extra + kLanes > int64_t(x.size())) {
+      const size_t size = std::max<size_t>(2 * x.size(), size_t(n + extra + kLanes));
+      x.resize(size);
+      idx.resize(size);
+    }
+  }
+};
+
+// ------------------------------------------------------------------ portable block kernels
+// Full groups of kLanes go through fixed-length inner loops, which the compiler vectorises; lane j
+// of every group accumulates element i with i % kLanes == j, as in the AVX-512 loops.
+PYLLMOPS_SIMD BlockMax block_max_portable(const float* x, int64_t n) {
   float acc[kLanes];
   int32_t bad[kLanes];
   for (int j = 0; j < kLanes; ++j) acc[j] = kNegInf, bad[j] = 0;
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) acc[j] = std::max(acc[j], x[i + j]);
-    for (int j = 0; j < kLanes; ++j) bad[j] += (x[i + j] != x[i + j]) | (x[i + j] > kFloatMax);
-  }
-  for (; i < n; ++i) {
-    acc[0] = std::max(acc[0], x[i]);
-    bad[0] += (x[i] != x[i]) | (x[i] > kFloatMax);
-  }
-  MaxScan r{kNegInf, false};
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] = std::max(acc[j], x[i + j]), bad[j] |= is_bad(x[i + j]);
+  for (; i < n; ++i) acc[i % kLanes] = std::max(acc[i % kLanes], x[i]), bad[i % kLanes] |= is_bad(x[i]);
+  BlockMax r{kNegInf, false};
   for (int j = 0; j < kLanes; ++j) r.max = std::max(r.max, acc[j]), r.bad |= bad[j] != 0;
   return r;
 }
 
-// w[i] = exp((x[i] - m) / t) for the top-k survivors x[i] >= kth, else 0 (i < n).
-PYLLMOPS_SIMD void weights(const float* x, float* w, int64_t n, float m, float t, float kth) {
-  if (t == 1.0f) {
-    for (int64_t i = 0; i < n; ++i) w[i] = x[i] >= kth ? exp_nonpos(x[i] - m) : 0.0f;
-  } else {
-    for (int64_t i = 0; i < n; ++i) w[i] = x[i] >= kth ? exp_nonpos((x[i] - m) / t) : 0.0f;
+// Appends the values x[i] >= thr (index base + i) to c, skipping groups of kLanes without one.
+PYLLMOPS_SIMD void append_at_least(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
+  float* cx = c.x.data();
+  int32_t* ci = c.idx.data();
+  int64_t cn = c.n;
+  for (int64_t g = 0; g < n; g += kLanes) {
+    const int64_t e = std::min(n, g + kLanes);
+    int32_t any = 0;
+    for (int64_t i = g; i < e; ++i) any |= x[i] >= thr;
+    if (!any) continue;
+    for (int64_t i = g; i < e; ++i) {
+      cx[cn] = x[i];
+      ci[cn] = base + int32_t(i);
+      cn += x[i] >= thr;
+    }
   }
+  c.n = cn;
 }
 
-struct Cand {
-  float x;
-  float w;
-  int64_t idx;
+// Max and NaN check, and appends the values >= thr (index base + i) to c.
+BlockMax block_gather_portable(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
+  const BlockMax r = block_max_portable(x, n);
+  if (r.max >= thr) append_at_least(x, n, base, thr, c);
+  return r;
+}
+
+// Returns sum over x >= kth of exp((x - m) * inv_t) and appends the values >= thr to c.
+PYLLMOPS_SIMD float block_mass_portable(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth,
+                                        float thr, Cands& c) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j] >= kth ? exp_nonpos((x[i + j] - m) * inv_t) : 0.0f;
+  for (; i < n; ++i) acc[i % kLanes] += x[i] >= kth ? exp_nonpos((x[i] - m) * inv_t) : 0.0f;
+  append_at_least(x, n, base, thr, c);
+  return lane_sum(acc);
+}
+
+// Weights w = exp((x - m) * inv_t) of the candidates; keeps (w, index) where x >= kth and w >= eps.
+PYLLMOPS_SIMD int64_t weigh_portable(const float* x, const int32_t* idx, int64_t n, float m, float inv_t, float kth,
+                                     float eps, float* w, int32_t* wi) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = exp_nonpos((x[i] - m) * inv_t);
+    w[count] = v;
+    wi[count] = idx[i];
+    count += (x[i] >= kth) & (v >= eps);
+  }
+  return count;
+}
+
+// ------------------------------------------------------------------ AVX-512 block kernels
+// exp_nonpos on 16 lanes, except that lanes below -87.3 (flagged in `under`) hold garbage instead
+// of 0; callers mask them. The power of two is applied with scalef (exact, like the multiply).
+PYLLMOPS_AVX512 PYLLMOPS_INLINE __m512 exp16_unmasked(__m512 x, __mmask16& under) {
+  const __m512 lo = _mm512_set1_ps(-87.3f), shifter = _mm512_set1_ps(12582912.0f);
+  under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  const __m512 xc = _mm512_max_ps(x, lo);
+  const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), shifter), shifter);
+  const __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f),
+                                   _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), xc));
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(y, r), r, r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
+
+PYLLMOPS_AVX512 PYLLMOPS_INLINE __m512 exp_nonpos16(__m512 x) {
+  __mmask16 under;
+  const __m512 e = exp16_unmasked(x, under);
+  return _mm512_maskz_mov_ps(~under, e);
+}
+
+PYLLMOPS_AVX512 PYLLMOPS_INLINE __mmask16 live_mask(int64_t i, int64_t n) {
+  return n - i >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+}
+
+PYLLMOPS_AVX512 PYLLMOPS_INLINE __mmask16 bad_mask(__m512 v) {
+  return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v, _mm512_set1_ps(kFloatMax), _CMP_GT_OQ);
+}
+
+// Appends the lanes of v in `hit` (and their indices) at out.x / out.idx + out.n.
+struct Out {  // a Cands' arrays and count in registers (through a Cands& every store would reload them)
+  float* x;
+  int32_t* idx;
+  int64_t n;
+  explicit Out(Cands& c) : x(c.x.data()), idx(c.idx.data()), n(c.n) {}
+};
+
+PYLLMOPS_AVX512 PYLLMOPS_INLINE void append(Out& o, __mmask16 hit, __m512 v, __m512i idx) {
+  _mm512_storeu_ps(o.x + o.n, _mm512_maskz_compress_ps(hit, v));
+  _mm512_storeu_si512(o.idx + o.n, _mm512_maskz_compress_epi32(hit, idx));
+  o.n += __builtin_popcount(hit);
+}
+
+// The block loops run whole groups of 16 with an all-lanes mask (a constant once inlined, so the
+// per-group mask arithmetic disappears) and the tail group with its partial mask.
+#define PYLLMOPS_FOR_GROUPS(n, step)                                        \
+  do {                                                                      \
+    int64_t i_ = 0;                                                         \
+    for (; i_ + kLanes <= (n); i_ += kLanes) step(i_, __mmask16(0xFFFF));   \
+    if (i_ < (n)) step(i_, live_mask(i_, (n)));                             \
+  } while (0)
+
+struct MaxState {
+  __m512 mx;
+  __mmask16 bad;
+};
+
+PYLLMOPS_AVX512 PYLLMOPS_INLINE __m512 max_step(MaxState& st, const float* x, __mmask16 live) {
+  const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(kNegInf), live, x);
+  st.mx = _mm512_max_ps(st.mx, v);
+  st.bad |= bad_mask(v);
+  return v;
+}
+
+PYLLMOPS_AVX512 BlockMax block_max_avx512(const float* x, int64_t n) {
+  MaxState st{_mm512_set1_ps(kNegInf), 0};
+  auto step = [&](int64_t i, __mmask16 live) __attribute__((always_inline, target("avx512f,fma"))) {
+    max_step(st, x + i, live);
+  };
+  PYLLMOPS_FOR_GROUPS(n, step);
+  return {_mm512_reduce_max_ps(st.mx), st.bad != 0};
+}
+
+PYLLMOPS_AVX512 BlockMax block_gather_avx512(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
+  const __m512 vthr = _mm512_set1_ps(thr);
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  MaxState st{_mm512_set1_ps(kNegInf), 0};
+  Out o(c);
+  auto step = [&](int64_t i, __mmask16 live) __attribute__((always_inline, target("avx512f,fma"))) {
+    const __m512 v = max_step(st, x + i, live);
+    const __mmask16 hit = _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ);
+    if (hit) append(o, hit, v, _mm512_add_epi32(_mm512_set1_epi32(base + int32_t(i)), iota));
+  };
+  PYLLMOPS_FOR_GROUPS(n, step);
+  c.n = o.n;
+  return {_mm512_reduce_max_ps(st.mx), st.bad != 0};
+}
+
+PYLLMOPS_AVX512 float block_mass_avx512(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth,
+                                        float thr, Cands& c) {
+  const __m512 vm = _mm512_set1_ps(m), vit = _mm512_set1_ps(inv_t), vk = _mm512_set1_ps(kth),
+               vthr = _mm512_set1_ps(thr);
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512 acc = _mm512_setzero_ps();
+  Out o(c);
+  auto step = [&](int64_t i, __mmask16 live) __attribute__((always_inline, target("avx512f,fma"))) {
+    const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
+    __mmask16 under;
+    const __m512 w = exp16_unmasked(_mm512_mul_ps(_mm512_sub_ps(v, vm), vit), under);
+    // Adding 0 (the portable loop) leaves a lane as it is, which the masked add does.
+    acc = _mm512_mask_add_ps(acc, _mm512_mask_cmp_ps_mask(live & ~under, v, vk, _CMP_GE_OQ), acc, w);
+    // Unconditional: with top-p most groups hold a candidate, and a branch would mispredict.
+    append(o, _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ), v,
+           _mm512_add_epi32(_mm512_set1_epi32(base + int32_t(i)), iota));
+  };
+  PYLLMOPS_FOR_GROUPS(n, step);
+  c.n = o.n;
+  alignas(64) float lanes[kLanes];
+  _mm512_store_ps(lanes, acc);
+  return lane_sum(lanes);
+}
+
+PYLLMOPS_AVX512 int64_t weigh_avx512(const float* x, const int32_t* idx, int64_t n, float m, float inv_t, float kth,
+                                     float eps, float* w, int32_t* wi) {
+  const __m512 vm = _mm512_set1_ps(m), vit = _mm512_set1_ps(inv_t), vk = _mm512_set1_ps(kth),
+               veps = _mm512_set1_ps(eps);
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 live = live_mask(i, n);
+    const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
+    const __m512 e = exp_nonpos16(_mm512_mul_ps(_mm512_sub_ps(v, vm), vit));
+    const __mmask16 keep = _mm512_mask_cmp_ps_mask(_mm512_mask_cmp_ps_mask(live, v, vk, _CMP_GE_OQ), e, veps, _CMP_GE_OQ);
+    _mm512_storeu_ps(w + count, _mm512_maskz_compress_ps(keep, e));
+    _mm512_storeu_si512(wi + count, _mm512_maskz_compress_epi32(keep, _mm512_maskz_loadu_epi32(live, idx + i)));
+    count += __builtin_popcount(keep);
+  }
+  return count;
+}
+
+// Masses of the weights >= each of 16 cut-offs c[j] (float sums: an estimate, see coarse_cut).
+PYLLMOPS_AVX512 void masses_above_avx512(const float* w, int64_t n, const float* c, float* mass) {
+  __m512 acc[kLanes], cut[kLanes];
+  for (int j = 0; j < kLanes; ++j) acc[j] = _mm512_setzero_ps(), cut[j] = _mm512_set1_ps(c[j]);
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __m512 v = _mm512_maskz_loadu_ps(live_mask(i, n), w + i);
+    for (int j = 0; j < kLanes; ++j) acc[j] = _mm512_mask_add_ps(acc[j], _mm512_cmp_ps_mask(v, cut[j], _CMP_GE_OQ), acc[j], v);
+  }
+  for (int j = 0; j < kLanes; ++j) mass[j] = _mm512_reduce_add_ps(acc[j]);
+}
+
+PYLLMOPS_AVX512 int64_t keep_at_least_avx512(float* w, int32_t* wi, int64_t n, float c) {
+  const __m512 vc = _mm512_set1_ps(c);
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 live = live_mask(i, n);
+    const __m512 v = _mm512_maskz_loadu_ps(live, w + i);
+    const __m512i id = _mm512_maskz_loadu_epi32(live, wi + i);
+    const __mmask16 keep = _mm512_mask_cmp_ps_mask(live, v, vc, _CMP_GE_OQ);
+    _mm512_storeu_ps(w + count, _mm512_maskz_compress_ps(keep, v));  // in place: count <= i, loaded already
+    _mm512_storeu_si512(wi + count, _mm512_maskz_compress_epi32(keep, id));
+    count += __builtin_popcount(keep);
+  }
+  return count;
+}
+
+void masses_above_portable(const float* w, int64_t n, const float* c, float* mass) {
+  for (int j = 0; j < kLanes; ++j) mass[j] = 0.0f;
+  for (int64_t i = 0; i < n; ++i)
+    for (int j = 0; j < kLanes; ++j) mass[j] += w[i] >= c[j] ? w[i] : 0.0f;
+}
+
+int64_t keep_at_least_portable(float* w, int32_t* wi, int64_t n, float c) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    w[count] = w[i];
+    wi[count] = wi[i];
+    count += w[i] >= c;
+  }
+  return count;
+}
+
+// ------------------------------------------------------------------ dispatch
+// PYLLMOPS_NO_AVX512=1 forces the portable loops (tests compare both).
+bool use_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && !std::getenv("PYLLMOPS_NO_AVX512");
+  return yes;
+}
+BlockMax block_max(const float* x, int64_t n) {
+  return use_avx512() ? block_max_avx512(x, n) : block_max_portable(x, n);
+}
+BlockMax block_gather(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
+  c.room_for(n);
+  return use_avx512() ? block_gather_avx512(x, n, base, thr, c) : block_gather_portable(x, n, base, thr, c);
+}
+float block_mass(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth, float thr, Cands& c) {
+  c.room_for(n);
+  return use_avx512() ? block_mass_avx512(x, n, base, m, inv_t, kth, thr, c)
+                      : block_mass_portable(x, n, base, m, inv_t, kth, thr, c);
+}
+int64_t weigh(const float* x, const int32_t* idx, int64_t n, float m, float inv_t, float kth, float eps, float* w,
+              int32_t* wi) {
+  return use_avx512() ? weigh_avx512(x, idx, n, m, inv_t, kth, eps, w, wi)
+                      : weigh_portable(x, idx, n, m, inv_t, kth, eps, w, wi);
+}
+
+void masses_above(const float* w, int64_t n, const float* c, float* mass) {
+  use_avx512() ? masses_above_avx512(w, n, c, mass) : masses_above_portable(w, n, c, mass);
+}
+int64_t keep_at_least(float* w, int32_t* wi, int64_t n, float c) {
+  return use_avx512() ? keep_at_least_avx512(w, wi, n, c) : keep_at_least_portable(w, wi, n, c);
+}
+
+// ------------------------------------------------------------------ per-row plan and state
+enum class Mode : uint8_t { kStatus, kGreedy, kTopK, kFull };
+
+struct RowPlan {
+  Mode mode;
+  int64_t status;  // kStatus rows
+  float t, inv_t, p, q;
+  int64_t k;        // kTopK: k; kFull: k of a large top-k (its k-th largest found first), else 0
+  float kth;        // kFull: that k-th largest (-inf without top-k), set by the segment-0 job
+};
+
+struct Segment {  // what one segment of a row leaves for the row's completion
+  float max = kNegInf;
+  bool bad = false;
+  int64_t argmax = -1;  // greedy: first index of `max`
+  float m_run = kNegInf;  // full mode: running max and mass (a lower bound for the threshold)
+  double z_run = 0.0;
+  Cands cand;
 };
 
 struct Scratch {
-  std::vector<float> row;  // fp16/bf16 row converted to float
-  std::vector<Cand> cand;  // top-k survivors, or the weights that can matter
+  std::vector<float> row;   // fp16/bf16 block converted to float; a row copy for a large k
+  std::vector<float> tmp;   // nth_element copies
+  std::vector<float> bmax, bz;  // per block of the row (single-segment rows)
+  std::vector<float> w;
+  std::vector<int32_t> wi;
   std::vector<float> bucket;
+  std::vector<std::pair<int32_t, float>> order;
+  Segment seg;  // single-segment rows
 };
+
+struct Workspace {  // multi-segment calls: state shared by a row's segments
+  std::vector<Segment> segs;
+  std::vector<float> bmax, bz;
+  std::unique_ptr<std::atomic<int>[]> left;
+  size_t left_size = 0;
+};
+
+template <class T>
+class Pool {  // buffers outlive a call: fresh large buffers would page-fault on every call
+ public:
+  std::unique_ptr<T> get() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.empty()) return std::make_unique<T>();
+    auto s = std::move(free_.back());
+    free_.pop_back();
+    return s;
+  }
+  void put(std::unique_ptr<T> s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(std::move(s));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<T>> free_;
+};
+
+template <class T>
+Pool<T>& pool() {
+  static Pool<T> p;
+  return p;
+}
+
+RowPlan plan_row(const SampleParams& prm, int64_t r, int64_t V) {
+  RowPlan pl{};
+  pl.t = prm.temperature.at(r);
+  pl.p = prm.top_p.at(r);
+  pl.q = prm.min_p.at(r);
+  pl.kth = kNegInf;
+  const int64_t k = prm.top_k.at(r);
+  if (!(pl.t >= 0.0f && pl.t <= kFloatMax)) pl.status = kBadTemperature;
+  else if (!(pl.p > 0.0f && pl.p <= 1.0f)) pl.status = kBadTopP;
+  else if (!(pl.q >= 0.0f && pl.q <= 1.0f)) pl.status = kBadMinP;
+  if (pl.status) {
+    pl.mode = Mode::kStatus;
+    return pl;
+  }
+  pl.inv_t = pl.t > 0.0f ? std::min(1.0f / pl.t, kFloatMax) : 0.0f;  // a subnormal t: only the max ties survive
+  const bool topk = k > 0 && k < V;
+  if (pl.t == 0.0f) pl.mode = Mode::kGreedy;
+  else if (topk && k <= std::max<int64_t>(64, V / 32)) pl.mode = Mode::kTopK, pl.k = k;
+  else pl.mode = Mode::kFull, pl.k = topk ? k : 0;  // a large k: a threshold on the row is cheaper
+  return pl;
+}
+
+// A float view of x[b, e) of row `src`: the row itself for fp32, else converted into s.row.
+const float* load(const void* src, LogitsType dtype, int64_t b, int64_t e, Scratch& s) {
+  if (dtype == LogitsType::F32) return static_cast<const float*>(src) + b;
+  if (int64_t(s.row.size()) < e - b) s.row.resize(e - b);
+  convert_row(static_cast<const uint16_t*>(src) + b, s.row.data(), e - b, dtype == LogitsType::BF16);
+  return s.row.data();
+}
+
+// Keeps the candidates >= the k-th largest of them (k <= c.n); returns that value.
+float keep_top_k(Cands& c, int64_t k, std::vector<float>& tmp) {
+  tmp.assign(c.x.begin(), c.x.begin() + c.n);
+  std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), [](float a, float b) { return a > b; });
+  const float kth = tmp[k - 1];
+  int64_t n = 0;
+  for (int64_t i = 0; i < c.n; ++i) {
+    c.x[n] = c.x[i];
+    c.idx[n] = c.idx[i];
+    n += c.x[i] >= kth;
+  }
+  c.n = n;
+  return kth;
+}
+
+// The x above which a weight can still survive top-p / min-p, from the running max and mass of the
+// blocks read so far (see the file comment); 0.01 of log-weight of slack covers rounding (the
+// weights' float rounding is ~1e-6 of that).
+float survivor_bound(const RowPlan& pl, float m, double z, int64_t V) {
+  double lw = -std::numeric_limits<double>::infinity();
+  if (pl.q > 0.0f) lw = std::log(double(pl.q));
+  if (pl.p < 1.0f) lw = std::max(lw, std::log(kEpsShare * (1.0 - double(pl.p)) / double(V)) + std::log(std::max(z, 1.0)));
+  if (std::isinf(lw)) return pl.kth;  // no top-p / min-p: every top-k survivor
+  const double bound = double(m) + double(pl.t) * (lw - 0.01);
+  return std::max(pl.kth, bound < -double(kFloatMax) ? kNegInf : float(bound));
+}
+
+// One segment [lo, hi) of row x (block aligned) in the row's mode. bmax / bz: the row's per-block
+// arrays (full mode).
+void scan_segment(const void* x, LogitsType dtype, int64_t V, int64_t lo, int64_t hi, RowPlan& pl, Segment& sg,
+                  float* bmax, float* bz, Scratch& s) {
+  sg.max = kNegInf, sg.bad = false, sg.argmax = -1, sg.m_run = kNegInf, sg.z_run = 0.0, sg.cand.n = 0;
+  if (pl.mode == Mode::kTopK) {
+    // A short first chunk gives a k-th value to filter with early (the first nth_element is small).
+    int64_t cap = std::max<int64_t>(4 * pl.k, 256);
+    float thr = kNegInf;
+    for (int64_t b = lo, e; b < hi && !sg.bad; b = e) {
+      e = std::min(hi, b == lo ? b + cap : b + kBlock);
+      const BlockMax bm = block_gather(load(x, dtype, b, e, s), e - b, int32_t(b), thr, sg.cand);
+      sg.bad |= bm.bad;
+      sg.max = std::max(sg.max, bm.max);
+      if (sg.cand.n >= cap && !sg.bad) {
+        thr = keep_top_k(sg.cand, pl.k, s.tmp);
+        if (sg.cand.n > cap / 2) cap *= 2;  // many ties at the k-th value
+      }
+    }
+    return;
+  }
+  for (int64_t b = lo; b < hi && !sg.bad; b += kBlock) {
+    const int64_t e = std::min(hi, b + kBlock);
+    const float* v = load(x, dtype, b, e, s);
+    if (pl.mode == Mode::kGreedy) {
+      const BlockMax bm = block_max(v, e - b);
+      sg.bad |= bm.bad;
+      if (bm.max > sg.max) {
+        sg.max = bm.max;
+        sg.argmax = b + (std::find(v, v + (e - b), bm.max) - v);
+      }
+    } else {
+      const BlockMax bm = block_max(v, e - b);
+      sg.bad |= bm.bad;
+      const int64_t blk = b / kBlock;
+      bmax[blk] = bm.max, bz[blk] = 0.0f;
+      if (bm.bad || bm.max == kNegInf) continue;
+      const float m_new = std::max(sg.m_run, bm.max);
+      const double z_old = sg.m_run == kNegInf ? 0.0 : sg.z_run * std::exp(double(sg.m_run - m_new) * pl.inv_t);
+      const float bound = survivor_bound(pl, m_new, z_old, V);
+      bz[blk] = block_mass(v, e - b, int32_t(b), bm.max, pl.inv_t, pl.kth, bound, sg.cand);
+      sg.z_run = z_old + double(bz[blk]) * std::exp(double(bm.max - m_new) * pl.inv_t);
+      sg.m_run = m_new;
+      sg.max = m_new;
+    }
+  }
+}
 
 // Smallest w kept by top-p: the mass of the weights strictly above it is < target. `desc` holds
 // weights in descending order; returns the last kept one.
@@ -172,139 +625,12 @@ float top_p_walk(const float* desc, size_t n, double above, double target) {
   return tau;
 }
 
-void keep_top_k(std::vector<Cand>& cand, int64_t k, float& thr) {
-  auto by_x = [](const Cand& a, const Cand& b) { return a.x > b.x; };
-  std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), by_x);
-  thr = cand[k - 1].x;
-  cand.erase(std::partition(cand.begin(), cand.end(), [thr](const Cand& c) { return c.x >= thr; }), cand.end());
-}
-
-// One read of the row: every value that can be among the k largest lands in `cand`, which ends
-// holding exactly the x >= (k-th largest x) survivors.
-MaxScan collect_top_k(const float* x, int64_t n, int64_t k, std::vector<Cand>& cand) {
-  cand.clear();
-  size_t cap = size_t(std::max<int64_t>(2 * k, 256));
-  float thr = kNegInf;
-  MaxScan all{kNegInf, false};
-  for (int64_t b = 0; b < n; b += kChunk) {
-    const int64_t e = std::min(n, b + kChunk);
-    const MaxScan s = scan_max(x + b, e - b);
-    all.bad |= s.bad;
-    all.max = std::max(all.max, s.max);
-    if (!(s.max >= thr)) continue;
-    for (int64_t i = b; i < e; ++i) {
-      if (x[i] >= thr) cand.push_back({x[i], 0.0f, i});
-    }
-    if (cand.size() >= cap) {
-      keep_top_k(cand, k, thr);
-      if (cand.size() > cap / 2) cap *= 2;  // many ties at the k-th value
-    }
-  }
-  if (!all.bad) keep_top_k(cand, k, thr);
-  return all;
-}
-
-int64_t draw_top_k(const float* x, int64_t n, float t, int64_t k, float p, float q, double u, float* probs,
-                   Scratch& s) {
-  const MaxScan ms = collect_top_k(x, n, k, s.cand);
-  if (ms.bad) return kBadValue;
-  if (ms.max == kNegInf) return kAllNegInf;
-  auto& cand = s.cand;
-  for (auto& c : cand) c.w = exp_nonpos((c.x - ms.max) / t);
-  std::sort(cand.begin(), cand.end(), [](const Cand& a, const Cand& b) { return a.w > b.w || (a.w == b.w && a.idx < b.idx); });
-  float tau = 0.0f;
-  if (p < 1.0f) {
-    double z = 0.0;
-    for (const auto& c : cand) z += c.w;
-    s.bucket.resize(cand.size());
-    for (size_t i = 0; i < cand.size(); ++i) s.bucket[i] = cand[i].w;
-    tau = top_p_walk(s.bucket.data(), cand.size(), 0.0, double(p) * z);
-  }
-  tau = std::max(tau, q);
-  cand.erase(std::find_if(cand.begin(), cand.end(), [tau](const Cand& c) { return c.w < tau; }), cand.end());
-  std::sort(cand.begin(), cand.end(), [](const Cand& a, const Cand& b) { return a.idx < b.idx; });
-  double total = 0.0;
-  for (const auto& c : cand) total += c.w;
-  if (probs) {
-    std::fill(probs, probs + n, 0.0f);
-    for (const auto& c : cand) probs[c.idx] = float(c.w / total);
-  }
-  const double target = u * total;
-  double run = 0.0;
-  int64_t last = cand[0].idx;
-  for (const auto& c : cand) {
-    if (c.w > 0.0f) last = c.idx;
-    run += c.w;
-    if (run > target) return c.idx;
-  }
-  return last;
-}
-
-// Sum over x[0, n) >= kth of exp((x - m) / t), float lanes (no weights stored).
-PYLLMOPS_SIMD float mass(const float* x, int64_t n, float m, float t, float kth) {
-  float acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j] >= kth ? exp_nonpos((x[i + j] - m) / t) : 0.0f;
-  for (; i < n; ++i) acc[0] += x[i] >= kth ? exp_nonpos((x[i] - m) / t) : 0.0f;
-  float sum = 0.0f;
-  for (int j = 0; j < kLanes; ++j) sum += acc[j];
-  return sum;
-}
-
-// Writes base + i and w[i] for every w[i] >= eps (i < n) to idx / val, branch-free (the
-// survivors are scattered: a branch per element would mispredict); returns how many.
-PYLLMOPS_SIMD int64_t gather_at_least(const float* w, int64_t n, int64_t base, float eps, int32_t* idx, float* val) {
-  int64_t count = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    idx[count] = int32_t(base + i);
-    val[count] = w[i];
-    count += w[i] >= eps;
-  }
-  return count;
-}
-
-struct MassScan {
-  float max;
-  double z;  // sum of exp((x - max) / t) over x >= kth
-  bool bad;
-};
-
-// Max, Z and the NaN/+inf check in one read (online softmax): per 1024-element block a vectorised
-// max; when it raises the running max, Z so far is rescaled; then the chunk's mass is added.
-MassScan max_and_mass(const float* x, int64_t n, float t, float kth) {
-  MassScan r{kNegInf, 0.0, false};
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t len = std::min(kBlock, n - b);
-    const MaxScan c = scan_max(x + b, len);
-    r.bad |= c.bad;
-    if (c.max > r.max) {
-      r.z *= exp_nonpos((r.max - c.max) / t);  // 0 while the running max was -inf
-      r.max = c.max;
-    }
-    if (r.max != kNegInf && !r.bad) r.z += mass(x + b, len, r.max, t, kth);
-  }
-  return r;
-}
-
-// Appends {x, w, index} for every top-k survivor with weight w >= eps, in vocabulary order.
-void collect_weights(const float* x, int64_t n, float m, float t, float kth, float eps, std::vector<Cand>& out) {
-  float w[kBlock], val[kBlock];
-  int32_t idx[kBlock];
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t len = std::min(kBlock, n - b);
-    weights(x + b, w, len, m, t, kth);
-    const int64_t hits = gather_at_least(w, len, b, eps, idx, val);
-    for (int64_t j = 0; j < hits; ++j) out.push_back({x[idx[j]], val[j], idx[j]});
-  }
-}
-
-// The top-p cut-off (smallest kept weight) among `c`, the weights that can matter: a mass
+// The top-p cut-off (smallest kept weight) among w[0, n), the weights that can matter: a mass
 // histogram by their top 12 bits finds the bucket where the descending mass reaches the target;
 // only that bucket is sorted.
-float top_p_threshold(const std::vector<Cand>& c, double target, Scratch& s) {
+float top_p_threshold(const float* w, int64_t n, double target, std::vector<float>& vals) {
   double hist[kBuckets] = {};
-  for (const auto& e : c) hist[bits_of(e.w) >> kBucketShift] += e.w;
+  for (int64_t i = 0; i < n; ++i) hist[bits_of(w[i]) >> kBucketShift] += w[i];
   double above = 0.0;
   int b = kBuckets - 1;
   for (; b >= 0; --b) {
@@ -312,139 +638,224 @@ float top_p_threshold(const std::vector<Cand>& c, double target, Scratch& s) {
     above += hist[b];
   }
   if (b < 0) return 0.0f;  // rounding kept the target out of reach: keep everything
-  auto& vals = s.bucket;
   vals.clear();
-  for (const auto& e : c)
-    if ((bits_of(e.w) >> kBucketShift) == uint32_t(b)) vals.push_back(e.w);
+  for (int64_t i = 0; i < n; ++i)
+    if ((bits_of(w[i]) >> kBucketShift) == uint32_t(b)) vals.push_back(w[i]);
   std::sort(vals.begin(), vals.end(), [](float x, float y) { return x > y; });
   return top_p_walk(vals.data(), vals.size(), above, target);
 }
 
-// The k-th largest of x[0, n) (k in [1, n]); -inf for k = 0 (no top-k).
-float kth_largest(const float* x, int64_t n, int64_t k, std::vector<float>& tmp) {
-  if (k <= 0) return kNegInf;
-  tmp.assign(x, x + n);
-  std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), [](float a, float b) { return a > b; });
-  return tmp[k - 1];
+// A weight c such that every w < c is cut by top-p: the weights >= c hold at least the target
+// mass, so each smaller weight has at least the target above it. Among 16 cut-offs spaced by
+// powers of 2 down to eps, the largest whose (float) mass clears the target with a 1e-3 margin
+// (far above the float rounding of the sums); eps when none does.
+float coarse_cut(const float* w, int64_t n, float eps, double target) {
+  const int step = std::max(1, (std::ilogb(1.0f / eps) + kLanes - 1) / kLanes);  // octaves per cut-off
+  float c[kLanes], mass[kLanes];
+  for (int j = 0; j < kLanes; ++j) c[j] = std::max(eps, std::ldexp(1.0f, -(j + 1) * step));
+  masses_above(w, n, c, mass);
+  for (int j = 0; j < kLanes; ++j)
+    if (double(mass[j]) >= target * (1.0 + 1e-3)) return c[j];
+  return eps;
 }
 
-int64_t draw_full(const float* x, int64_t n, float t, int64_t k, float p, float q, double u, float* probs,
-                  Scratch& s) {
-  float kth = kNegInf;
-  if (k > 0) {
-    const MaxScan pre = scan_max(x, n);  // NaN-free before nth_element
-    if (pre.bad) return kBadValue;
-    kth = kth_largest(x, n, k, s.bucket);
-  }
-  const MassScan ms = max_and_mass(x, n, t, kth);
-  if (ms.bad) return kBadValue;
-  if (ms.max == kNegInf) return kAllNegInf;
-  // Weights below (1 - p) * Z / n together hold less than (1 - p) * Z: top-p drops them all (half
-  // of that bound leaves room for rounding); min-p drops those below q. The rest is collected.
-  float eps = std::max(q, std::numeric_limits<float>::min());
-  if (p < 1.0f) eps = std::max(eps, float((1.0 - double(p)) * ms.z / double(n) * 0.5));
-  auto& c = s.cand;
-  c.clear();
-  collect_weights(x, n, ms.max, t, kth, eps, c);
-  float tau = q;
-  if (p < 1.0f) tau = std::max(tau, top_p_threshold(c, double(p) * ms.z, s));
+// The draw from weights w[0, n) at vocabulary ids wi (ascending): min-p / top-p cut at tau, the
+// inverse CDF of u, and the renormalised distribution into probs (when set).
+int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, float* probs, int64_t V) {
   double total = 0.0;
-  for (const auto& e : c)
-    if (e.w >= tau) total += e.w;
+  for (int64_t i = 0; i < n; ++i)
+    if (w[i] >= tau) total += w[i];
   if (probs) {
-    std::fill(probs, probs + n, 0.0f);
-    for (const auto& e : c)
-      if (e.w >= tau) probs[e.idx] = float(e.w / total);
+    std::fill(probs, probs + V, 0.0f);
+    for (int64_t i = 0; i < n; ++i)
+      if (w[i] >= tau) probs[wi[i]] = float(w[i] / total);
   }
   const double target = u * total;
   double run = 0.0;
-  int64_t last = c.front().idx;  // the max (weight 1) is always collected and kept
-  for (const auto& e : c) {
-    if (e.w < tau) continue;
-    last = e.idx;
-    run += e.w;
-    if (run > target) return e.idx;
+  int64_t last = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (w[i] < tau) continue;
+    if (w[i] > 0.0f) last = wi[i];
+    run += w[i];
+    if (run > target) return wi[i];
   }
   return last;  // rounding left u * W out of reach
 }
 
-int64_t draw_greedy(const float* x, int64_t n, float* probs) {
-  const MaxScan ms = scan_max(x, n);
-  if (ms.bad) return kBadValue;
-  if (ms.max == kNegInf) return kAllNegInf;
-  int64_t i = 0;
-  while (x[i] != ms.max) ++i;
-  if (probs) {
-    std::fill(probs, probs + n, 0.0f);
-    probs[i] = 1.0f;
-  }
-  return i;
-}
-
-// Scratch outlives a call: a fresh 0.5 MB buffer per row block would page-fault on every call.
-class ScratchPool {
- public:
-  std::unique_ptr<Scratch> get() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (free_.empty()) return std::make_unique<Scratch>();
-    auto s = std::move(free_.back());
-    free_.pop_back();
-    return s;
-  }
-  void put(std::unique_ptr<Scratch> s) {
-    std::lock_guard<std::mutex> lock(mu_);
-    free_.push_back(std::move(s));
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<std::unique_ptr<Scratch>> free_;
+struct Row {  // a row's segments, in vocabulary order
+  Segment* const* segs;
+  int nseg;
 };
 
-ScratchPool& scratch_pool() {
-  static ScratchPool pool;
-  return pool;
+int64_t finish_greedy(const Row& row, int64_t V, float* probs) {
+  float m = kNegInf;
+  for (int i = 0; i < row.nseg; ++i) m = std::max(m, row.segs[i]->max);
+  if (m == kNegInf) return kAllNegInf;
+  int64_t id = -1;
+  for (int i = 0; i < row.nseg && id < 0; ++i)
+    if (row.segs[i]->max == m) id = row.segs[i]->argmax;
+  if (probs) {
+    std::fill(probs, probs + V, 0.0f);
+    probs[id] = 1.0f;
+  }
+  return id;
 }
 
-// Parameter ranges (the Python front door checks Python scalars; tensors are checked here).
-int64_t check_params(float t, float p, float q) {
-  if (!(t >= 0.0f && t <= kFloatMax)) return kBadTemperature;
-  if (!(p > 0.0f && p <= 1.0f)) return kBadTopP;
-  if (!(q >= 0.0f && q <= 1.0f)) return kBadMinP;
-  return 0;
+int64_t finish_top_k(const Row& row, const RowPlan& pl, double u, float* probs, int64_t V, Scratch& s) {
+  float m = kNegInf;
+  Cands& all = s.seg.cand;  // free here: a multi-segment row's candidates live in the workspace
+  if (row.nseg > 1) {
+    all.n = 0;
+    for (int i = 0; i < row.nseg; ++i) {
+      const Cands& c = row.segs[i]->cand;
+      all.room_for(c.n);
+      std::copy(c.x.begin(), c.x.begin() + c.n, all.x.begin() + all.n);
+      std::copy(c.idx.begin(), c.idx.begin() + c.n, all.idx.begin() + all.n);
+      all.n += c.n;
+    }
+  }
+  for (int i = 0; i < row.nseg; ++i) m = std::max(m, row.segs[i]->max);
+  if (m == kNegInf) return kAllNegInf;
+  keep_top_k(all, pl.k, s.tmp);
+  // Weights of the survivors, in descending order for the top-p walk.
+  const int64_t n = all.n;
+  s.w.resize(n + kLanes), s.wi.resize(n + kLanes);
+  const int64_t kept = weigh(all.x.data(), all.idx.data(), n, m, pl.inv_t, kNegInf, 0.0f, s.w.data(), s.wi.data());
+  float tau = pl.q;
+  if (pl.p < 1.0f) {
+    double z = 0.0;
+    for (int64_t i = 0; i < kept; ++i) z += s.w[i];
+    s.bucket.assign(s.w.begin(), s.w.begin() + kept);
+    std::sort(s.bucket.begin(), s.bucket.end(), [](float a, float b) { return a > b; });
+    tau = std::max(tau, top_p_walk(s.bucket.data(), kept, 0.0, double(pl.p) * z));
+  }
+  // Back to vocabulary order for the inverse CDF.
+  auto& order = s.order;
+  order.resize(kept);
+  for (int64_t i = 0; i < kept; ++i) order[i] = {s.wi[i], s.w[i]};
+  std::sort(order.begin(), order.end());
+  for (int64_t i = 0; i < kept; ++i) s.wi[i] = order[i].first, s.w[i] = order[i].second;
+  return draw(s.w.data(), s.wi.data(), kept, tau, u, probs, V);
+}
+
+int64_t finish_full(const Row& row, const RowPlan& pl, const float* bmax, const float* bz, double u, float* probs,
+                    int64_t V, Scratch& s) {
+  const int64_t nblocks = (V + kBlock - 1) / kBlock;
+  float m = kNegInf;
+  for (int64_t b = 0; b < nblocks; ++b) m = std::max(m, bmax[b]);
+  if (m == kNegInf) return kAllNegInf;
+  double z = 0.0;
+  for (int64_t b = 0; b < nblocks; ++b)
+    if (bmax[b] != kNegInf) z += double(bz[b]) * double(exp_nonpos((bmax[b] - m) * pl.inv_t));
+  float eps = std::max(pl.q, std::numeric_limits<float>::min());
+  if (pl.p < 1.0f) eps = std::max(eps, float(kEpsShare * (1.0 - double(pl.p)) * z / double(V)));
+  int64_t total = 0;
+  for (int i = 0; i < row.nseg; ++i) total += row.segs[i]->cand.n;
+  s.w.resize(total + kLanes), s.wi.resize(total + kLanes);
+  int64_t n = 0;
+  for (int i = 0; i < row.nseg; ++i) {
+    const Cands& c = row.segs[i]->cand;
+    n += weigh(c.x.data(), c.idx.data(), c.n, m, pl.inv_t, pl.kth, eps, s.w.data() + n, s.wi.data() + n);
+  }
+  float tau = pl.q;
+  if (pl.p < 1.0f) {
+    n = keep_at_least(s.w.data(), s.wi.data(), n, coarse_cut(s.w.data(), n, eps, double(pl.p) * z));
+    tau = std::max(tau, top_p_threshold(s.w.data(), n, double(pl.p) * z, s.bucket));
+  }
+  return draw(s.w.data(), s.wi.data(), n, tau, u, probs, V);
+}
+
+// The k-th largest of the row (large-k rows, before their scan).
+void find_kth(const void* x, LogitsType dtype, int64_t V, RowPlan& pl, Scratch& s) {
+  const float* v = load(x, dtype, 0, V, s);
+  for (int64_t b = 0; b < V; b += kBlock)
+    if (block_max(v + b, std::min(kBlock, V - b)).bad) return;  // NaN-free before nth_element; the scan flags it
+  s.tmp.assign(v, v + V);
+  std::nth_element(s.tmp.begin(), s.tmp.begin() + (pl.k - 1), s.tmp.end(), [](float a, float b) { return a > b; });
+  pl.kth = s.tmp[pl.k - 1];
 }
 
 }  // namespace
 
-void sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, int64_t ld,
-                 const SampleParams& prm, int64_t* ids, float* probs, int threads) {
-  parallel_for(B, threads, 1, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<Scratch> scratch = scratch_pool().get();
-    Scratch& s = *scratch;
-    for (int64_t r = begin; r < end; ++r) {
-      const float* x;
-      if (dtype == LogitsType::F32) {
-        x = static_cast<const float*>(logits) + r * ld;
-      } else {
-        s.row.resize(V);
-        convert_row(static_cast<const uint16_t*>(logits) + r * ld, s.row.data(), V, dtype == LogitsType::BF16);
-        x = s.row.data();
-      }
-      float* out = probs ? probs + r * V : nullptr;
-      const float t = prm.temperature[r];
-      const int64_t k = prm.top_k[r];
-      const double u = row_uniform(prm.seed[r], prm.offset[r]);
-      if (const int64_t bad = check_params(t, prm.top_p[r], prm.min_p[r]))
-        ids[r] = bad;
-      else if (t == 0.0f)
-        ids[r] = draw_greedy(x, V, out);
-      else if (k > 0 && k <= std::max<int64_t>(64, V / 32) && k < V)  // small k: work on the candidates
-        ids[r] = draw_top_k(x, V, t, k, prm.top_p[r], prm.min_p[r], u, out, s);
-      else  // no top-k, or a k so large that a threshold on the whole row is cheaper
-        ids[r] = draw_full(x, V, t, k > 0 && k < V ? k : 0, prm.top_p[r], prm.min_p[r], u, out, s);
+int64_t sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, int64_t ld,
+                    const SampleParams& prm, int64_t* ids, float* probs, int threads) {
+  if (B <= 0) return -1;
+  if (V <= 0 || V >= (int64_t(1) << 31)) throw std::invalid_argument("sample_rows: V must be in [1, 2^31)");
+  const size_t elem = dtype == LogitsType::F32 ? 4 : 2;
+  auto row_ptr = [&](int64_t r) { return static_cast<const char*>(logits) + r * ld * int64_t(elem); };
+  const int64_t nblocks = (V + kBlock - 1) / kBlock;
+
+  int nthreads = threads > 0 ? threads : default_threads();
+  if (B * V < kMinParallel) nthreads = 1;
+  int64_t nseg = 1;
+  if (B < nthreads) nseg = std::max<int64_t>(1, std::min<int64_t>((nthreads + B - 1) / B, nblocks / kMinSegmentBlocks));
+  const int64_t seg_blocks = (nblocks + nseg - 1) / nseg;
+
+  std::vector<RowPlan> plans(B);
+  for (int64_t r = 0; r < B; ++r) plans[r] = plan_row(prm, r, V);
+
+  auto finish = [&](int64_t r, const Row& row, const float* bmax, const float* bz, Scratch& s) {
+    RowPlan& pl = plans[r];
+    float* out = probs ? probs + r * V : nullptr;
+    int64_t id = pl.status;
+    bool bad = false;
+    for (int i = 0; i < row.nseg; ++i) bad |= row.segs[i]->bad;
+    if (pl.mode == Mode::kStatus) id = pl.status;
+    else if (bad) id = kBadValue;
+    else if (pl.mode == Mode::kGreedy) id = finish_greedy(row, V, out);
+    else {
+      const double u = row_uniform(prm.seed_at(r), prm.offset.at(r));
+      id = pl.mode == Mode::kTopK ? finish_top_k(row, pl, u, out, V, s) : finish_full(row, pl, bmax, bz, u, out, V, s);
     }
-    scratch_pool().put(std::move(scratch));
-  });
+    ids[r] = id;
+  };
+
+  // Scratch per thread: the pool's workers persist, so its buffers are reused across calls.
+  thread_local Scratch scratch;
+  if (nseg == 1) {
+    parallel_tasks(B, nthreads, [&](int64_t r) {
+      Scratch& s = scratch;
+      s.bmax.resize(nblocks), s.bz.resize(nblocks);
+      Segment* seg = &s.seg;
+      RowPlan& pl = plans[r];
+      if (pl.mode != Mode::kStatus) {
+        if (pl.k > 0 && pl.mode == Mode::kFull) find_kth(row_ptr(r), dtype, V, pl, s);
+        scan_segment(row_ptr(r), dtype, V, 0, V, pl, s.seg, s.bmax.data(), s.bz.data(), s);
+      }
+      finish(r, Row{&seg, 1}, s.bmax.data(), s.bz.data(), s);
+    });
+  } else {
+    std::unique_ptr<Workspace> ws = pool<Workspace>().get();
+    const int64_t jobs = B * nseg;
+    if (int64_t(ws->segs.size()) < jobs) ws->segs.resize(jobs);
+    ws->bmax.resize(B * nblocks), ws->bz.resize(B * nblocks);
+    if (ws->left_size < size_t(B)) ws->left.reset(new std::atomic<int>[B]), ws->left_size = B;
+    for (int64_t r = 0; r < B; ++r) ws->left[r].store(int(nseg), std::memory_order_relaxed);
+    std::vector<Segment*> seg_ptrs(jobs);
+    for (int64_t j = 0; j < jobs; ++j) seg_ptrs[j] = &ws->segs[j];
+    parallel_tasks(jobs, nthreads, [&](int64_t j) {
+      Scratch& s = scratch;
+      const int64_t r = j / nseg, g = j % nseg;
+      RowPlan& pl = plans[r];
+      float* bmax = ws->bmax.data() + r * nblocks;
+      float* bz = ws->bz.data() + r * nblocks;
+      Segment& sg = ws->segs[j];
+      sg.max = kNegInf, sg.bad = false, sg.cand.n = 0;
+      const bool large_k = pl.mode == Mode::kFull && pl.k > 0;  // segment 0 scans such a row alone
+      if (pl.mode != Mode::kStatus && (g == 0 || !large_k)) {
+        if (large_k) find_kth(row_ptr(r), dtype, V, pl, s);
+        const int64_t lo = large_k ? 0 : std::min(V, g * seg_blocks * kBlock);
+        const int64_t hi = large_k ? V : std::min(V, (g + 1) * seg_blocks * kBlock);
+        scan_segment(row_ptr(r), dtype, V, lo, hi, pl, sg, bmax, bz, s);
+      }
+      if (ws->left[r].fetch_sub(1, std::memory_order_acq_rel) == 1)
+        finish(r, Row{seg_ptrs.data() + r * nseg, int(nseg)}, bmax, bz, s);
+    });
+    pool<Workspace>().put(std::move(ws));
+  }
+  for (int64_t r = 0; r < B; ++r)
+    if (ids[r] < 0) return r;
+  return -1;
 }
 
 }  // namespace pyllmops::cpu

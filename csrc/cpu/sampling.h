@@ -1,7 +1,7 @@
 // Temperature / top-k / top-p / min-p sampling on the CPU, one uniform per row from Philox4x32-10.
 // The exact definition (kept set, weights, inverse CDF in vocabulary order) is in
-// pyllmops/ops/sampling.py; this kernel computes it with at most four passes over a row and no
-// full sort (see sampling.cpp).
+// pyllmops/ops/sampling.py; this kernel computes it with one read of the logits and no full sort
+// (see sampling.cpp).
 #pragma once
 #include <cstdint>
 
@@ -16,13 +16,24 @@ constexpr int64_t kBadTemperature = -3;  // temperature < 0, NaN or inf
 constexpr int64_t kBadTopP = -4;         // top_p outside (0, 1]
 constexpr int64_t kBadMinP = -5;         // min_p outside [0, 1]
 
-struct SampleParams {  // one entry per row
-  const float* temperature;  // >= 0; 0 = greedy
-  const int64_t* top_k;      // <= 0 or >= V: disabled
-  const float* top_p;        // (0, 1]; 1 = disabled
-  const float* min_p;        // [0, 1]; 0 = disabled
-  const int64_t* seed;
-  const int64_t* offset;
+// A per-row parameter: ptr[row] when ptr is set, else the scalar `value` for every row.
+template <class T>
+struct RowArg {
+  const T* ptr = nullptr;
+  T value{};
+  T at(int64_t row) const { return ptr ? ptr[row] : value; }
+};
+
+struct SampleParams {
+  RowArg<float> temperature;  // >= 0; 0 = greedy
+  RowArg<int64_t> top_k;      // <= 0 or >= V: disabled
+  RowArg<float> top_p;        // (0, 1]; 1 = disabled
+  RowArg<float> min_p;        // [0, 1]; 0 = disabled
+  RowArg<int64_t> seed;       // a scalar seed s means seed[row] = s + row (wrapping)
+  RowArg<int64_t> offset;
+  int64_t seed_at(int64_t row) const {
+    return seed.ptr ? seed.ptr[row] : int64_t(uint64_t(seed.value) + uint64_t(row));
+  }
 };
 
 // Philox4x32-10 in place on the counter `c` with key (k0, k1) (Random123's philox4x32_R(10)).
@@ -32,10 +43,12 @@ void philox4x32(uint32_t c[4], uint32_t k0, uint32_t k1);
 // 53 bits from the first two outputs.
 double row_uniform(int64_t seed, int64_t offset);
 
-// logits [B, V] (row stride `ld` elements, unit column stride) -> ids [B] (token or status).
-// When `probs` is non-null it receives the filtered renormalised distribution [B, V] fp32
-// (one-hot for greedy rows). Rows run across `threads` threads (0 = all).
-void sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, int64_t ld,
-                 const SampleParams& params, int64_t* ids, float* probs, int threads);
+// logits [B, V] (row stride `ld` elements, unit column stride, V < 2^31) -> ids [B] (token or
+// status). When `probs` is non-null it receives the filtered renormalised distribution [B, V] fp32
+// (one-hot for greedy rows). Work runs on up to `threads` threads (0 = all): rows across threads,
+// and a row split into block-aligned segments when there are fewer rows than threads. The result
+// does not depend on the thread count. Returns the first row with a negative status, or -1.
+int64_t sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, int64_t ld,
+                    const SampleParams& params, int64_t* ids, float* probs, int threads);
 
 }  // namespace pyllmops::cpu
