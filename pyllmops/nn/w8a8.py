@@ -10,8 +10,9 @@ State (all buffers, so state_dict / safetensors round-trip them):
 act="dynamic": each token (row of x) is quantized with its own absmax scale at run time.
 act="static":  every token uses input_scale (values beyond its range saturate at +-127).
 
-On CPU the weight is additionally kept in oneDNN's packed layout (built on first use and rebuilt
-when the weight changes); it is a cache, not part of the state.
+On CPU the weight is additionally kept in oneDNN's packed layout (built by from_linear, or on
+first use after loading a state, and rebuilt when the weight changes); it is a cache, not part of
+the state.
 """
 from __future__ import annotations
 
@@ -57,13 +58,14 @@ class W8A8Linear(nn.Module):
             if scale.numel() != 1 or not bool(torch.isfinite(scale).all()) or float(scale) <= 0:
                 raise ValueError(f"input_scale must be one finite positive number, got {input_scale}")
             mod.input_scale.copy_(scale)
+        mod._weight_operand()  # pack once now, not inside the first forward
         return mod
 
     def _weight_operand(self) -> torch.Tensor:
         """b [K, N] for w8a8_matmul: the packed weight on CPU (cached), weight.T elsewhere or when
-        a backend other than torch is forced (only torch reads the packed form)."""
+        a backend other than cpp/torch is forced (only those read the packed form)."""
         forced = forced_backends()
-        if self.weight.device.type != "cpu" or (forced is not None and forced[0] != "torch"):
+        if self.weight.device.type != "cpu" or (forced is not None and forced[0] not in ("cpp", "torch")):
             return self.weight.t()
         key = (self.weight.data_ptr(), self.weight._version)
         if self._packed is None or self._packed[0] != key:

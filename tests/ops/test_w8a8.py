@@ -41,7 +41,7 @@ def _scales(m, n, kind_a, kind_b):
 
 
 def _cases(backend):
-    return [lay for lay in LAYOUTS if backend == "torch" or lay != "packed"]
+    return [lay for lay in LAYOUTS if backend in ("cpp", "torch") or lay != "packed"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -97,7 +97,7 @@ def test_half_outputs_one_rounding(backend, out_dtype, seed):
 def test_packed_weight_is_onednn_on_cpu():
     b = pyllmops.pack_w8a8_weight(_ints(8, 40).t())
     assert b.shape == (40, 8) and b.dtype == torch.int8
-    # Only the torch backend reads the packed form; forcing another one is an error, not a
+    # Only the cpp and torch backends read the packed form; forcing another one is an error, not a
     # silent fallback.
     with pyllmops.use_backend("reference"), pytest.raises(RuntimeError, match="cannot run this call"):
         pyllmops.w8a8_matmul(_ints(3, 40), b, torch.ones(1), torch.ones(1))
