@@ -10,6 +10,15 @@ import torch
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def _alpha(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
     g = p.add_argument_group("model")
     if quant_list:
@@ -18,7 +27,9 @@ def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
         g.add_argument("--quant", default="fp", help="fp (no quantization) or a method of pyllmops.quantization.available_methods()")
     g.add_argument("--group-size", type=int, help="quantization group size (methods that group weights)")
     g.add_argument("--bits", type=int, help="quantization bits (methods that take it)")
-    g.add_argument("--alpha", type=float, help="migration strength (SmoothQuant-style methods)")
+    g.add_argument("--alpha", type=_alpha, help="migration strength (SmoothQuant-style methods): a number in [0, 1] "
+                   "(w8a8 default 0.5) or 'auto' (per smoothing group, the alpha with the least quantization error "
+                   "on the calibration text)")
     g.add_argument("--calib-file", type=Path, help="calibration text for calibrated methods (default: Python standard-library docstrings, not an eval text)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     g.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights and activations of the float model")

@@ -35,3 +35,22 @@ def test_nan_row_is_reported():
     x[2, 33] = float("nan")
     with pyllmops.use_backend("cpp"), pytest.raises(ValueError, match="x contains NaN"):
         pyllmops.quantize_int8(x, "token")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_static_scale_nonfinite_x_is_reported_by_the_kernel(bad, dtype):
+    # The static path has no dynamic scale to reveal bad input: the kernel's flag must.
+    x = torch.randn(5, 37).to(dtype)
+    x[3, 36] = bad  # in the masked tail of the last 16-wide chunk
+    with pyllmops.use_backend("cpp"), pytest.raises(ValueError, match="x contains NaN or inf"):
+        pyllmops.quantize_int8(x, "tensor", scale=torch.tensor([0.02]))
+    with pyllmops.use_backend("cpp"), pytest.raises(ValueError, match="x contains NaN or inf"):
+        pyllmops.quantize_int8(x, "token")
+
+
+def test_static_scale_output_does_not_alias_the_input():
+    scale = torch.tensor([0.05])
+    with pyllmops.use_backend("cpp"):
+        q = pyllmops.quantize_int8(torch.randn(3, 8), "tensor", scale=scale)
+    assert torch.equal(q.scale, scale) and q.scale.data_ptr() != scale.data_ptr()
