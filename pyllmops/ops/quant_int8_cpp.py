@@ -23,7 +23,7 @@ def _supports(x, granularity, symmetric, scale, zero_point):
 
 
 @_dispatch.register("quantize_int8", "cpp", devices=("cpu",), supports=_supports)
-def _cpp_quantize(x, granularity, symmetric, scale, zero_point):
+def cpp_quantize(x, granularity, symmetric, scale, zero_point):
     m, n = x.shape
     q = torch.empty((m, n), dtype=torch.int8)
     row_scale = torch.empty((m, 1), dtype=torch.float32)

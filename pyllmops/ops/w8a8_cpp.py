@@ -20,7 +20,7 @@ import torch
 
 from pyllmops import _ext
 from pyllmops.ops import _dispatch
-from pyllmops.ops.quant_int8_cpp import DTYPES
+from pyllmops.ops.quant_int8_cpp import DTYPES, cpp_quantize
 from pyllmops.ops.w8a8 import is_packed
 
 FUSED_OUT = (torch.float32, torch.bfloat16)  # output dtypes oneDNN's qlinear writes itself
@@ -73,3 +73,17 @@ def _cpp_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
     if is_packed(b):
         return _onednn(a, b, scale_a, scale_b, bias, out_dtype)
     return _epilogue(torch._int_mm(a.contiguous(), b), scale_a, scale_b, bias, out_dtype)
+
+
+def w8a8_linear(x: torch.Tensor, b: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+                input_scale: torch.Tensor | None) -> torch.Tensor:
+    """x [M, K] float (unit column stride) -> [M, N] x.dtype: this backend's quantize_int8
+    (per token, or per tensor with input_scale) and w8a8_matmul back to back, without the ops'
+    per-call checks of constant operands. For W8A8Linear's eager CPU forward, which checked its
+    weight, scales and packing once (per call they cost about as much as a 128-token GEMM);
+    x is still checked for NaN/inf, by the quantizing kernel."""
+    gran = "token" if input_scale is None else "tensor"
+    q, scale_a, _, nonfinite = cpp_quantize(x, gran, True, input_scale, None)
+    if nonfinite:
+        raise ValueError("x contains NaN or inf")
+    return _cpp_w8a8(q, b, scale_a, weight_scale, bias, x.dtype)
