@@ -8,7 +8,9 @@ but flattens the activations:
     s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)
 
 (max|W_j| over every linear that reads channel j; alpha = 0.5 splits the difficulty evenly, higher
-alpha pushes more of it into the weights). The division is folded into whatever produces the
+alpha pushes more of it into the weights). `auto_alpha` picks alpha per group instead: the value
+of a grid (0.3 .. 0.9) whose smoothed, fake-quantized product is closest to the float one on
+calibration rows. The division is folded into whatever produces the
 input, so it costs nothing at run time:
 
   * a norm (RMSNorm / LayerNorm: `.weight`, optional `.bias`): its weight (and bias) / s. Several

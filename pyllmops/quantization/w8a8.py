@@ -9,11 +9,15 @@
 Options: smooth_alpha (migration strength, default 0.5, or "auto": per smoothing group the alpha of
 0.3, 0.35, ..., 0.9 with the smallest W8A8 output error on calibration rows, see
 quant.smoothquant.auto_alpha; `alpha` is accepted as its alias, which is what the CLI's --alpha
-passes), layer_alpha
+passes; the CLI defaults to "auto" for the -sq methods), layer_alpha
 ({fnmatch pattern: alpha} per-layer overrides, e.g. {"*.down_proj": 0.8}), smooth_groups (which
 norm / linear feeds which linears: a list of quant.smoothquant.SmoothGroup or (producer,
 [linears]) pairs, or a function model -> that list; default llama_smooth_groups), skip (linear
 names left in float, default the LM head), progress (tqdm bars).
+
+SmolLM2-135M, GPL-3 text, perplexity vs float (bench/quality_w8a8.py): w8a8-sq +1.68% at alpha
+0.5, +0.89% at 0.7, +1.04% with "auto"; w8a8-static-sq +30.3% at 0.5, +7.7% at 0.7, +9.5% with
+"auto". Recommended for SmolLM2: 0.7 (or "auto" for a model without a measured sweep).
 
 Every eligible nn.Linear becomes a pyllmops.nn.W8A8Linear. To load a saved quantized state_dict,
 first give a float model the same structure with `prepare_for_load(model, method)`.

@@ -229,3 +229,22 @@ def test_quantize_auto_alpha(method, seed):
     assert float((out - ref).norm() / ref.norm()) < 0.05
     with pytest.raises(ValueError, match="'auto'"):
         pyllmops.quantize(llama.Llama(cfg), method, calib=ids, smooth_alpha="best", progress=False)
+
+
+def test_cli_alpha_parsing_and_sq_default(monkeypatch):
+    import argparse
+
+    from pyllmops.commands import _model
+
+    p = argparse.ArgumentParser()
+    _model.add_model_args(p, quant_list=False)
+    assert p.parse_args(["--alpha", "auto"]).alpha == "auto"
+    assert p.parse_args(["--alpha", "0.7"]).alpha == 0.7
+    with pytest.raises(SystemExit):
+        p.parse_args(["--alpha", "high"])
+    seen = {}
+    monkeypatch.setattr(pyllmops, "quantize", lambda model, method, calib, **options: seen.setdefault(method, options))
+    monkeypatch.setattr("pyllmops.models.evaluate.calibration_batches", lambda tok, text: [torch.zeros(1, 2)])
+    for method, argv in [("w8a8-sq", []), ("w8a8-static-sq", ["--alpha", "0.6"]), ("w8a8", [])]:
+        _model.quantize(None, None, method, p.parse_args(argv))
+    assert seen == {"w8a8-sq": {"alpha": "auto"}, "w8a8-static-sq": {"alpha": 0.6}, "w8a8": {}}
