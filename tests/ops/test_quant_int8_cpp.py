@@ -54,3 +54,29 @@ def test_static_scale_output_does_not_alias_the_input():
     with pyllmops.use_backend("cpp"):
         q = pyllmops.quantize_int8(torch.randn(3, 8), "tensor", scale=scale)
     assert torch.equal(q.scale, scale) and q.scale.data_ptr() != scale.data_ptr()
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "token"])
+def test_bit_identical_next_to_rounding_ties(granularity, seed):
+    # The kernel multiplies by 1 / scale and redoes the IEEE division only near half-integers:
+    # values at and a few ulps around (k + 0.5) * scale must still round exactly as x / scale.
+    scale = torch.rand(1) * 0.1 + 1e-3
+    k = torch.arange(-130, 130, dtype=torch.float32) + 0.5
+    base = k * scale
+    x = torch.cat([base])
+    for steps in (1, 2, 3):
+        up, down = base.clone(), base.clone()
+        for _ in range(steps):
+            up, down = torch.nextafter(up, torch.tensor(float("inf"))), torch.nextafter(down, torch.tensor(-float("inf")))
+        x = torch.cat([x, up, down])
+    x = torch.cat([x, torch.randn(4000) * 127 * scale])
+    x = x[torch.randperm(x.numel())][: x.numel() // 64 * 64].reshape(64, -1)
+    if granularity == "token":  # dynamic: each row's own absmax scale, ties relative to it
+        a, b = _both(x, "token")
+    else:
+        a, b = _both(x, "tensor", scale=scale)
+    assert torch.equal(a.values, b.values) and torch.equal(a.scale, b.scale)
+    # a subnormal static scale has no finite reciprocal: the kernel must divide throughout
+    tiny = torch.tensor([1e-39])
+    a, b = _both(x * 1e-37, "tensor", scale=tiny)
+    assert torch.equal(a.values, b.values)
