@@ -58,8 +58,8 @@ def test_static_scale_output_does_not_alias_the_input():
 
 @pytest.mark.parametrize("granularity", ["tensor", "token"])
 def test_bit_identical_next_to_rounding_ties(granularity, seed):
-    # The kernel multiplies by 1 / scale and redoes the IEEE division only near half-integers:
-    # values at and a few ulps around (k + 0.5) * scale must still round exactly as x / scale.
+    # Values at and a few ulps around (k + 0.5) * scale must round exactly as torch's x / scale
+    # (any reciprocal-multiply shortcut in the kernel fails here).
     scale = torch.rand(1) * 0.1 + 1e-3
     k = torch.arange(-130, 130, dtype=torch.float32) + 0.5
     base = k * scale
@@ -76,7 +76,7 @@ def test_bit_identical_next_to_rounding_ties(granularity, seed):
     else:
         a, b = _both(x, "tensor", scale=scale)
     assert torch.equal(a.values, b.values) and torch.equal(a.scale, b.scale)
-    # a subnormal static scale has no finite reciprocal: the kernel must divide throughout
+    # a subnormal static scale (its reciprocal overflows)
     tiny = torch.tensor([1e-39])
     a, b = _both(x * 1e-37, "tensor", scale=tiny)
     assert torch.equal(a.values, b.values)
