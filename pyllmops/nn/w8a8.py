@@ -66,7 +66,10 @@ class W8A8Linear(nn.Module):
 
     def _weight_operand(self) -> torch.Tensor:
         """b [K, N] for w8a8_matmul: the packed weight on CPU (cached), weight.T elsewhere or when
-        a backend other than cpp/torch is forced (only those read the packed form)."""
+        a backend other than cpp/torch is forced (only those read the packed form), and under
+        torch.compile (the opaque oneDNN tensor has no fake-tensor form to trace with)."""
+        if torch.compiler.is_compiling():
+            return self.weight.t()
         forced = forced_backends()
         if self.weight.device.type != "cpu" or (forced is not None and forced[0] not in ("cpp", "torch")):
             return self.weight.t()

@@ -142,6 +142,18 @@ def test_eager_cpu_path_equals_the_ops(act, dtype, seed):
         mod(torch.randn(3, 70, dtype=dtype))
 
 
+@pytest.mark.parametrize("act", ["dynamic", "static"])
+def test_compiles_fullgraph_to_the_same_result(act, seed):
+    # Under torch.compile forward takes the op front doors (traceable custom ops) with the
+    # strided weight (torch._int_mm), eagerly the direct CPU path with the packed one (oneDNN):
+    # the same int32 products, float32 epilogues that multiply the scales in another order.
+    lin = nn.Linear(48, 20)
+    x = torch.randn(5, 48)
+    mod = W8A8Linear.from_linear(lin, act, x.abs().amax() / 127 if act == "static" else None)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(mod, fullgraph=True, backend="eager")(x), mod(x), rtol=1e-5, atol=1e-6)
+
+
 def test_bad_input():
     mod = W8A8Linear.from_linear(nn.Linear(8, 4))
     with pytest.raises(ValueError, match="x must have 8 features"):
