@@ -6,7 +6,9 @@ Every W8A8 row includes the activation quantization (it is what a W8A8Linear cos
   w8a8_matmul    the int8 GEMM + fused dequantization alone, already quantized input
 CPU: baseline float32 F.linear, plus bfloat16 F.linear (AMX) and the W8A8 rows with bf16 in/out,
 each shape at 1 thread and at torch's default thread count (the "threads=" in the group name; the
-issue's goals: >= 4x the fp32 row and >= 1.3x the bf16 row).
+issue's goals: >= 4x the fp32 row and >= 1.3x the bf16 row). On a machine shared with other
+work, `OMP_NUM_THREADS=1 ... --benchmark-timer=time.process_time` times the 1-thread CPU cost,
+which preemption does not inflate.
 GPU: baseline bfloat16 F.linear (cuBLAS), the W8A8 rows per GPU backend (cuda, triton).
 """
 import contextlib
