@@ -23,8 +23,8 @@ import torch
 import pyllmops
 from pyllmops.models import load_smollm2
 from pyllmops.models.evaluate import calibration_batches, perplexity
-from pyllmops.quant.calibration import input_absmax
-from pyllmops.quant.smoothquant import llama_smooth_groups, smooth_
+from pyllmops.quant.calibration import input_absmax, input_samples
+from pyllmops.quant.smoothquant import auto_alpha, llama_smooth_groups, smooth_
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=None,
                    help="default window (disjoint windows); window // 2 scores every token with more context, at twice the cost")
     p.add_argument("--methods", default="fp,w8a8,w8a8-sq,w8a8-static,w8a8-static-sq")
-    p.add_argument("--alphas", default="0.5", help="smooth_alpha values for the -sq methods")
+    p.add_argument("--alphas", default="0.5", help="smooth_alpha values for the -sq methods (numbers or 'auto')")
     p.add_argument("--fp-ppl", type=float, default=None, help="the float model's perplexity from an earlier run "
                    "(same text, window, stride), to report deltas without the 'fp' method")
     args = p.parse_args()
@@ -42,11 +42,11 @@ def main() -> None:
     float_model, tok = load_smollm2()
     ids = tok.encode(open(args.text, encoding="utf-8").read())
     calib = calibration_batches(tok)
-    alphas = [float(a) for a in args.alphas.split(",")]
+    alphas = [a if a == "auto" else float(a) for a in args.alphas.split(",")]
     print(f"eval: {args.text} ({len(ids)} tokens, window {args.window}, stride {args.stride or args.window}); "
           f"calib: {len(calib)} x {calib[0].shape[1]} tokens", flush=True)
     groups = llama_smooth_groups(float_model)
-    stats = None
+    stats = samples = None
     base = args.fp_ppl
     for method in args.methods.split(","):
         for alpha in alphas if method.endswith("-sq") else [None]:
@@ -55,7 +55,12 @@ def main() -> None:
             if method.endswith("-sq") and len(alphas) > 1:
                 if stats is None:
                     stats = input_absmax(float_model, calib, sorted({n for g in groups for n in g.linears}), progress=False)
-                smooth_(model, groups, stats, alpha=alpha)
+                group_alpha = None
+                if alpha == "auto":
+                    samples = samples or input_samples(float_model, calib, sorted({g.linears[0] for g in groups}), progress=False)
+                    group_alpha = auto_alpha(float_model, groups, stats, samples, "tensor" if "static" in method else "token")
+                    print(f"  auto alphas ({method}): " + " ".join(f"{a:g}" for a in group_alpha.values()), flush=True)
+                smooth_(model, groups, stats, alpha=0.5 if alpha == "auto" else alpha, group_alpha=group_alpha)
                 pyllmops.quantize(model, method.removesuffix("-sq"), calib=calib, progress=False)
             elif method != "fp":
                 pyllmops.quantize(model, method, calib=calib, progress=False, **({} if alpha is None else {"smooth_alpha": alpha}))

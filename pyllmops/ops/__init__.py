@@ -6,6 +6,7 @@ from pyllmops.ops.quant_int8 import Int8Quantized, dequantize_int8, quantize_int
 from pyllmops.ops import quant_int8_cpp  # noqa: F401  (registers quantize_int8's cpp backend)
 from pyllmops.ops.sampling import sample, top_k_top_p_filter
 from pyllmops.ops.w8a8 import pack_w8a8_weight, w8a8_matmul
+from pyllmops.ops import w8a8_cpp  # noqa: F401  (registers w8a8_matmul's cpp backend)
 from pyllmops.ops.weight_only import w4a16_matmul, w8a16_matmul
 
 __all__ = [

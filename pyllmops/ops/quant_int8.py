@@ -12,7 +12,9 @@ Asymmetric: the range [min(x, 0), max(x, 0)] maps onto [-128, 127]:
 scale = (hi - lo) / 255, zero_point = -128 - round(lo / scale), values = clamp(round(x / scale) +
 zero_point, -128, 127), and dequantize gives (values - zero_point) * scale.
 Rounding is round-half-to-even (torch.round); x / scale is an IEEE float32 division in every
-backend. Dynamic when `scale` is None (computed from x), static otherwise (given, e.g. from
+backend. Each backend returns (values, scale, zero_point, nonfinite): nonfinite is whether x held
+a NaN or inf when the kernel saw that on its way (the fused CPU kernel does), or None, and then
+the front door checks (the dynamic scale shows it; a static one needs a pass over x). Dynamic when `scale` is None (computed from x), static otherwise (given, e.g. from
 calibration). TINY = float32 tiny * 127 keeps an all-zero row's scale finite.
 """
 from __future__ import annotations
@@ -84,7 +86,7 @@ def _torch_quantize(x, granularity, symmetric, scale, zero_point):
         zero_point = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
     else:
         q = q.add_(zero_point).clamp_(-128, 127)
-    return q.to(torch.int8), scale, zero_point
+    return q.to(torch.int8), scale, zero_point, None
 
 
 def _rows_supported(x, granularity, symmetric, scale, zero_point):
@@ -98,7 +100,7 @@ def _triton_quantize(x, granularity, symmetric, scale, zero_point):
 
     q, row_scale = quantize_int8_rows(x, scale)
     out_scale = row_scale if granularity == "token" else scale
-    return q, out_scale, torch.zeros(out_scale.shape, dtype=torch.int32, device=x.device)
+    return q, out_scale, torch.zeros(out_scale.shape, dtype=torch.int32, device=x.device), None
 
 
 # ----------------------------------------------------------------------------- cuda
@@ -117,7 +119,7 @@ def _cuda_quantize(x, granularity, symmetric, scale, zero_point):
         x.data_ptr(), _CUDA_DTYPES[x.dtype], m, n, x.stride(0), static.data_ptr() if static is not None else 0,
         granularity == "tensor", q.data_ptr(), row_scale.data_ptr(), torch.cuda.current_stream(x.device).cuda_stream)
     out_scale = row_scale if granularity == "token" else static
-    return q, out_scale, torch.zeros(out_scale.shape, dtype=torch.int32, device=x.device)
+    return q, out_scale, torch.zeros(out_scale.shape, dtype=torch.int32, device=x.device), None
 
 
 # ----------------------------------------------------------------------------- front door
@@ -126,14 +128,16 @@ def _quantize_int8_op(x: torch.Tensor, granularity: str, symmetric: bool, scale:
                       zero_point: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if scale is not None:
         check_finite("scale", scale)
-        if bool((scale <= 0).any()):
+        if (scale.item() <= 0) if scale.numel() == 1 else bool((scale <= 0).any()):
             raise ValueError("scale must be > 0 everywhere")
-    q, s, z = _dispatch.call("quantize_int8", x.device, x, granularity, symmetric, scale, zero_point)
-    if scale is None:
-        check_finite("x", s)  # a NaN/inf anywhere in x shows up in its group's scale
-    else:
-        check_finite("x", x)
-        s = s.float().clone()  # a custom op's outputs may not alias its inputs
+    q, s, z, nonfinite = _dispatch.call("quantize_int8", x.device, x, granularity, symmetric, scale, zero_point)
+    if nonfinite:
+        raise ValueError("x contains NaN or inf")
+    if nonfinite is None:
+        # a NaN/inf anywhere in x shows up in its group's dynamic scale; a static scale hides it
+        check_finite("x", s if scale is None else x)
+    if scale is not None and s.data_ptr() == scale.data_ptr():
+        s = s.clone()  # a custom op's outputs may not alias its inputs
     return q, s.float(), z
 
 

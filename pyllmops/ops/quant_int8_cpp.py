@@ -4,7 +4,8 @@ It feeds W8A8Linear's activations, where the torch path cost as much as a third 
 
 Kept apart from quant_int8.py (which defines the op) so the two can change independently; it
 serves what the W8A8 layers need: symmetric, per-token dynamic or static per-tensor / per-token
-scales, rows with unit column stride. Results are bit-identical to the torch fallback.
+scales, rows with unit column stride. Results are bit-identical to the torch fallback. The kernel
+also reports NaN/inf in x, so the front door needs no separate isfinite pass (static scales).
 """
 from __future__ import annotations
 
@@ -22,13 +23,13 @@ def _supports(x, granularity, symmetric, scale, zero_point):
 
 
 @_dispatch.register("quantize_int8", "cpp", devices=("cpu",), supports=_supports)
-def _cpp_quantize(x, granularity, symmetric, scale, zero_point):
+def cpp_quantize(x, granularity, symmetric, scale, zero_point):
     m, n = x.shape
     q = torch.empty((m, n), dtype=torch.int8)
     row_scale = torch.empty((m, 1), dtype=torch.float32)
     static = scale.float().contiguous() if scale is not None else None
-    _ext.cpp().quantize_int8_rows(
+    bad_rows = _ext.cpp().quantize_int8_rows(
         x.data_ptr(), DTYPES[x.dtype], m, n, x.stride(0), static.data_ptr() if static is not None else 0,
         granularity == "tensor", q.data_ptr(), row_scale.data_ptr(), torch.get_num_threads())
     out_scale = row_scale if granularity == "token" else static
-    return q, out_scale, torch.zeros(out_scale.shape, dtype=torch.int32)
+    return q, out_scale, torch.zeros(out_scale.shape, dtype=torch.int32), bad_rows > 0

@@ -17,9 +17,10 @@ b, the weight, may come in two layouts:
     weight on every call is what makes the CPU path fast; on other devices packing returns the
     K-major strided tensor.
 
-Backends: reference (exact int64 product, float64 epilogue), torch (CPU: oneDNN int8 linear for
-packed b, torch._int_mm + epilogue otherwise; torch._int_mm on the CPU accepts any M, K, N, on CUDA
-only M > 16 with K, N multiples of 8),
+Backends: reference (exact int64 product, float64 epilogue), cpp (the CPU default,
+pyllmops/ops/w8a8_cpp.py: oneDNN int8 linear for packed b, torch._int_mm otherwise, each with a
+one-pass C++ epilogue where oneDNN cannot fuse it), torch (pure torch: the same GEMMs with a torch
+epilogue; torch._int_mm on the CPU accepts any M, K, N, on CUDA only M > 16 with K, N multiples of 8),
 triton (kernels/w8a8.py, any shape), cuda (csrc/cuda/w8a8.cu: K-major b, K % 16 == 0).
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pyllmops.ops._validate import FLOAT_DTYPES, check_finite, check_tensor
 OUT_DTYPES = FLOAT_DTYPES
 
 
-def _is_packed(b: torch.Tensor) -> bool:
+def is_packed(b: torch.Tensor) -> bool:
     return b.layout == torch._mkldnn
 
 
@@ -58,7 +59,7 @@ def reference_w8a8_matmul(a, b, scale_a, scale_b, bias=None, out_dtype=torch.flo
     return out.to(out_dtype)
 
 
-@_dispatch.register("w8a8_matmul", "reference", supports=lambda a, b, *rest: not _is_packed(b))
+@_dispatch.register("w8a8_matmul", "reference", supports=lambda a, b, *rest: not is_packed(b))
 def _reference(a, b, scale_a, scale_b, bias, out_dtype):
     return reference_w8a8_matmul(a, b, scale_a, scale_b, bias, out_dtype)
 
@@ -91,13 +92,13 @@ def _torch_supports(a, b, *rest):
 
 @_dispatch.register("w8a8_matmul", "torch", supports=_torch_supports)
 def _torch_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
-    if _is_packed(b):
+    if is_packed(b):
         return _onednn_packed(a, b, scale_a, scale_b, bias, out_dtype)
     return _epilogue(torch._int_mm(a, b), scale_a, scale_b, bias, out_dtype)
 
 
 # ----------------------------------------------------------------------------- triton
-@_dispatch.register("w8a8_matmul", "triton", supports=lambda a, b, *rest: not _is_packed(b))
+@_dispatch.register("w8a8_matmul", "triton", supports=lambda a, b, *rest: not is_packed(b))
 def _triton_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
     from pyllmops.kernels.w8a8 import w8a8_matmul as kernel
 
@@ -111,7 +112,7 @@ _CUDA_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 def _cuda_supports(a, b, *rest):
     # The kernel reads 16-byte chunks along K from both operands: K-major b, aligned rows.
     k = a.shape[1]
-    return (not _is_packed(b) and b.stride(0) == 1 and a.stride(1) == 1 and k % 16 == 0
+    return (not is_packed(b) and b.stride(0) == 1 and a.stride(1) == 1 and k % 16 == 0
             and a.stride(0) % 16 == 0 and b.stride(1) % 16 == 0
             and a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0)
 

@@ -8,7 +8,9 @@ but flattens the activations:
     s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)
 
 (max|W_j| over every linear that reads channel j; alpha = 0.5 splits the difficulty evenly, higher
-alpha pushes more of it into the weights). The division is folded into whatever produces the
+alpha pushes more of it into the weights). `auto_alpha` picks alpha per group instead: the value
+of a grid (0.3 .. 0.9) whose smoothed, fake-quantized product is closest to the float one on
+calibration rows. The division is folded into whatever produces the
 input, so it costs nothing at run time:
 
   * a norm (RMSNorm / LayerNorm: `.weight`, optional `.bias`): its weight (and bias) / s. Several
@@ -35,6 +37,8 @@ from typing import Mapping, Sequence
 
 import torch
 from torch import nn
+
+from pyllmops.ops import dequantize_int8, quantize_int8
 
 # Statistics below this are treated as "no information" for that channel: s_j = 1 there.
 _EPS = 1e-5
@@ -116,52 +120,122 @@ def _repeat_view(t: torch.Tensor, group: SmoothGroup, n_prev: int) -> torch.Tens
     return t.reshape(n_prev // group.kv_head_dim, -1, group.kv_head_dim)
 
 
+@dataclass
+class _GroupStats:
+    prev: nn.Module
+    consumers: list[nn.Linear]
+    x_amax: torch.Tensor  # [K] over the consumers' inputs
+    w_amax: torch.Tensor  # [K] over the consumers' weight columns
+    n_prev: int           # the producer's output channels (K, or fewer for grouped-query v_proj)
+
+
+def _group_stats(group: SmoothGroup, modules: Mapping[str, nn.Module], absmax: Mapping[str, torch.Tensor]) -> _GroupStats:
+    for name in (group.prev, *group.linears):
+        if name not in modules:
+            raise ValueError(f"smooth group {group}: no module named {name!r} in the model")
+    consumers = [modules[n] for n in group.linears]
+    if any(not isinstance(c, nn.Linear) for c in consumers):
+        raise TypeError(f"smooth group {group}: every consumer must be an nn.Linear")
+    missing = [n for n in group.linears if n not in absmax]
+    if missing:
+        raise ValueError(f"smooth group {group}: no calibration statistics for {missing} (did they run?)")
+    k = consumers[0].in_features
+    if any(c.in_features != k for c in consumers):
+        raise ValueError(f"smooth group {group}: the linears disagree on in_features")
+    x_amax = torch.stack([absmax[n].float().to(consumers[0].weight.device) for n in group.linears]).amax(0)
+    w_amax = torch.stack([c.weight.detach().abs().amax(0).float() for c in consumers]).amax(0)
+    prev = modules[group.prev]
+    n_prev = prev.out_features if isinstance(prev, nn.Linear) else prev.weight.shape[0]
+    if n_prev != k and group.kv_head_dim is None:
+        raise ValueError(f"smooth group {group}: {group.prev} has {n_prev} outputs but the linears take {k} "
+                         f"inputs; set kv_head_dim for grouped-query attention")
+    if n_prev != k and (k % n_prev or n_prev % group.kv_head_dim):
+        raise ValueError(f"smooth group {group}: {k} inputs are not whole repeats of {n_prev} outputs "
+                         f"in heads of {group.kv_head_dim}")
+    return _GroupStats(prev, consumers, x_amax, w_amax, n_prev)
+
+
+def _group_factors(group: SmoothGroup, st: _GroupStats, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s_prev [n_prev], s [K]): the factors dividing the producer's outputs and multiplying the
+    consumers' weight columns (equal unless grouped-query attention repeats value channels)."""
+    k = st.x_amax.numel()
+    if st.n_prev == k:
+        s = smoothing_factors(st.x_amax, st.w_amax, alpha)
+        return s, s
+    # One factor per value channel, from the max over the query heads that share it.
+    s_prev = smoothing_factors(_repeat_view(st.x_amax, group, st.n_prev).amax(1).reshape(-1),
+                               _repeat_view(st.w_amax, group, st.n_prev).amax(1).reshape(-1), alpha)
+    return s_prev, s_prev.reshape(-1, 1, group.kv_head_dim).expand(-1, k // st.n_prev, -1).reshape(-1)
+
+
 @torch.no_grad()
 def smooth_(model: nn.Module, groups: Sequence[SmoothGroup], absmax: Mapping[str, torch.Tensor],
-            alpha: float = 0.5, layer_alpha: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
+            alpha: float = 0.5, layer_alpha: Mapping[str, float] | None = None,
+            group_alpha: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
     """Fold SmoothQuant factors into `model` in place; the float model computes the same function
     (up to rounding). absmax: {linear name: [K] input absmax} from calibration.input_absmax on the
     unsmoothed model. layer_alpha: {fnmatch pattern: alpha} overriding `alpha` for the groups
     whose producer or any consumer name matches (first matching pattern wins), e.g.
-    {"*.down_proj": 0.8}. Returns {producer name: s [K] float32}."""
+    {"*.down_proj": 0.8}. group_alpha: {producer name: alpha}, e.g. from auto_alpha; used where
+    no layer_alpha pattern matches. Returns {producer name: s [K] float32}."""
     modules = dict(model.named_modules())
     factors: dict[str, torch.Tensor] = {}
     for group in groups:
-        for name in (group.prev, *group.linears):
-            if name not in modules:
-                raise ValueError(f"smooth group {group}: no module named {name!r} in the model")
-        consumers = [modules[n] for n in group.linears]
-        if any(not isinstance(c, nn.Linear) for c in consumers):
-            raise TypeError(f"smooth group {group}: every consumer must be an nn.Linear")
-        missing = [n for n in group.linears if n not in absmax]
-        if missing:
-            raise ValueError(f"smooth group {group}: no calibration statistics for {missing} (did they run?)")
-        k = consumers[0].in_features
-        if any(c.in_features != k for c in consumers):
-            raise ValueError(f"smooth group {group}: the linears disagree on in_features")
-        x_amax = torch.stack([absmax[n].float().to(consumers[0].weight.device) for n in group.linears]).amax(0)
-        w_amax = torch.stack([c.weight.detach().abs().amax(0).float() for c in consumers]).amax(0)
-        prev = modules[group.prev]
-        n_prev = prev.out_features if isinstance(prev, nn.Linear) else prev.weight.shape[0]
-        if n_prev != k and group.kv_head_dim is None:
-            raise ValueError(f"smooth group {group}: {group.prev} has {n_prev} outputs but the linears take {k} "
-                             f"inputs; set kv_head_dim for grouped-query attention")
-        if n_prev != k and (k % n_prev or n_prev % group.kv_head_dim):
-            raise ValueError(f"smooth group {group}: {k} inputs are not whole repeats of {n_prev} outputs "
-                             f"in heads of {group.kv_head_dim}")
-        if n_prev != k:
-            # One factor per value channel, from the max over the query heads that share it.
-            s_prev = smoothing_factors(_repeat_view(x_amax, group, n_prev).amax(1).reshape(-1),
-                                       _repeat_view(w_amax, group, n_prev).amax(1).reshape(-1),
-                                       _alpha_for(group, alpha, layer_alpha))
-            s = s_prev.reshape(-1, 1, group.kv_head_dim).expand(-1, k // n_prev, -1).reshape(-1)
-        else:
-            s_prev = s = smoothing_factors(x_amax, w_amax, _alpha_for(group, alpha, layer_alpha))
-        _divide_output(prev, s_prev)
-        for c in consumers:
+        st = _group_stats(group, modules, absmax)
+        a = _alpha_for(group, (group_alpha or {}).get(group.prev, alpha), layer_alpha)
+        s_prev, s = _group_factors(group, st, a)
+        _divide_output(st.prev, s_prev)
+        for c in st.consumers:
             c.weight.mul_(s.to(c.weight.dtype)[None, :])
         factors[group.prev] = s
     return factors
+
+
+AUTO_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.3, 0.35, ..., 0.9
+
+
+def _fake_quant(x: torch.Tensor, granularity: str, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] float32 through symmetric int8 quantization and back (what a W8A8 layer computes with)."""
+    q = quantize_int8(x, granularity, scale=scale)
+    return dequantize_int8(q.values, q.scale)
+
+
+@torch.no_grad()
+def auto_alpha(model: nn.Module, groups: Sequence[SmoothGroup], absmax: Mapping[str, torch.Tensor],
+               samples: Mapping[str, torch.Tensor], granularity: str = "token",
+               grid: Sequence[float] = AUTO_GRID) -> dict[str, float]:
+    """{producer name: alpha}: per group, the alpha of `grid` whose smoothing gives the smallest
+    mean squared error of the W8A8 outputs against the float outputs of its linears, measured on
+    calibration rows (the auto-tuning idea of Intel Neural Compressor's SmoothQuant, per group).
+
+    samples: {linear name: [T, K] input rows} (calibration.input_samples on the unsmoothed model;
+    the first linear of each group is read: they share their input). granularity: how the
+    activations will be quantized, "token" (dynamic) or "tensor" (static: one scale per layer,
+    absmax / 127 of the smoothed calibration inputs). The weights are quantized per output
+    channel, as W8A8Linear does."""
+    if granularity not in ("token", "tensor"):
+        raise ValueError(f"granularity must be 'token' or 'tensor', got {granularity!r}")
+    if not grid or any(not 0.0 <= a <= 1.0 for a in grid):
+        raise ValueError(f"grid must hold alphas in [0, 1], got {list(grid)}")
+    modules = dict(model.named_modules())
+    chosen: dict[str, float] = {}
+    for group in groups:
+        st = _group_stats(group, modules, absmax)
+        if group.linears[0] not in samples:
+            raise ValueError(f"smooth group {group}: no calibration samples for {group.linears[0]}")
+        x = samples[group.linears[0]].float().to(st.x_amax.device)
+        w = torch.cat([c.weight.detach().float() for c in st.consumers])  # [N_total, K]
+        y = x @ w.t()
+        errors = []
+        for a in grid:
+            _, s = _group_factors(group, st, a)
+            xs = x / s
+            scale = (st.x_amax / s).amax().clamp(min=torch.finfo(torch.float32).tiny * 127).reshape(1) / 127 \
+                if granularity == "tensor" else None
+            yq = _fake_quant(xs, granularity, scale) @ _fake_quant(w * s, "token").t()
+            errors.append(float((yq - y).pow(2).mean()))
+        chosen[group.prev] = float(grid[min(range(len(grid)), key=errors.__getitem__)])
+    return chosen
 
 
 def _divide_output(prev: nn.Module, s: torch.Tensor) -> None:

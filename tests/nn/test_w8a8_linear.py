@@ -118,6 +118,42 @@ def test_static_scales_are_calibrated_after_smoothing(seed):
     torch.testing.assert_close(model.up.input_scale, (h / 127).reshape(1))
 
 
+@pytest.mark.skipif("cpp" not in cpu_backends("w8a8_matmul"), reason="pyllmops._C not built")
+@pytest.mark.parametrize("act", ["dynamic", "static"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eager_cpu_path_equals_the_ops(act, dtype, seed):
+    # By default forward calls the cpp kernels directly; forcing "cpp" goes through both op front
+    # doors to the same kernels: the results must be identical, and bad input still caught.
+    lin = nn.Linear(70, 33)
+    x = torch.randn(2, 9, 70)
+    mod = W8A8Linear.from_linear(lin, act, x.abs().amax() / 127 if act == "static" else None)
+    x = x.to(dtype)
+    with torch.no_grad():
+        fast = mod(x)
+        with pyllmops.use_backend("cpp"):
+            ops = mod(x)
+    assert fast.dtype == dtype and torch.equal(fast, ops)
+    x[1, 4, 69] = float("nan")
+    with pytest.raises(ValueError, match="x contains NaN or inf"):
+        mod(x)
+    with torch.no_grad():
+        mod.weight_scale[0, 5] = float("inf")  # e.g. a bad state_dict: re-checked on the change
+    with pytest.raises(ValueError, match="weight_scale must be finite"):
+        mod(torch.randn(3, 70, dtype=dtype))
+
+
+@pytest.mark.parametrize("act", ["dynamic", "static"])
+def test_compiles_fullgraph_to_the_same_result(act, seed):
+    # Under torch.compile forward takes the op front doors (traceable custom ops) with the
+    # strided weight (torch._int_mm), eagerly the direct CPU path with the packed one (oneDNN):
+    # the same int32 products, float32 epilogues that multiply the scales in another order.
+    lin = nn.Linear(48, 20)
+    x = torch.randn(5, 48)
+    mod = W8A8Linear.from_linear(lin, act, x.abs().amax() / 127 if act == "static" else None)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(mod, fullgraph=True, backend="eager")(x), mod(x), rtol=1e-5, atol=1e-6)
+
+
 def test_bad_input():
     mod = W8A8Linear.from_linear(nn.Linear(8, 4))
     with pytest.raises(ValueError, match="x must have 8 features"):

@@ -41,7 +41,7 @@ def _scales(m, n, kind_a, kind_b):
 
 
 def _cases(backend):
-    return [lay for lay in LAYOUTS if backend == "torch" or lay != "packed"]
+    return [lay for lay in LAYOUTS if backend in ("cpp", "torch") or lay != "packed"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -94,10 +94,27 @@ def test_half_outputs_one_rounding(backend, out_dtype, seed):
         assert bool((err <= eps * ref.abs() + 1e-4).all()), (backend, layout)
 
 
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="pyllmops._C not built")
+@pytest.mark.parametrize("scales", SCALES)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cpp_epilogue_bit_identical_to_torch(scales, out_dtype, seed):
+    # On a strided b both run torch._int_mm; the C++ epilogue must then equal the torch one (same
+    # float32 operations, same order, one round-to-nearest-even cast), NaN-free tails included.
+    m, k, n = 19, 96, 37
+    a, w = _ints(m, k), _ints(n, k)
+    sa, sb = _scales(m, n, *scales)
+    bias = torch.randn(n)
+    got, want = [], []
+    for backend, out in (("cpp", got), ("torch", want)):
+        with pyllmops.use_backend(backend):
+            out.append(pyllmops.w8a8_matmul(a, w.t(), sa, sb, bias, out_dtype=out_dtype))
+    assert torch.equal(got[0], want[0])
+
+
 def test_packed_weight_is_onednn_on_cpu():
     b = pyllmops.pack_w8a8_weight(_ints(8, 40).t())
     assert b.shape == (40, 8) and b.dtype == torch.int8
-    # Only the torch backend reads the packed form; forcing another one is an error, not a
+    # Only the cpp and torch backends read the packed form; forcing another one is an error, not a
     # silent fallback.
     with pyllmops.use_backend("reference"), pytest.raises(RuntimeError, match="cannot run this call"):
         pyllmops.w8a8_matmul(_ints(3, 40), b, torch.ones(1), torch.ones(1))
