@@ -40,16 +40,19 @@ def _weighted(x: torch.Tensor, row_weight) -> torch.Tensor:
 
 def awq_search_scale(x: torch.Tensor, weights: list[torch.Tensor], group_size: int = 128, bits: int = 4,
                      symmetric: bool = False, n_grid: int = ALPHA_GRID,
-                     row_weight: torch.Tensor | None = None) -> torch.Tensor:
+                     row_weight: torch.Tensor | None = None, duo: bool = False) -> torch.Tensor:
     """Per-input-channel scale s [K] (fp32) for the linears `weights` that all read x [T, K];
-    row_weight [T] (pyllmops.quant.token_weights) weighs each token's output error."""
+    row_weight [T] (pyllmops.quant.token_weights) weighs each token's output error; duo divides
+    the candidate scales by the weights' own salience^(1 - alpha) (_weight_salience)."""
     x = x.reshape(-1, x.shape[-1]).float()
     x_mean = x.abs().mean(0)
+    w_mean = _weight_salience(weights, group_size) if duo else None
     x = _weighted(x, row_weight)
     ref = [x @ w.float().t() for w in weights]
     best_err, best = float("inf"), torch.ones_like(x_mean)
     for alpha in torch.linspace(0, 1, n_grid).tolist():
-        s = x_mean.pow(alpha).clamp(min=1e-4)
+        s = x_mean.pow(alpha) if w_mean is None else x_mean.pow(alpha) / (w_mean.pow(1 - alpha) + 1e-4)
+        s = s.clamp(min=1e-4)
         s = s / (s.max() * s.min()).sqrt()
         err = 0.0
         for w, r in zip(weights, ref):
@@ -58,6 +61,16 @@ def awq_search_scale(x: torch.Tensor, weights: list[torch.Tensor], group_size: i
         if err < best_err:
             best_err, best = err, s
     return best
+
+
+def _weight_salience(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
+    """[K]: mean over output rows of |w| relative to its (row, group) absmax. Channels whose
+    weights already sit near their group's maximum lose precision if scaled up further."""
+    w = torch.cat([w.float() for w in weights]).abs()
+    k = w.shape[1]
+    g = _padded_groups(w, k if group_size == -1 else group_size)  # [N, G, gs]
+    rel = g / (g.amax(-1, keepdim=True) + 1e-6)
+    return rel.reshape(w.shape[0], -1)[:, :k].mean(0)
 
 
 def _padded_groups(t: torch.Tensor, gs: int) -> torch.Tensor:

@@ -92,3 +92,25 @@ def test_awq_scale_beats_rtn(bits, seed):
     clipped = awq_clip(w * s, x / s, 128, bits)
     err_clip = _out_err(rtn_int4(clipped, 128, bits).dequantize() / s, w, x)
     assert err_clip <= err * 1.05
+
+
+@pytest.mark.parametrize("bits", [4, 3])
+def test_group_params_mse_never_worse_than_full_range(bits, seed):
+    from pyllmops.quant.rtn import group_params, group_params_mse, quantize_with
+
+    w = torch.randn(64, 128) * torch.rand(64, 1)  # Gaussian groups: the extreme values are rare
+
+    def err(s, z):
+        return ((quantize_with(w, s, z, bits) - z[:, None]) * s[:, None] - w).abs().pow(2.4).sum(1)
+
+    full, mse = err(*group_params(w, bits)), err(*group_params_mse(w, bits))
+    assert bool((mse <= full * (1 + 1e-6)).all())  # the full range is one of the candidates
+    assert float(mse.sum()) < 0.95 * float(full.sum())
+
+
+def test_awq_duo_scaling_beats_rtn(seed):
+    w, x = _layer()
+    s = awq_search_scale(x, [w], 128, 4, duo=True)
+    assert bool(torch.isfinite(s).all()) and bool((s > 0).all())
+    rtn = _out_err(rtn_int4(w, 128, 4).dequantize(), w, x)
+    assert _out_err(rtn_int4(w * s, 128, 4).dequantize() / s, w, x) < 0.6 * rtn

@@ -76,7 +76,8 @@ def test_smoothing_preserves_llama_with_gqa(seed):
     smooth_(model, groups, input_absmax(model, ids, progress=False), alpha=0.7, layer_alpha={"*.down_proj": 0.9})
     for i, r in zip(ids, ref):
         # attention and the logits run in float32 even for a float64 model: float32 noise only
-        torch.testing.assert_close(model(i), r, rtol=1e-5, atol=1e-5)
+        # (1e-5 failed about once in 30 seeds; a wrong fold moves the logits by O(1))
+        torch.testing.assert_close(model(i), r, rtol=1e-4, atol=1e-4)
 
 
 def test_factors_formula_and_safety():
