@@ -31,6 +31,15 @@ def _logits(b, v, gen_seed):
     return x
 
 
+@pytest.fixture(autouse=True)
+def _threads_for_any_size(monkeypatch):
+    """Small inputs normally run on one thread (sampling.PARALLEL_MIN_LOGITS): make every test
+    input use the requested thread count, so the thread-invariance checks are not vacuous."""
+    from pyllmops.ops import sampling
+
+    monkeypatch.setattr(sampling, "PARALLEL_MIN_LOGITS", 0)
+
+
 def _with_threads(n, fn):
     old = torch.get_num_threads()
     torch.set_num_threads(n)
