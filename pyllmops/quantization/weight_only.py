@@ -142,8 +142,8 @@ CLIP_TOKENS = 512
 class _TokenSample:
     """Keeps up to `limit` input rows [T, K] for AWQ's searches, with their loss weights
     (pyllmops.quant.token_weights) unless weighting is "uniform". Thinning is even over the
-    tokens but keeps every sequence's first token, and rescales the others' weights so the
-    first tokens keep their share."""
+    tokens; with "sink" it keeps every sequence's first token and rescales the others' weights
+    so the first tokens keep their share."""
 
     def __init__(self, limit: int, weighting: str = "sink", sink_share: float = 0.1):
         if weighting not in WEIGHTINGS:
@@ -162,6 +162,8 @@ class _TokenSample:
         """(x [T', K] fp32, row weights [T'] or None for uniform), T' <= limit (default self.limit)."""
         x, c, first = torch.cat(self.rows), torch.cat(self.weights), torch.cat(self.first)
         limit = self.limit if limit is None else limit
+        if self.weighting == "uniform":  # plain even thinning (first tokens not singled out)
+            return (x[torch.linspace(0, x.shape[0] - 1, limit).long()] if x.shape[0] > limit else x), None
         if x.shape[0] > limit:
             heads, others = first.nonzero()[:, 0], (~first).nonzero()[:, 0]
             room = max(limit - heads.numel(), 1)
@@ -255,7 +257,8 @@ def quantize_awq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 
 
     def quantize_group(block, group, sample, done):
         x, c = sample.tensor()
-        x_clip, c_clip = sample.tensor(CLIP_TOKENS)
+        # the clip search thins the scale search's rows further (uniform) or keeps the first tokens (sink)
+        x_clip, c_clip = (x, None) if c is None else sample.tensor(CLIP_TOKENS)
         lins = [block.get_submodule(n) for n in group.linears]
         prev = block.get_submodule(group.prev) if group.prev is not None else None
         if isinstance(prev, nn.Linear) and prev.out_features != x.shape[-1]:
