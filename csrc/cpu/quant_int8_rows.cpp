@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 
+#include "cpu/cpu_features.h"
 #include "cpu/parallel.h"
 
 #if defined(__x86_64__)
@@ -130,11 +131,6 @@ AVX512 bool row_avx512(const void* x, FloatType t, int64_t N, const float* fixed
   return bad || nonfinite != 0;
 }
 
-bool has_avx512() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl");
-  return ok;
-}
 #endif
 
 }  // namespace
@@ -145,7 +141,7 @@ int64_t quantize_int8_rows(const void* x, FloatType dtype, int64_t M, int64_t N,
   const int64_t elem = dtype == FloatType::F32 ? 4 : 2;
   auto row_fn = &row_scalar;
 #if PYLLMOPS_X86
-  if (has_avx512()) row_fn = &row_avx512;
+  if (has_avx512_bw_vl()) row_fn = &row_avx512;
 #endif
   // Rows are independent; a chunk of rows should be worth a thread start (~20 us, more on a
   // loaded machine): 2^18 elements take ~30 us.

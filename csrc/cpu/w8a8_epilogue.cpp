@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "cpu/cpu_features.h"
 #include "cpu/parallel.h"
 
 #if defined(__x86_64__)
@@ -110,11 +111,6 @@ AVX512 void rows_avx512(const Args& p, int64_t begin, int64_t end) {
   }
 }
 
-bool has_avx512() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl");
-  return ok;
-}
 #endif
 
 }  // namespace
@@ -125,7 +121,7 @@ void w8a8_epilogue(const void* acc, bool acc_int32, int64_t M, int64_t N, const 
   const Args p{acc, acc_int32, N, scale_a, a_per_row, scale_b, b_per_col, bias, out, out_type};
   auto rows = &rows_scalar;
 #if PYLLMOPS_X86
-  if (has_avx512()) rows = &rows_avx512;
+  if (has_avx512_bw_vl()) rows = &rows_avx512;
 #endif
   // A chunk should be worth a thread start (~20 us, more on a loaded machine): 2^18 elements.
   const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(N, 1));

@@ -144,11 +144,7 @@ def test_quantize_sq_needs_calib_and_custom_groups(seed):
 
 @pytest.mark.parametrize("method", ["w8a8", "w8a8-sq", "w8a8-static", "w8a8-static-sq"])
 def test_quantize_llama_every_method(method, seed):
-    from pyllmops.models import llama
-
-    cfg = llama.LlamaConfig(vocab_size=97, dim=48, n_layers=2, n_heads=6, n_kv_heads=2, ffn_dim=80, max_seq_len=32)
-    model = llama.Llama(cfg)
-    ids = [torch.randint(0, 97, (2, 11)) for _ in range(2)]
+    model, ids = _tiny_llama()
     with torch.no_grad():
         ref = model(ids[0])
         pyllmops.quantize(model, method, calib=ids, smooth_alpha=0.6, progress=False)
@@ -172,6 +168,14 @@ def test_cli_alpha_alias(seed):
 
 
 # ----------------------------------------------------------------------------- alpha auto-tuning
+def _tiny_llama():
+    """A 2-layer grouped-query Llama and two calibration batches of token ids [2, 11]."""
+    from pyllmops.models import llama
+
+    cfg = llama.LlamaConfig(vocab_size=97, dim=48, n_layers=2, n_heads=6, n_kv_heads=2, ffn_dim=80, max_seq_len=32)
+    return llama.Llama(cfg), [torch.randint(0, 97, (2, 11)) for _ in range(2)]
+
+
 def _group_error(model, group, stats, x, alpha, granularity):
     """The quantity auto_alpha minimises, computed independently: smooth a copy of the model at
     `alpha` and quantize its consumers' weights and (smoothed) inputs in float64."""
@@ -218,18 +222,14 @@ def test_input_samples_every_and_cap(seed):
 
 @pytest.mark.parametrize("method", ["w8a8-sq", "w8a8-static-sq"])
 def test_quantize_auto_alpha(method, seed):
-    from pyllmops.models import llama
-
-    cfg = llama.LlamaConfig(vocab_size=97, dim=48, n_layers=2, n_heads=6, n_kv_heads=2, ffn_dim=80, max_seq_len=32)
-    model = llama.Llama(cfg)
-    ids = [torch.randint(0, 97, (2, 11)) for _ in range(2)]
+    model, ids = _tiny_llama()
     with torch.no_grad():
         ref = model(ids[0])
         pyllmops.quantize(model, method, calib=ids, smooth_alpha="auto", progress=False)
         out = model(ids[0])
     assert float((out - ref).norm() / ref.norm()) < 0.05
     with pytest.raises(ValueError, match="'auto'"):
-        pyllmops.quantize(llama.Llama(cfg), method, calib=ids, smooth_alpha="best", progress=False)
+        pyllmops.quantize(_tiny_llama()[0], method, calib=ids, smooth_alpha="best", progress=False)
 
 
 def test_cli_alpha_parsing_and_sq_default(monkeypatch):
