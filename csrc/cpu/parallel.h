@@ -1,7 +1,8 @@
 // Parallel loops for the CPU kernels. parallel_for splits [0, n) into contiguous chunks over up to
-// `threads` fresh std::threads (the caller's thread takes the first chunk): for kernels doing
-// milliseconds of work per call, against ~20 us to start a thread. parallel_tasks uses a
-// persistent pool instead, for short kernels.
+// `threads` threads (the caller's thread takes the first chunk): OpenMP's team when the core is
+// built with OpenMP (the Python extension: the same runtime and warm threads as torch's), else
+// fresh std::threads (~20 us each to start). parallel_tasks uses a persistent pool of its own,
+// for short kernels that balance their work dynamically.
 #pragma once
 #include <cstdint>
 #include <functional>

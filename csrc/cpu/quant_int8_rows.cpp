@@ -143,9 +143,10 @@ int64_t quantize_int8_rows(const void* x, FloatType dtype, int64_t M, int64_t N,
 #if PYLLMOPS_X86
   if (has_avx512_bw_vl()) row_fn = &row_avx512;
 #endif
-  // Rows are independent; a chunk of rows should be worth a thread start (~20 us, more on a
-  // loaded machine): 2^18 elements take ~30 us.
-  const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(N, 1));
+  // Rows are independent; a chunk of rows should be worth handing to a thread (~1 us for an
+  // OpenMP thread still spinning after torch's last op, tens of us for a sleeping one or a new
+  // std::thread): 2^16 elements take ~15 us.
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(N, 1));
   std::atomic<int64_t> bad_rows{0};
   parallel_for(M, threads, grain, [&](int64_t begin, int64_t end) {
     int64_t bad = 0;

@@ -123,8 +123,8 @@ void w8a8_epilogue(const void* acc, bool acc_int32, int64_t M, int64_t N, const 
 #if PYLLMOPS_X86
   if (has_avx512_bw_vl()) rows = &rows_avx512;
 #endif
-  // A chunk should be worth a thread start (~20 us, more on a loaded machine): 2^18 elements.
-  const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(N, 1));
+  // A chunk should be worth handing to a thread (see quantize_int8_rows): 2^16 elements, ~12 us.
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(N, 1));
   parallel_for(M, threads, grain, [&](int64_t begin, int64_t end) { rows(p, begin, end); });
 }
 

@@ -38,7 +38,7 @@ class W8A8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(1, out_features, device=device))
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
         self.register_buffer("input_scale", torch.ones(1, device=device) if act == "static" else None)
-        self._packed: tuple[tuple, torch.Tensor] | None = None
+        self._packed: tuple[tuple, w8a8_cpp.LinearPlan] | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, act: str = "dynamic", input_scale: torch.Tensor | float | None = None) -> "W8A8Linear":
@@ -76,15 +76,21 @@ class W8A8Linear(nn.Module):
         return self._packed_weight()
 
     def _packed_weight(self) -> torch.Tensor:
-        """The CPU-packed weight, rebuilt (and the scales re-checked) whenever the weight or a
-        scale changed (state_dict loads write them in place)."""
-        key = tuple((t.data_ptr(), t._version) for t in (self.weight, self.weight_scale, self.input_scale) if t is not None)
+        return self._cpu_plan().b
+
+    def _cpu_plan(self) -> w8a8_cpp.LinearPlan:
+        """The CPU-packed weight and the other operands in kernel form, rebuilt (and the scales
+        re-checked) whenever the weight, a scale or the bias changed (state_dict loads write them
+        in place)."""
+        key = tuple((t.data_ptr(), t._version) for t in (self.weight, self.weight_scale, self.input_scale, self.bias)
+                    if t is not None)
         if self._packed is None or self._packed[0] != key:
             for name in ("weight_scale", "input_scale"):
                 scale = getattr(self, name)
                 if scale is not None and not bool((torch.isfinite(scale) & (scale > 0)).all()):
                     raise ValueError(f"{name} must be finite and > 0")
-            self._packed = (key, pack_w8a8_weight(self.weight.t()))
+            plan = w8a8_cpp.LinearPlan(pack_w8a8_weight(self.weight.t()), self.weight_scale, self.bias, self.input_scale)
+            self._packed = (key, plan)
         return self._packed[1]
 
     def _eager_cpu(self, x: torch.Tensor) -> bool:
@@ -101,8 +107,7 @@ class W8A8Linear(nn.Module):
         if self._eager_cpu(x) and x2.dtype in FLOAT_DTYPES and x2.shape[0] > 0:
             # One Python call into the cpp backends instead of two op front doors (their checks
             # and dispatch cost ~0.15 ms, a fifth of a 128 x 2048 x 2048 int8 GEMM).
-            out = w8a8_cpp.w8a8_linear(x2 if x2.stride(-1) == 1 else x2.contiguous(), self._packed_weight(),
-                                       self.weight_scale, self.bias, self.input_scale)
+            out = w8a8_cpp.w8a8_linear(x2 if x2.stride(-1) == 1 else x2.contiguous(), self._cpu_plan())
             return out.reshape(*x.shape[:-1], self.out_features)
         if self.act == "static":
             q = quantize_int8(x2, "tensor", scale=self.input_scale)

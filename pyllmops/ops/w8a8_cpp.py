@@ -9,7 +9,8 @@ cannot fuse it.
   strided b: torch._int_mm (int32 out), then the C++ epilogue for all scales, bias and the cast.
 
 Measured on a 2-core Sapphire Rapids (bench/bench_w8a8.py): oneDNN on the packed weight is 2-4x
-faster than torch._int_mm, which reorders the weight on every call. Kept apart from w8a8.py (which
+faster than torch._int_mm, which reorders the weight on every call. The C++ passes run on torch's
+OpenMP threads (csrc/cpu/parallel.h), which are still spinning from the GEMM next to them. Kept apart from w8a8.py (which
 defines the op) like quant_int8_cpp.py.
 """
 from __future__ import annotations
@@ -24,13 +25,6 @@ from pyllmops.ops.quant_int8_cpp import DTYPES, cpp_quantize
 from pyllmops.ops.w8a8 import is_packed
 
 FUSED_OUT = (torch.float32, torch.bfloat16)  # output dtypes oneDNN's qlinear writes itself
-# Threads for the C++ passes next to oneDNN's GEMM (quantize before, epilogue after). oneDNN runs on
-# torch's OpenMP threads, which keep spinning for a while after their region; a second thread of
-# ours then shares a core with a spinning one. Measured at 2 threads, W8A8Linear forward, M=256,
-# K=N=2048: 1003 us with 2 threads in these passes, 874 us with 1 (bf16 F.linear: 1087 us).
-NEXT_TO_GEMM_THREADS = 1
-
-
 def _ptr(t):
     return 0 if t is None else t.data_ptr()
 
@@ -46,7 +40,7 @@ def _epilogue(acc, scale_a, scale_b, bias, out_dtype):
     _ext.cpp().w8a8_epilogue(
         acc.data_ptr(), acc.dtype == torch.int32, m, n, _ptr(sa), sa is not None and sa.numel() != 1,
         _ptr(sb), sb is not None and sb.numel() != 1, _ptr(bias), out.data_ptr(), DTYPES[out_dtype],
-        NEXT_TO_GEMM_THREADS)
+        torch.get_num_threads())
     return out
 
 
@@ -80,15 +74,55 @@ def _cpp_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
     return _epilogue(torch._int_mm(a.contiguous(), b), scale_a, scale_b, bias, out_dtype)
 
 
-def w8a8_linear(x: torch.Tensor, b: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
-                input_scale: torch.Tensor | None) -> torch.Tensor:
-    """x [M, K] float (unit column stride) -> [M, N] x.dtype: this backend's quantize_int8
-    (per token, or per tensor with input_scale) and w8a8_matmul back to back, without the ops'
-    per-call checks of constant operands. For W8A8Linear's eager CPU forward, which checked its
-    weight, scales and packing once (per call they cost about as much as a 128-token GEMM);
-    x is still checked for NaN/inf, by the quantizing kernel."""
-    gran = "token" if input_scale is None else "tensor"
-    q, scale_a, _, nonfinite = cpp_quantize(x, gran, True, input_scale, None, threads=NEXT_TO_GEMM_THREADS)
-    if nonfinite:
+class LinearPlan:
+    """What W8A8Linear's eager CPU forward needs, in the form the kernels take, made once per
+    weight: the packed weight b, its scales as oneDNN's [N] float32 vector and zero points, the
+    bias as float32, and a static activation scale as a Python float (None: dynamic per token)."""
+
+    __slots__ = ("b", "w_scale", "w_zp", "bias", "input_scale", "input_scale_t", "n")
+
+    def __init__(self, b: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+                 input_scale: torch.Tensor | None):
+        self.b, self.n = b, b.shape[1]
+        self.w_scale = weight_scale.float().reshape(-1).expand(self.n).contiguous()
+        self.w_zp = _zero_points(self.n)
+        self.bias = None if bias is None else bias.float().contiguous()
+        self.input_scale = None if input_scale is None else float(input_scale)
+        self.input_scale_t = None if input_scale is None else input_scale.float().reshape(1).contiguous()
+
+
+def w8a8_linear(x: torch.Tensor, plan: LinearPlan) -> torch.Tensor:
+    """x [M, K] float (unit column stride) -> [M, N] x.dtype: this backend's quantize_int8 (per
+    token, or per tensor with plan.input_scale) and w8a8_matmul back to back, without the ops'
+    per-call checks and conversions of constant operands (per call they cost about as much as
+    a 128-token GEMM). x is still checked for NaN/inf, by the quantizing kernel."""
+    m, k = x.shape
+    threads = torch.get_num_threads()
+    q = torch.empty((m, k), dtype=torch.int8)
+    static = plan.input_scale is not None
+    row_scale = torch.empty((m, 1), dtype=torch.float32)
+    fixed = plan.input_scale_t
+    bad = _ext.cpp().quantize_int8_rows(x.data_ptr(), DTYPES[x.dtype], m, k, x.stride(0),
+                                        0 if fixed is None else fixed.data_ptr(), static, q.data_ptr(),
+                                        row_scale.data_ptr(), threads)
+    if bad:
         raise ValueError("x contains NaN or inf")
-    return _cpp_w8a8(q, b, scale_a, weight_scale, bias, x.dtype)
+    out_dtype = x.dtype
+    if static:  # oneDNN applies every scale and the bias; a float16 output still needs the cast
+        fused = out_dtype in FUSED_OUT
+        out = torch.ops.onednn.qlinear_pointwise(q, plan.input_scale, 0, plan.b, plan.w_scale, plan.w_zp, plan.bias,
+                                                 1.0, 0, out_dtype if fused else torch.float32, "none", [], "")
+        return out if fused else _epilogue_raw(out, None, None, out_dtype, threads)
+    acc = torch.ops.onednn.qlinear_pointwise(q, 1.0, 0, plan.b, plan.w_scale, plan.w_zp, None, 1.0, 0,
+                                             torch.float32, "none", [], "")
+    return _epilogue_raw(acc, row_scale, plan.bias, out_dtype, threads)
+
+
+def _epilogue_raw(acc: torch.Tensor, row_scale, bias, out_dtype, threads: int) -> torch.Tensor:
+    """_epilogue for operands already float32 and contiguous, and no column scale: acc [M, N]
+    float32 (in place for a float32 out) times row_scale [M, 1] (or None) plus bias [N]."""
+    m, n = acc.shape
+    out = acc if out_dtype == torch.float32 else torch.empty((m, n), dtype=out_dtype)
+    _ext.cpp().w8a8_epilogue(acc.data_ptr(), False, m, n, _ptr(row_scale), row_scale is not None, 0, False,
+                             _ptr(bias), out.data_ptr(), DTYPES[out_dtype], threads)
+    return out
