@@ -6,6 +6,11 @@ is bound by the bytes of the weight it streams, and int4 streams 1/8 of fp32's (
 The torch fallback (dequantize, then GEMM) is timed at M >= 64 only: at small M it is far slower
 than the baseline, by design (it is the any-shape correctness path).
 On a shared CPU the numbers move with the other processes' load; compare ratios from one run.
+
+"layers=1": the same weight every call, so it stays cached (this VM reports a 480 MB L3: even the
+64 MB fp32 4096 x 4096 weight does). "layers=10" (CPU): each call takes the next of 10 layers'
+weights, as a decode step through a 10-layer model does: 640 MB of fp32 no longer fits the
+cache, while the 84 MB of int4 weights do; that difference is the point of the compression.
 """
 import pytest
 import torch
@@ -18,15 +23,31 @@ from pyllmops.quant.rtn import rtn_int4, rtn_int8
 DEV = bench_device()
 K = N = 8192 if DEV.type == "cuda" else 4096
 MS = [1, 4, 16] if DEV.type == "cpu" else [1, 4, 16, 64]
+LAYERS = [1, 10] if DEV.type == "cpu" else [1]
 ACT = torch.float16 if DEV.type == "cuda" else torch.float32
 
 
 @pytest.fixture(scope="module")
-def weights():
+def layers():
+    """max(LAYERS) layers' weights: float, int4 and int8 forms of each."""
     torch.manual_seed(0)
-    w = torch.randn(N, K) * 0.02
-    q4, q8 = rtn_int4(w, 128).to(DEV), rtn_int8(w)
-    return {"w": w.to(DEV, ACT), "q4": q4, "q8": (q8.qweight.to(DEV), q8.scales.to(DEV))}
+    out = []
+    for _ in range(max(LAYERS)):
+        w = torch.randn(N, K) * 0.02
+        q4, q8 = rtn_int4(w, 128).to(DEV), rtn_int8(w)
+        out.append({"w": w.to(DEV, ACT), "q4": q4, "q8": (q8.qweight.to(DEV), q8.scales.to(DEV))})
+    return out
+
+
+class _Cycle:
+    """The next of the first n layers on every call."""
+
+    def __init__(self, layers, n):
+        self.layers, self.n, self.i = layers, n, 0
+
+    def __call__(self):
+        self.i = (self.i + 1) % self.n
+        return self.layers[self.i]
 
 
 def _backends(op, m):
@@ -43,37 +64,46 @@ def _run(benchmark, fn):
     benchmark(lambda: (fn(), sync(DEV)))
 
 
+def _shape(m, n_layers):
+    return f"M={m} K={K} N={N} {str(ACT)[6:]}" + (f" layers={n_layers}" if len(LAYERS) > 1 else "")
+
+
+@pytest.mark.parametrize("n_layers", LAYERS, ids=lambda n: f"layers{n}")
 @pytest.mark.parametrize("m, backend", _cases("w4a16_matmul"), ids=lambda v: str(v))
-def test_w4a16(benchmark, weights, m, backend):
+def test_w4a16(benchmark, layers, n_layers, m, backend):
     x = torch.randn(m, K, device=DEV, dtype=ACT)
     base = backend == "baseline"
-    record(benchmark, op="w4a16_matmul g128", shape=f"M={m} K={K} N={N} {str(ACT)[6:]}",
+    record(benchmark, op="w4a16_matmul g128", shape=_shape(m, n_layers),
            backend=f"F.linear {str(ACT)[6:]}" if base else backend, baseline=base)
+    layer = _Cycle(layers, n_layers)
     if base:
-        _run(benchmark, lambda: F.linear(x, weights["w"]))
+        _run(benchmark, lambda: F.linear(x, layer()["w"]))
         return
-    q = weights["q4"]
-    scales = q.scales.to(ACT) if DEV.type == "cuda" else q.scales
+    # scales in the activation dtype on GPU (what the CUDA kernel reads), float32 on CPU
+    scales = [l["q4"].scales.to(ACT) if DEV.type == "cuda" else l["q4"].scales for l in layers]
 
     def fn():
+        q = layer()["q4"]
         with pyllmops.use_backend(backend):
-            return pyllmops.w4a16_matmul(x, q.qweight, scales, q.zeros, q.group_size)
+            return pyllmops.w4a16_matmul(x, q.qweight, scales[layer.i], q.zeros, q.group_size)
     _run(benchmark, fn)
 
 
+@pytest.mark.parametrize("n_layers", LAYERS, ids=lambda n: f"layers{n}")
 @pytest.mark.parametrize("m, backend", _cases("w8a16_matmul"), ids=lambda v: str(v))
-def test_w8a16(benchmark, weights, m, backend):
+def test_w8a16(benchmark, layers, n_layers, m, backend):
     x = torch.randn(m, K, device=DEV, dtype=ACT)
     base = backend == "baseline"
-    record(benchmark, op="w8a16_matmul", shape=f"M={m} K={K} N={N} {str(ACT)[6:]}",
+    record(benchmark, op="w8a16_matmul", shape=_shape(m, n_layers),
            backend=f"F.linear {str(ACT)[6:]}" if base else backend, baseline=base)
+    layer = _Cycle(layers, n_layers)
     if base:
-        _run(benchmark, lambda: F.linear(x, weights["w"]))
+        _run(benchmark, lambda: F.linear(x, layer()["w"]))
         return
-    qweight, scales = weights["q8"]
-    scales = scales.to(ACT) if DEV.type == "cuda" else scales
+    scales = [l["q8"][1].to(ACT) if DEV.type == "cuda" else l["q8"][1] for l in layers]
 
     def fn():
+        qweight = layer()["q8"][0]
         with pyllmops.use_backend(backend):
-            return pyllmops.w8a16_matmul(x, qweight, scales)
+            return pyllmops.w8a16_matmul(x, qweight, scales[layer.i])
     _run(benchmark, fn)

@@ -116,7 +116,7 @@ def _cpp_w4(x, qweight, scales, zeros, group_size, g_idx):
     sf, zc = scales.float().contiguous(), zeros.contiguous()
     out = torch.empty((m, n), dtype=torch.float32)
     _ext.cpp().w4a16_gemm(xf.data_ptr(), m, k, qw.data_ptr(), sf.data_ptr(), zc.data_ptr(), n,
-                          k if group_size == -1 else group_size, out.data_ptr())
+                          k if group_size == -1 else group_size, out.data_ptr(), torch.get_num_threads())
     return out.to(x.dtype)
 
 
@@ -184,7 +184,7 @@ def _cpp_w8(x, qweight, scales):
     n = qweight.shape[0]
     xf, qw, sf = x.float().contiguous(), qweight.contiguous(), scales.float().contiguous()
     out = torch.empty((m, n), dtype=torch.float32)
-    _ext.cpp().w8a16_gemm(xf.data_ptr(), m, k, qw.data_ptr(), sf.data_ptr(), n, out.data_ptr())
+    _ext.cpp().w8a16_gemm(xf.data_ptr(), m, k, qw.data_ptr(), sf.data_ptr(), n, out.data_ptr(), torch.get_num_threads())
     return out.to(x.dtype)
 
 
