@@ -77,3 +77,20 @@ def test_bad_weight():
     bad = Int4Weight(torch.zeros(4, 32, dtype=torch.uint8), torch.ones(4, 3), torch.zeros(4, 3, dtype=torch.uint8), 32)
     with pytest.raises(ValueError, match=r"scales must have shape \[N, G\] = \[4, 2\]"):
         WeightOnlyLinear(bad)
+
+
+@pytest.mark.parametrize("bits, group_size", [(4, 128), (4, 64), (8, -1)])
+@pytest.mark.parametrize("m", [1, 5, 17])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_forward_matches_reference(bits, group_size, m, dtype, seed):
+    """Without autograd on CPU, forward calls the C++ kernel directly for decode M (<= 16) and the
+    op front door beyond: both equal x @ dequantized W^T + bias."""
+    lin = nn.Linear(256, 48)
+    q = WeightOnlyLinear.from_linear(lin, bits=bits, group_size=group_size)
+    x = torch.randn(m, 256, dtype=dtype)
+    with torch.no_grad():
+        y = q(x)
+    ref = x.double() @ q.dequantized_weight(torch.float64).t() + lin.bias.double()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol * float(ref.abs().max()))
