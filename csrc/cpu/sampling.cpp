@@ -1,12 +1,17 @@
-// CPU sampling kernel: one read of the logits per row, no full sort.
+// CPU sampling kernel: no full sort, one read of the logits per row (two for a small top-k).
 //
-// A row is read in blocks of kBlock logits (L1-resident while a block is worked on). Per row mode:
+// Except for a small top-k, a row is read in blocks of kBlock logits (L1-resident while a block is
+// worked on). Per row mode:
 //
 //  greedy (t == 0)   block max + NaN check; the first index of the running max.
-//  small top-k       each block: max, NaN check and a compress of the values >= a running lower
-//                    bound of the k-th largest (the k-th largest of the candidates so far, raised
-//                    whenever the buffer fills), so after the first block almost nothing is kept.
-//                    The ~k survivors then get weights, the top-p walk, min-p and the inverse CDF.
+//  small top-k       two passes over the row: maxima of ~4k disjoint chunks (in registers), whose
+//                    k-th largest (searched bit by bit on order-preserving integer keys) bounds
+//                    the row's k-th largest from below; then a gather of the values >= that bound
+//                    (~1.1 k on random logits). The exact k-th largest of the candidates, the
+//                    survivors' weights, a rank sort for the top-p walk, min-p and the inverse
+//                    CDF follow. Nothing branches on the data per element or per candidate: on
+//                    fresh logits such branches mispredict about half the time, which cost more
+//                    than reading the row.
 //  top-k off / large each block: its max m_b and mass z_b = sum exp((x - m_b) / t) (over x >= the
 //                    k-th largest for a large k, found first by nth_element), and a compress of
 //                    the values that can survive: a weight below 0.999 (1 - p) Z / V is always cut
