@@ -265,6 +265,37 @@ PYLLMOPS_SIMD int64_t weigh_portable(const float* x, const int32_t* idx, int64_t
   return count;
 }
 
+// Sum (double) and smallest positive value of the weights w[0, n) >= tau, in lanes (the order of
+// the sum only matters where exact_total says so).
+struct KeptSum {
+  double sum;
+  float low;
+};
+
+KeptSum kept_sum_portable(const float* w, int64_t n, float tau) {
+  double acc[8] = {};
+  float low = std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = w[i] >= tau ? w[i] : 0.0f;
+    acc[i % 8] += double(v);
+    low = v > 0.0f ? std::min(low, v) : low;
+  }
+  double sum = 0.0;
+  for (int j = 0; j < 8; ++j) sum += acc[j];
+  return {sum, low};
+}
+
+// Copies the weights w[0, n) with (bits >> shift) & mask == key to out (kLanes of slack); returns
+// their count.
+int64_t select_bits_portable(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key, float* out) {
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    out[c] = w[i];
+    c += ((bits_of(w[i]) >> shift) & mask) == key;
+  }
+  return c;
+}
+
 // ------------------------------------------------------------------ AVX-512 block kernels
 // exp_nonpos on 16 lanes, except that lanes below -87.3 (flagged in `under`) hold garbage instead
 // of 0; callers mask them. The power of two is applied with scalef (exact, like the multiply).
@@ -455,6 +486,36 @@ PYLLMOPS_AVX512 int64_t weigh_avx512(const float* x, const int32_t* idx, int64_t
   return count;
 }
 
+PYLLMOPS_AVX512 KeptSum kept_sum_avx512(const float* w, int64_t n, float tau) {
+  const __m512 vtau = _mm512_set1_ps(tau), zero = _mm512_setzero_ps();
+  __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+  __m512 low = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 live = live_mask(i, n);
+    const __m512 v = _mm512_maskz_loadu_ps(live, w + i);
+    const __m512 kept = _mm512_maskz_mov_ps(_mm512_mask_cmp_ps_mask(live, v, vtau, _CMP_GE_OQ), v);
+    lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(kept)));
+    hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(kept), 1))));
+    low = _mm512_mask_min_ps(low, _mm512_cmp_ps_mask(kept, zero, _CMP_GT_OQ), low, kept);
+  }
+  return {_mm512_reduce_add_pd(_mm512_add_pd(lo, hi)), _mm512_reduce_min_ps(low)};
+}
+
+PYLLMOPS_AVX512 int64_t select_bits_avx512(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key,
+                                           float* out) {
+  const __m512i vmask = _mm512_set1_epi32(int32_t(mask)), vkey = _mm512_set1_epi32(int32_t(key));
+  const __m128i count = _mm_cvtsi32_si128(shift);
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 live = live_mask(i, n);
+    const __m512i v = _mm512_maskz_loadu_epi32(live, w + i);
+    const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(live, _mm512_and_si512(_mm512_srl_epi32(v, count), vmask), vkey);
+    _mm512_storeu_si512(out + c, _mm512_maskz_compress_epi32(hit, v));
+    c += __builtin_popcount(hit);
+  }
+  return c;
+}
+
 // Masses of the weights >= each of 16 cut-offs c[j] (float sums: an estimate, see coarse_cut).
 PYLLMOPS_AVX512 void masses_above_avx512(const float* w, int64_t n, const float* c, float* mass) {
   __m512 acc[kLanes], cut[kLanes];
@@ -532,6 +593,25 @@ void masses_above(const float* w, int64_t n, const float* c, float* mass) {
 }
 int64_t keep_at_least(float* w, int32_t* wi, int64_t n, float c) {
   return use_avx512() ? keep_at_least_avx512(w, wi, n, c) : keep_at_least_portable(w, wi, n, c);
+}
+int64_t select_bits(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key, float* out) {
+  return use_avx512() ? select_bits_avx512(w, n, shift, mask, key, out)
+                      : select_bits_portable(w, n, shift, mask, key, out);
+}
+KeptSum kept_sum(const float* w, int64_t n, float tau) {
+  return use_avx512() ? kept_sum_avx512(w, n, tau) : kept_sum_portable(w, n, tau);
+}
+
+// The total of the weights w[0, n) >= tau when every sum of them is exact in double, whatever its
+// order; else -1. That holds when the total is below 2^53 units of the smallest positive kept
+// weight's float ulp (every kept weight is a multiple of that unit); a factor 2 covers the
+// rounding of the total computed here. Then sums in any order have the bits of the sequential sum.
+double exact_total(const float* w, int64_t n, float tau) {
+  const KeptSum k = kept_sum(w, n, tau);
+  if (k.sum == 0.0) return 0.0;
+  int e;
+  std::frexp(k.low, &e);  // low in [2^(e-1), 2^e): every kept weight is a multiple of 2^(e-24)
+  return k.sum < std::ldexp(1.0, e + 28) ? k.sum : -1.0;
 }
 
 // ------------------------------------------------------------------ branch-free selection
@@ -754,22 +834,67 @@ float top_p_walk(const float* desc, size_t n, double above, double target) {
   return tau;
 }
 
-// The top-p cut-off (smallest kept weight) among w[0, n), the weights that can matter: a mass
-// histogram by their top 12 bits finds the bucket where the descending mass reaches the target;
-// only that bucket is sorted.
-float top_p_threshold(const float* w, int64_t n, double target, std::vector<float>& vals) {
-  double hist[kBuckets] = {};
-  for (int64_t i = 0; i < n; ++i) hist[bits_of(w[i]) >> kBucketShift] += w[i];
-  double above = 0.0;
-  int b = kBuckets - 1;
-  for (; b >= 0; --b) {
-    if (above + hist[b] >= target) break;
+// Mass histogram of w[0, n) by (bits >> shift) & mask, added into hist. Four copies take
+// alternate weights, so runs of weights in one bucket do not wait on each other's adds; a bucket's
+// weights share their float exponent, so its double sum is exact and the copies add up to the same
+// bits as one sequential histogram.
+void mass_histogram(const float* w, int64_t n, int shift, uint32_t mask, double* hist, int nb) {
+  constexpr int kCopies = 4;
+  if (n < 4 * nb) {  // too few weights to pay for clearing the copies
+    for (int64_t i = 0; i < n; ++i) hist[(bits_of(w[i]) >> shift) & mask] += w[i];
+    return;
+  }
+  thread_local std::vector<double> part;
+  part.assign(size_t(kCopies - 1) * nb, 0.0);
+  double* h[kCopies] = {hist};
+  for (int j = 1; j < kCopies; ++j) h[j] = part.data() + (j - 1) * nb;
+  int64_t i = 0;
+  for (; i + kCopies <= n; i += kCopies)
+    for (int j = 0; j < kCopies; ++j) h[j][(bits_of(w[i + j]) >> shift) & mask] += w[i + j];
+  for (; i < n; ++i) h[0][(bits_of(w[i]) >> shift) & mask] += w[i];
+  for (int j = 1; j < kCopies; ++j)
+    for (int b = 0; b < nb; ++b) hist[b] += h[j][b];
+}
+
+// The bucket (from the top) where the descending mass, starting at `above`, reaches the target;
+// `above` then holds the mass of the buckets before it. -1 if rounding keeps the target out of reach.
+int reach(const double* hist, int nb, double& above, double target) {
+  for (int b = nb - 1; b >= 0; --b) {
+    if (above + hist[b] >= target) return b;
     above += hist[b];
   }
+  return -1;
+}
+
+// vals = the weights of w[0, n) with (bits >> shift) & mask == key (in order). w may be vals'
+// own data (the selection runs front to back) when its capacity already holds n + kLanes.
+void select_bucket(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key, std::vector<float>& vals) {
+  if (int64_t(vals.size()) < n + kLanes) vals.resize(n + kLanes);
+  vals.resize(select_bits(w, n, shift, mask, key, vals.data()));
+}
+
+// The top-p cut-off (smallest kept weight) among w[0, n), the weights that can matter: a mass
+// histogram by their top 12 bits finds the bucket where the descending mass reaches the target;
+// only that bucket is sorted. When every sum of these weights is exact (exact_total), the order of
+// the additions does not matter, and a second histogram by the next 10 bits narrows the bucket
+// first (a flat distribution puts thousands of weights in one bucket).
+float top_p_threshold(const float* w, int64_t n, double target, std::vector<float>& vals) {
+  double hist[kBuckets] = {};
+  mass_histogram(w, n, kBucketShift, ~0u, hist, kBuckets);
+  double above = 0.0;
+  const int b = reach(hist, kBuckets, above, target);
   if (b < 0) return 0.0f;  // rounding kept the target out of reach: keep everything
-  vals.clear();
-  for (int64_t i = 0; i < n; ++i)
-    if ((bits_of(w[i]) >> kBucketShift) == uint32_t(b)) vals.push_back(w[i]);
+  select_bucket(w, n, kBucketShift, ~0u, uint32_t(b), vals);
+  if (vals.size() > 64 && exact_total(w, n, 0.0f) >= 0.0) {
+    constexpr int kSubShift = kBucketShift - 10;
+    double sub[1 << 10] = {}, sub_above = above;
+    mass_histogram(vals.data(), int64_t(vals.size()), kSubShift, 0x3FFu, sub, 1 << 10);
+    const int j = reach(sub, 1 << 10, sub_above, target);
+    if (j >= 0) {
+      above = sub_above;
+      select_bucket(vals.data(), int64_t(vals.size()), kSubShift, 0x3FFu, uint32_t(j), vals);
+    }
+  }
   std::sort(vals.begin(), vals.end(), [](float x, float y) { return x > y; });
   return top_p_walk(vals.data(), vals.size(), above, target);
 }
@@ -789,12 +914,19 @@ float coarse_cut(const float* w, int64_t n, float eps, double target) {
 }
 
 // The draw from weights w[0, n) at vocabulary ids wi (ascending): min-p / top-p cut at tau, the
-// inverse CDF of u, and the renormalised distribution into probs (when set).
+// inverse CDF of u, and the renormalised distribution into probs (when set). The sums run in
+// vocabulary order in double; when they are exact (exact_total) whole blocks of 64 are added at
+// once, which gives the same bits.
 int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, float* probs, int64_t V) {
-  // Adding 0 for a cut weight leaves a sum as it is, so the loops need no branch per weight (the
-  // running sum can only pass the target at a kept weight).
-  double total = 0.0;
-  for (int64_t i = 0; i < n; ++i) total += w[i] >= tau ? double(w[i]) : 0.0;
+  constexpr int64_t kSumBlock = 64;
+  const double exact = exact_total(w, n, tau);
+  double total = exact;
+  if (exact < 0.0) {
+    // Adding 0 for a cut weight leaves a sum as it is, so the loops need no branch per weight
+    // (the running sum can only pass the target at a kept weight).
+    total = 0.0;
+    for (int64_t i = 0; i < n; ++i) total += w[i] >= tau ? double(w[i]) : 0.0;
+  }
   if (probs) {
     std::fill(probs, probs + V, 0.0f);
     for (int64_t i = 0; i < n; ++i)
@@ -802,14 +934,21 @@ int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, 
   }
   const double target = u * total;
   double run = 0.0;
-  int64_t last = -1;
-  for (int64_t i = 0; i < n; ++i) {
-    const bool kept = w[i] >= tau;
-    last = kept && w[i] > 0.0f ? wi[i] : last;
-    run += kept ? double(w[i]) : 0.0;
+  int64_t i = 0;
+  if (exact >= 0.0) {
+    for (; i + kSumBlock <= n; i += kSumBlock) {
+      const double block = kept_sum(w + i, kSumBlock, tau).sum;
+      if (run + block > target) break;
+      run += block;
+    }
+  }
+  for (; i < n; ++i) {
+    run += w[i] >= tau ? double(w[i]) : 0.0;
     if (run > target) return wi[i];
   }
-  return last;  // rounding left u * W out of reach
+  for (int64_t j = n - 1; j >= 0; --j)  // rounding left u * W out of reach: the last kept token
+    if (w[j] >= tau && w[j] > 0.0f) return wi[j];
+  return -1;
 }
 
 struct Row {  // a row's segments, in vocabulary order
