@@ -22,6 +22,12 @@
 //                    already reaches p Z (16 powers of two tried at once) to drop most of them, and
 //                    a mass histogram by the remaining weights' top 12 bits finds the top-p cut-off
 //                    (only its bucket is sorted).
+//  Sums of weights run in double in a fixed order (vocabulary order, or descending for the
+//  top-p walk), which decides the token where a sum meets a boundary. Where every sum of the
+//  candidates is exact (exact_total: the total stays below 2^53 units of the smallest weight's
+//  ulp, as on flat distributions with thousands of candidates) any order gives the same bits, so
+//  those sums run in parallel lanes or blocks, and a second histogram level narrows the cut-off
+//  bucket before its sort.
 //  (1 / t is applied as a multiplication by its float reciprocal.)
 //
 // Threads (parallel_tasks: a persistent pool, as the work is often tens of microseconds): rows
