@@ -1,12 +1,17 @@
-// CPU sampling kernel: one read of the logits per row, no full sort.
+// CPU sampling kernel: no full sort, one read of the logits per row (two for a small top-k).
 //
-// A row is read in blocks of kBlock logits (L1-resident while a block is worked on). Per row mode:
+// Except for a small top-k, a row is read in blocks of kBlock logits (L1-resident while a block is
+// worked on). Per row mode:
 //
 //  greedy (t == 0)   block max + NaN check; the first index of the running max.
-//  small top-k       each block: max, NaN check and a compress of the values >= a running lower
-//                    bound of the k-th largest (the k-th largest of the candidates so far, raised
-//                    whenever the buffer fills), so after the first block almost nothing is kept.
-//                    The ~k survivors then get weights, the top-p walk, min-p and the inverse CDF.
+//  small top-k       two passes over the row: maxima of ~4k disjoint chunks (in registers), whose
+//                    k-th largest (searched bit by bit on order-preserving integer keys) bounds
+//                    the row's k-th largest from below; then a gather of the values >= that bound
+//                    (~1.1 k on random logits). The exact k-th largest of the candidates, the
+//                    survivors' weights, a rank sort for the top-p walk, min-p and the inverse
+//                    CDF follow. Nothing branches on the data per element or per candidate: on
+//                    fresh logits such branches mispredict about half the time, which cost more
+//                    than reading the row.
 //  top-k off / large each block: its max m_b and mass z_b = sum exp((x - m_b) / t) (over x >= the
 //                    k-th largest for a large k, found first by nth_element), and a compress of
 //                    the values that can survive: a weight below 0.999 (1 - p) Z / V is always cut
@@ -17,6 +22,12 @@
 //                    already reaches p Z (16 powers of two tried at once) to drop most of them, and
 //                    a mass histogram by the remaining weights' top 12 bits finds the top-p cut-off
 //                    (only its bucket is sorted).
+//  Sums of weights run in double in a fixed order (vocabulary order, or descending for the
+//  top-p walk), which decides the token where a sum meets a boundary. Where every sum of the
+//  candidates is exact (exact_total: the total stays below 2^53 units of the smallest weight's
+//  ulp, as on flat distributions with thousands of candidates) any order gives the same bits, so
+//  those sums run in parallel lanes or blocks, and a second histogram level narrows the cut-off
+//  bucket before its sort.
 //  (1 / t is applied as a multiplication by its float reciprocal.)
 //
 // Threads (parallel_tasks: a persistent pool, as the work is often tens of microseconds): rows
@@ -95,6 +106,8 @@ constexpr float kFloatMax = std::numeric_limits<float>::max();
 constexpr double kEpsShare = 0.999;
 constexpr int kBucketShift = 20;  // w's top 12 bits: 8 exponent + 3 mantissa (w in [0, 1])
 constexpr int kBuckets = (0x3F800000 >> kBucketShift) + 1;
+constexpr int64_t kMaxChunkAccumulators = 1024;  // 16k chunk maxima: top-k mode up to k = 4096
+constexpr int64_t kMaxTopK = 4096;
 
 PYLLMOPS_INLINE uint32_t bits_of(float f) {
   uint32_t u;
@@ -206,11 +219,31 @@ PYLLMOPS_SIMD void append_at_least(const float* x, int64_t n, int32_t base, floa
   c.n = cn;
 }
 
-// Max and NaN check, and appends the values >= thr (index base + i) to c.
-BlockMax block_gather_portable(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
-  const BlockMax r = block_max_portable(x, n);
-  if (r.max >= thr) append_at_least(x, n, base, thr, c);
+// Maxima of x[0, n) in s * kLanes disjoint chunks: group g of kLanes values goes to accumulator
+// g % s, lane j of a group to lane j (acc[(g % s) * kLanes + j]); unused lanes stay -inf. Also
+// the maximum and the NaN / +inf check.
+PYLLMOPS_SIMD BlockMax chunk_max_portable(const float* x, int64_t n, int64_t s, float* acc) {
+  int32_t bad[kLanes] = {};
+  std::fill(acc, acc + s * kLanes, kNegInf);
+  for (int64_t i = 0, a = 0; i < n; i += kLanes, a = a + 1 == s ? 0 : a + 1) {
+    float* ac = acc + a * kLanes;
+    if (n - i >= kLanes) {
+      for (int j = 0; j < kLanes; ++j) ac[j] = std::max(ac[j], x[i + j]), bad[j] |= is_bad(x[i + j]);
+    } else {
+      for (int64_t j = 0; j < n - i; ++j) ac[j] = std::max(ac[j], x[i + j]), bad[j] |= is_bad(x[i + j]);
+    }
+  }
+  BlockMax r{kNegInf, false};
+  for (int64_t j = 0; j < s * kLanes; ++j) r.max = std::max(r.max, acc[j]);
+  for (int j = 0; j < kLanes; ++j) r.bad |= bad[j] != 0;
   return r;
+}
+
+// How many keys are >= t.
+PYLLMOPS_SIMD int64_t count_at_least_portable(const uint32_t* keys, int64_t n, uint32_t t) {
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i) c += keys[i] >= t;
+  return c;
 }
 
 // Returns sum over x >= kth of exp((x - m) * inv_t) and appends the values >= thr to c.
@@ -236,6 +269,37 @@ PYLLMOPS_SIMD int64_t weigh_portable(const float* x, const int32_t* idx, int64_t
     count += (x[i] >= kth) & (v >= eps);
   }
   return count;
+}
+
+// Sum (double) and smallest positive value of the weights w[0, n) >= tau, in lanes (the order of
+// the sum only matters where exact_total says so).
+struct KeptSum {
+  double sum;
+  float low;
+};
+
+KeptSum kept_sum_portable(const float* w, int64_t n, float tau) {
+  double acc[8] = {};
+  float low = std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = w[i] >= tau ? w[i] : 0.0f;
+    acc[i % 8] += double(v);
+    low = v > 0.0f ? std::min(low, v) : low;
+  }
+  double sum = 0.0;
+  for (int j = 0; j < 8; ++j) sum += acc[j];
+  return {sum, low};
+}
+
+// Copies the weights w[0, n) with (bits >> shift) & mask == key to out (kLanes of slack); returns
+// their count.
+int64_t select_bits_portable(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key, float* out) {
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    out[c] = w[i];
+    c += ((bits_of(w[i]) >> shift) & mask) == key;
+  }
+  return c;
 }
 
 // ------------------------------------------------------------------ AVX-512 block kernels
@@ -316,19 +380,75 @@ PYLLMOPS_AVX512 BlockMax block_max_avx512(const float* x, int64_t n) {
   return {_mm512_reduce_max_ps(st.mx), st.bad != 0};
 }
 
-PYLLMOPS_AVX512 BlockMax block_gather_avx512(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
+// Accumulators 16 at a time in registers: sweep `first` holds accumulators [16 first, 16 first
+// + 16), i.e. the kLanes-groups at 16 first .. 16 first + 15 of every s groups.
+PYLLMOPS_AVX512 BlockMax chunk_max_avx512(const float* x, int64_t n, int64_t s, float* acc) {
+  constexpr int64_t kSweep = 16;  // accumulators per sweep (s is a multiple)
+  __mmask16 bad = 0;
+  __m512 mx = _mm512_set1_ps(kNegInf);
+  for (int64_t first = 0; first < s; first += kSweep) {
+    __m512 a[kSweep];
+    for (int j = 0; j < kSweep; ++j) a[j] = _mm512_set1_ps(kNegInf);
+    int64_t i = first * kLanes;
+    // Whole sweeps; one unordered compare checks two groups for NaN (+inf shows in the maximum).
+    for (; i + kSweep * kLanes <= n; i += s * kLanes) {
+#pragma GCC unroll 16
+      for (int j = 0; j < kSweep; j += 2) {
+        const __m512 v0 = _mm512_loadu_ps(x + i + j * kLanes), v1 = _mm512_loadu_ps(x + i + (j + 1) * kLanes);
+        a[j] = _mm512_max_ps(a[j], v0);
+        a[j + 1] = _mm512_max_ps(a[j + 1], v1);
+        bad |= _mm512_cmp_ps_mask(v0, v1, _CMP_UNORD_Q);
+      }
+    }
+    if (i < n) {
+#pragma GCC unroll 16
+      for (int j = 0; j < kSweep; ++j) {
+        const int64_t g = i + j * kLanes;
+        const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(kNegInf), g < n ? live_mask(g, n) : 0, x + g);
+        a[j] = _mm512_max_ps(a[j], v);
+        bad |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      }
+    }
+    for (int j = 0; j < kSweep; ++j) mx = _mm512_max_ps(mx, a[j]), _mm512_storeu_ps(acc + (first + j) * kLanes, a[j]);
+  }
+  const float m = _mm512_reduce_max_ps(mx);
+  return {m, bad != 0 || m > kFloatMax};
+}
+
+// Appends the values x[i] >= thr (index base + i) to c; four groups share one test, as few of
+// them hold a candidate.
+PYLLMOPS_AVX512 void gather_at_least_avx512(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
   const __m512 vthr = _mm512_set1_ps(thr);
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  MaxState st{_mm512_set1_ps(kNegInf), 0};
   Out o(c);
-  auto step = [&](int64_t i, __mmask16 live) __attribute__((always_inline, target("avx512f,fma"))) {
-    const __m512 v = max_step(st, x + i, live);
-    const __mmask16 hit = _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ);
-    if (hit) append(o, hit, v, _mm512_add_epi32(_mm512_set1_epi32(base + int32_t(i)), iota));
-  };
-  PYLLMOPS_FOR_GROUPS(n, step);
+  auto ids = [&](int64_t i) { return _mm512_add_epi32(_mm512_set1_epi32(base + int32_t(i)), iota); };
+  int64_t i = 0;
+  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+    const __m512 v0 = _mm512_loadu_ps(x + i), v1 = _mm512_loadu_ps(x + i + kLanes),
+                 v2 = _mm512_loadu_ps(x + i + 2 * kLanes), v3 = _mm512_loadu_ps(x + i + 3 * kLanes);
+    const __mmask16 h0 = _mm512_cmp_ps_mask(v0, vthr, _CMP_GE_OQ), h1 = _mm512_cmp_ps_mask(v1, vthr, _CMP_GE_OQ),
+                    h2 = _mm512_cmp_ps_mask(v2, vthr, _CMP_GE_OQ), h3 = _mm512_cmp_ps_mask(v3, vthr, _CMP_GE_OQ);
+    if (h0 | h1 | h2 | h3) {
+      append(o, h0, v0, ids(i));
+      append(o, h1, v1, ids(i + kLanes));
+      append(o, h2, v2, ids(i + 2 * kLanes));
+      append(o, h3, v3, ids(i + 3 * kLanes));
+    }
+  }
+  for (; i < n; i += kLanes) {
+    const __mmask16 live = live_mask(i, n);
+    const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
+    append(o, _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ), v, ids(i));
+  }
   c.n = o.n;
-  return {_mm512_reduce_max_ps(st.mx), st.bad != 0};
+}
+
+PYLLMOPS_AVX512 int64_t count_at_least_avx512(const uint32_t* keys, int64_t n, uint32_t t) {
+  const __m512i vt = _mm512_set1_epi32(int32_t(t));
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; i += kLanes)
+    c += __builtin_popcount(_mm512_mask_cmpge_epu32_mask(live_mask(i, n), _mm512_maskz_loadu_epi32(live_mask(i, n), keys + i), vt));
+  return c;
 }
 
 PYLLMOPS_AVX512 float block_mass_avx512(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth,
@@ -370,6 +490,36 @@ PYLLMOPS_AVX512 int64_t weigh_avx512(const float* x, const int32_t* idx, int64_t
     count += __builtin_popcount(keep);
   }
   return count;
+}
+
+PYLLMOPS_AVX512 KeptSum kept_sum_avx512(const float* w, int64_t n, float tau) {
+  const __m512 vtau = _mm512_set1_ps(tau), zero = _mm512_setzero_ps();
+  __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+  __m512 low = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 live = live_mask(i, n);
+    const __m512 v = _mm512_maskz_loadu_ps(live, w + i);
+    const __m512 kept = _mm512_maskz_mov_ps(_mm512_mask_cmp_ps_mask(live, v, vtau, _CMP_GE_OQ), v);
+    lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(kept)));
+    hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(kept), 1))));
+    low = _mm512_mask_min_ps(low, _mm512_cmp_ps_mask(kept, zero, _CMP_GT_OQ), low, kept);
+  }
+  return {_mm512_reduce_add_pd(_mm512_add_pd(lo, hi)), _mm512_reduce_min_ps(low)};
+}
+
+PYLLMOPS_AVX512 int64_t select_bits_avx512(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key,
+                                           float* out) {
+  const __m512i vmask = _mm512_set1_epi32(int32_t(mask)), vkey = _mm512_set1_epi32(int32_t(key));
+  const __m128i count = _mm_cvtsi32_si128(shift);
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 live = live_mask(i, n);
+    const __m512i v = _mm512_maskz_loadu_epi32(live, w + i);
+    const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(live, _mm512_and_si512(_mm512_srl_epi32(v, count), vmask), vkey);
+    _mm512_storeu_si512(out + c, _mm512_maskz_compress_epi32(hit, v));
+    c += __builtin_popcount(hit);
+  }
+  return c;
 }
 
 // Masses of the weights >= each of 16 cut-offs c[j] (float sums: an estimate, see coarse_cut).
@@ -423,9 +573,15 @@ bool use_avx512() {
 BlockMax block_max(const float* x, int64_t n) {
   return use_avx512() ? block_max_avx512(x, n) : block_max_portable(x, n);
 }
-BlockMax block_gather(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
+BlockMax chunk_max(const float* x, int64_t n, int64_t s, float* acc) {
+  return use_avx512() ? chunk_max_avx512(x, n, s, acc) : chunk_max_portable(x, n, s, acc);
+}
+void gather_at_least(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
   c.room_for(n);
-  return use_avx512() ? block_gather_avx512(x, n, base, thr, c) : block_gather_portable(x, n, base, thr, c);
+  use_avx512() ? gather_at_least_avx512(x, n, base, thr, c) : append_at_least(x, n, base, thr, c);
+}
+int64_t count_at_least(const uint32_t* keys, int64_t n, uint32_t t) {
+  return use_avx512() ? count_at_least_avx512(keys, n, t) : count_at_least_portable(keys, n, t);
 }
 float block_mass(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth, float thr, Cands& c) {
   c.room_for(n);
@@ -443,6 +599,73 @@ void masses_above(const float* w, int64_t n, const float* c, float* mass) {
 }
 int64_t keep_at_least(float* w, int32_t* wi, int64_t n, float c) {
   return use_avx512() ? keep_at_least_avx512(w, wi, n, c) : keep_at_least_portable(w, wi, n, c);
+}
+int64_t select_bits(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key, float* out) {
+  return use_avx512() ? select_bits_avx512(w, n, shift, mask, key, out)
+                      : select_bits_portable(w, n, shift, mask, key, out);
+}
+KeptSum kept_sum(const float* w, int64_t n, float tau) {
+  return use_avx512() ? kept_sum_avx512(w, n, tau) : kept_sum_portable(w, n, tau);
+}
+
+// The total of the weights w[0, n) >= tau when every sum of them is exact in double, whatever its
+// order; else -1. That holds when the total is below 2^53 units of the smallest positive kept
+// weight's float ulp (every kept weight is a multiple of that unit); a factor 2 covers the
+// rounding of the total computed here. Then sums in any order have the bits of the sequential sum.
+double exact_total(const float* w, int64_t n, float tau) {
+  const KeptSum k = kept_sum(w, n, tau);
+  if (k.sum == 0.0) return 0.0;
+  int e;
+  std::frexp(k.low, &e);  // low in [2^(e-1), 2^e): every kept weight is a multiple of 2^(e-24)
+  return k.sum < std::ldexp(1.0, e + 28) ? k.sum : -1.0;
+}
+
+// ------------------------------------------------------------------ branch-free selection
+// On fresh logits every data-dependent branch of a selection (nth_element, a sort) mispredicts
+// about half the time, which cost more than reading the row; these count instead of branching.
+
+// Unsigned keys in the order of the floats (NaN-free input): -0 sorts below +0, which only
+// chooses between two equal floats.
+PYLLMOPS_INLINE uint32_t key_of(float f) {
+  const uint32_t u = bits_of(f);
+  return u & 0x80000000u ? ~u : u | 0x80000000u;
+}
+PYLLMOPS_INLINE float float_of_key(uint32_t k) { return float_of(k & 0x80000000u ? k & 0x7fffffffu : ~k); }
+
+// The k-th largest of x[0, n) (1 <= k <= n), its key found bit by bit from the top: the largest
+// key t with at least k keys >= t. With bits < 32 only the top `bits` bits are searched, which
+// gives a value <= the k-th largest (a lower bound, cheaper).
+float kth_largest(const float* x, int64_t n, int64_t k, int bits, std::vector<uint32_t>& keys) {
+  keys.resize(n);
+  for (int64_t i = 0; i < n; ++i) keys[i] = key_of(x[i]);
+  uint32_t t = 0;
+  for (int b = 31; b >= 32 - bits; --b) {
+    const uint32_t c = t | (1u << b);
+    t = count_at_least(keys.data(), n, c) >= k ? c : t;
+  }
+  return t < key_of(kNegInf) ? kNegInf : float_of_key(t);  // a truncated key below -inf's is a NaN
+}
+
+// w[0, n) in descending order into out. Up to 256 values each goes straight to its rank (the
+// number of values before it in that order: larger ones, and equal ones at lower positions).
+PYLLMOPS_SIMD void rank_sort_descending(const float* w, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = w[i];
+    int32_t rank = 0;
+    for (int64_t j = 0; j < i; ++j) rank += w[j] >= v;
+    for (int64_t j = i + 1; j < n; ++j) rank += w[j] > v;
+    out[rank] = v;
+  }
+}
+
+void sort_descending(const float* w, int64_t n, std::vector<float>& out) {
+  out.resize(n);
+  if (n > 256) {
+    out.assign(w, w + n);
+    std::sort(out.begin(), out.end(), [](float a, float b) { return a > b; });
+    return;
+  }
+  rank_sort_descending(w, n, out.data());
 }
 
 // ------------------------------------------------------------------ per-row plan and state
@@ -472,7 +695,8 @@ struct Scratch {
   std::vector<float> w;
   std::vector<int32_t> wi;
   std::vector<float> bucket;
-  std::vector<std::pair<int32_t, float>> order;
+  std::vector<uint32_t> keys;
+  std::vector<float> chunks;  // top-k: chunk maxima
   Segment seg;  // single-segment rows
 };
 
@@ -526,7 +750,7 @@ RowPlan plan_row(const SampleParams& prm, int64_t r, int64_t V) {
   pl.inv_t = pl.t > 0.0f ? std::min(1.0f / pl.t, kFloatMax) : 0.0f;  // a subnormal t: only the max ties survive
   const bool topk = k > 0 && k < V;
   if (pl.t == 0.0f) pl.mode = Mode::kGreedy;
-  else if (topk && k <= std::max<int64_t>(64, V / 32)) pl.mode = Mode::kTopK, pl.k = k;
+  else if (topk && k <= std::min(kMaxTopK, std::max<int64_t>(64, V / 32))) pl.mode = Mode::kTopK, pl.k = k;
   else pl.mode = Mode::kFull, pl.k = topk ? k : 0;  // a large k: a threshold on the row is cheaper
   return pl;
 }
@@ -539,19 +763,12 @@ const float* load(const void* src, LogitsType dtype, int64_t b, int64_t e, Scrat
   return s.row.data();
 }
 
-// Keeps the candidates >= the k-th largest of them (k <= c.n); returns that value.
-float keep_top_k(Cands& c, int64_t k, std::vector<float>& tmp) {
-  tmp.assign(c.x.begin(), c.x.begin() + c.n);
-  std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), [](float a, float b) { return a > b; });
-  const float kth = tmp[k - 1];
-  int64_t n = 0;
-  for (int64_t i = 0; i < c.n; ++i) {
-    c.x[n] = c.x[i];
-    c.idx[n] = c.idx[i];
-    n += c.x[i] >= kth;
-  }
-  c.n = n;
-  return kth;
+// Accumulators of kLanes chunk maxima for a top-k of k: about 4 k maxima (a power of two number
+// of accumulators), which leave ~1.1 k candidates on random logits.
+int64_t chunk_accumulators(int64_t k) {
+  int64_t s = 16;  // a multiple of 16 (chunk_max_avx512)
+  while (s * kLanes < 4 * k && s < kMaxChunkAccumulators) s *= 2;
+  return s;
 }
 
 // The x above which a weight can still survive top-p / min-p, from the running max and mass of the
@@ -572,19 +789,17 @@ void scan_segment(const void* x, LogitsType dtype, int64_t V, int64_t lo, int64_
                   float* bmax, float* bz, Scratch& s) {
   sg.max = kNegInf, sg.bad = false, sg.argmax = -1, sg.m_run = kNegInf, sg.z_run = 0.0, sg.cand.n = 0;
   if (pl.mode == Mode::kTopK) {
-    // A short first chunk gives a k-th value to filter with early (the first nth_element is small).
-    int64_t cap = std::max<int64_t>(4 * pl.k, 256);
-    float thr = kNegInf;
-    for (int64_t b = lo, e; b < hi && !sg.bad; b = e) {
-      e = std::min(hi, b == lo ? b + cap : b + kBlock);
-      const BlockMax bm = block_gather(load(x, dtype, b, e, s), e - b, int32_t(b), thr, sg.cand);
-      sg.bad |= bm.bad;
-      sg.max = std::max(sg.max, bm.max);
-      if (sg.cand.n >= cap && !sg.bad) {
-        thr = keep_top_k(sg.cand, pl.k, s.tmp);
-        if (sg.cand.n > cap / 2) cap *= 2;  // many ties at the k-th value
-      }
-    }
+    // Pass 1: maxima of disjoint chunks (the whole segment converted at once for fp16 / bf16). k
+    // chunks each hold a value >= the k-th largest of their maxima, so that is a lower bound of
+    // the k-th largest; its top 16 bits are enough. Pass 2 collects the values above it.
+    const float* v = load(x, dtype, lo, hi, s);
+    const int64_t acc = chunk_accumulators(pl.k), nmax = acc * kLanes;
+    s.chunks.resize(nmax);
+    const BlockMax bm = chunk_max(v, hi - lo, acc, s.chunks.data());
+    sg.max = bm.max, sg.bad = bm.bad;
+    if (!bm.bad)
+      gather_at_least(v, hi - lo, int32_t(lo), nmax >= pl.k ? kth_largest(s.chunks.data(), nmax, pl.k, 16, s.keys) : kNegInf,
+                      sg.cand);
     return;
   }
   for (int64_t b = lo; b < hi && !sg.bad; b += kBlock) {
@@ -625,22 +840,67 @@ float top_p_walk(const float* desc, size_t n, double above, double target) {
   return tau;
 }
 
-// The top-p cut-off (smallest kept weight) among w[0, n), the weights that can matter: a mass
-// histogram by their top 12 bits finds the bucket where the descending mass reaches the target;
-// only that bucket is sorted.
-float top_p_threshold(const float* w, int64_t n, double target, std::vector<float>& vals) {
-  double hist[kBuckets] = {};
-  for (int64_t i = 0; i < n; ++i) hist[bits_of(w[i]) >> kBucketShift] += w[i];
-  double above = 0.0;
-  int b = kBuckets - 1;
-  for (; b >= 0; --b) {
-    if (above + hist[b] >= target) break;
+// Mass histogram of w[0, n) by (bits >> shift) & mask, added into hist. Four copies take
+// alternate weights, so runs of weights in one bucket do not wait on each other's adds; a bucket's
+// weights share their float exponent, so its double sum is exact and the copies add up to the same
+// bits as one sequential histogram.
+void mass_histogram(const float* w, int64_t n, int shift, uint32_t mask, double* hist, int nb) {
+  constexpr int kCopies = 4;
+  if (n < 4 * nb) {  // too few weights to pay for clearing the copies
+    for (int64_t i = 0; i < n; ++i) hist[(bits_of(w[i]) >> shift) & mask] += w[i];
+    return;
+  }
+  thread_local std::vector<double> part;
+  part.assign(size_t(kCopies - 1) * nb, 0.0);
+  double* h[kCopies] = {hist};
+  for (int j = 1; j < kCopies; ++j) h[j] = part.data() + (j - 1) * nb;
+  int64_t i = 0;
+  for (; i + kCopies <= n; i += kCopies)
+    for (int j = 0; j < kCopies; ++j) h[j][(bits_of(w[i + j]) >> shift) & mask] += w[i + j];
+  for (; i < n; ++i) h[0][(bits_of(w[i]) >> shift) & mask] += w[i];
+  for (int j = 1; j < kCopies; ++j)
+    for (int b = 0; b < nb; ++b) hist[b] += h[j][b];
+}
+
+// The bucket (from the top) where the descending mass, starting at `above`, reaches the target;
+// `above` then holds the mass of the buckets before it. -1 if rounding keeps the target out of reach.
+int reach(const double* hist, int nb, double& above, double target) {
+  for (int b = nb - 1; b >= 0; --b) {
+    if (above + hist[b] >= target) return b;
     above += hist[b];
   }
+  return -1;
+}
+
+// vals = the weights of w[0, n) with (bits >> shift) & mask == key (in order). w may be vals'
+// own data (the selection runs front to back) when its capacity already holds n + kLanes.
+void select_bucket(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key, std::vector<float>& vals) {
+  if (int64_t(vals.size()) < n + kLanes) vals.resize(n + kLanes);
+  vals.resize(select_bits(w, n, shift, mask, key, vals.data()));
+}
+
+// The top-p cut-off (smallest kept weight) among w[0, n), the weights that can matter: a mass
+// histogram by their top 12 bits finds the bucket where the descending mass reaches the target;
+// only that bucket is sorted. When every sum of these weights is exact (exact_total), the order of
+// the additions does not matter, and a second histogram by the next 10 bits narrows the bucket
+// first (a flat distribution puts thousands of weights in one bucket).
+float top_p_threshold(const float* w, int64_t n, double target, std::vector<float>& vals) {
+  double hist[kBuckets] = {};
+  mass_histogram(w, n, kBucketShift, ~0u, hist, kBuckets);
+  double above = 0.0;
+  const int b = reach(hist, kBuckets, above, target);
   if (b < 0) return 0.0f;  // rounding kept the target out of reach: keep everything
-  vals.clear();
-  for (int64_t i = 0; i < n; ++i)
-    if ((bits_of(w[i]) >> kBucketShift) == uint32_t(b)) vals.push_back(w[i]);
+  select_bucket(w, n, kBucketShift, ~0u, uint32_t(b), vals);
+  if (vals.size() > 64 && exact_total(w, n, 0.0f) >= 0.0) {
+    constexpr int kSubShift = kBucketShift - 10;
+    double sub[1 << 10] = {}, sub_above = above;
+    mass_histogram(vals.data(), int64_t(vals.size()), kSubShift, 0x3FFu, sub, 1 << 10);
+    const int j = reach(sub, 1 << 10, sub_above, target);
+    if (j >= 0) {
+      above = sub_above;
+      select_bucket(vals.data(), int64_t(vals.size()), kSubShift, 0x3FFu, uint32_t(j), vals);
+    }
+  }
   std::sort(vals.begin(), vals.end(), [](float x, float y) { return x > y; });
   return top_p_walk(vals.data(), vals.size(), above, target);
 }
@@ -660,11 +920,19 @@ float coarse_cut(const float* w, int64_t n, float eps, double target) {
 }
 
 // The draw from weights w[0, n) at vocabulary ids wi (ascending): min-p / top-p cut at tau, the
-// inverse CDF of u, and the renormalised distribution into probs (when set).
+// inverse CDF of u, and the renormalised distribution into probs (when set). The sums run in
+// vocabulary order in double; when they are exact (exact_total) whole blocks of 64 are added at
+// once, which gives the same bits.
 int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, float* probs, int64_t V) {
-  double total = 0.0;
-  for (int64_t i = 0; i < n; ++i)
-    if (w[i] >= tau) total += w[i];
+  constexpr int64_t kSumBlock = 64;
+  const double exact = exact_total(w, n, tau);
+  double total = exact;
+  if (exact < 0.0) {
+    // Adding 0 for a cut weight leaves a sum as it is, so the loops need no branch per weight
+    // (the running sum can only pass the target at a kept weight).
+    total = 0.0;
+    for (int64_t i = 0; i < n; ++i) total += w[i] >= tau ? double(w[i]) : 0.0;
+  }
   if (probs) {
     std::fill(probs, probs + V, 0.0f);
     for (int64_t i = 0; i < n; ++i)
@@ -672,14 +940,21 @@ int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, 
   }
   const double target = u * total;
   double run = 0.0;
-  int64_t last = -1;
-  for (int64_t i = 0; i < n; ++i) {
-    if (w[i] < tau) continue;
-    if (w[i] > 0.0f) last = wi[i];
-    run += w[i];
+  int64_t i = 0;
+  if (exact >= 0.0) {
+    for (; i + kSumBlock <= n; i += kSumBlock) {
+      const double block = kept_sum(w + i, kSumBlock, tau).sum;
+      if (run + block > target) break;
+      run += block;
+    }
+  }
+  for (; i < n; ++i) {
+    run += w[i] >= tau ? double(w[i]) : 0.0;
     if (run > target) return wi[i];
   }
-  return last;  // rounding left u * W out of reach
+  for (int64_t j = n - 1; j >= 0; --j)  // rounding left u * W out of reach: the last kept token
+    if (w[j] >= tau && w[j] > 0.0f) return wi[j];
+  return -1;
 }
 
 struct Row {  // a row's segments, in vocabulary order
@@ -716,25 +991,17 @@ int64_t finish_top_k(const Row& row, const RowPlan& pl, double u, float* probs, 
   }
   for (int i = 0; i < row.nseg; ++i) m = std::max(m, row.segs[i]->max);
   if (m == kNegInf) return kAllNegInf;
-  keep_top_k(all, pl.k, s.tmp);
-  // Weights of the survivors, in descending order for the top-p walk.
-  const int64_t n = all.n;
+  // Candidates in vocabulary order (at least k: all values >= the k-th largest); keep the top k.
+  const int64_t n = keep_at_least(all.x.data(), all.idx.data(), all.n, kth_largest(all.x.data(), all.n, pl.k, 32, s.keys));
   s.w.resize(n + kLanes), s.wi.resize(n + kLanes);
   const int64_t kept = weigh(all.x.data(), all.idx.data(), n, m, pl.inv_t, kNegInf, 0.0f, s.w.data(), s.wi.data());
   float tau = pl.q;
   if (pl.p < 1.0f) {
     double z = 0.0;
     for (int64_t i = 0; i < kept; ++i) z += s.w[i];
-    s.bucket.assign(s.w.begin(), s.w.begin() + kept);
-    std::sort(s.bucket.begin(), s.bucket.end(), [](float a, float b) { return a > b; });
+    sort_descending(s.w.data(), kept, s.bucket);
     tau = std::max(tau, top_p_walk(s.bucket.data(), kept, 0.0, double(pl.p) * z));
   }
-  // Back to vocabulary order for the inverse CDF.
-  auto& order = s.order;
-  order.resize(kept);
-  for (int64_t i = 0; i < kept; ++i) order[i] = {s.wi[i], s.w[i]};
-  std::sort(order.begin(), order.end());
-  for (int64_t i = 0; i < kept; ++i) s.wi[i] = order[i].first, s.w[i] = order[i].second;
   return draw(s.w.data(), s.wi.data(), kept, tau, u, probs, V);
 }
 

@@ -395,30 +395,46 @@ def _kernel_arg(name: str, value: Param, b: int, dtype: torch.dtype, keep: list)
     return 0, value
 
 
+_INT64_LIMIT = 2 ** 63
+_IDS = torch.empty(0, dtype=torch.int64)  # new_empty on it allocates ids faster than torch.empty(dtype=...)
+
+
 def _sample_cpp_eager(logits, temperature, top_k, top_p, min_p, seed, offset):
     """sample() on the CPU without the custom-op dispatch and without per-call parameter tensors:
-    the same kernel and checks as the op path, a few microseconds per call instead of ~50."""
+    the same kernel and checks as the op path, a few microseconds per call instead of ~50. Python
+    floats and ints in range (the usual arguments) pass straight through as kernel scalars; anything
+    else takes _kernel_arg's checks."""
     code = _DTYPE_CODES.get(logits.dtype)
     if code is None or logits.dim() != 2 or logits.numel() == 0:
         check_tensor("logits", logits, dtypes=FLOAT_DTYPES, ndim=2)
-    stride = logits.stride()
-    if stride[1] != 1:
-        logits = logits.contiguous()
-        stride = logits.stride()
     b, v = logits.shape
+    ld, unit = logits.stride()
+    if unit != 1:
+        logits = logits.contiguous()
+        ld = v
     keep = []
-    t_ptr, t = _kernel_arg("temperature", temperature, b, torch.float32, keep)
-    k_ptr, k = _kernel_arg("top_k", top_k, b, torch.int64, keep)
-    p_ptr, p = _kernel_arg("top_p", top_p, b, torch.float32, keep)
-    q_ptr, q = _kernel_arg("min_p", 0.0 if min_p is None else min_p, b, torch.float32, keep)
+    t, k, p, q = temperature, top_k, top_p, 0.0 if min_p is None else min_p
+    s, o = seed, 0 if offset is None else offset
+    t_ptr = k_ptr = p_ptr = q_ptr = s_ptr = o_ptr = 0
+    if type(t) is not float or not t >= 0:
+        t_ptr, t = _kernel_arg("temperature", t, b, torch.float32, keep)
+    if type(k) is not int or not -_INT64_LIMIT <= k < _INT64_LIMIT:
+        k_ptr, k = _kernel_arg("top_k", k, b, torch.int64, keep)
+    if type(p) is not float or not 0 < p <= 1:
+        p_ptr, p = _kernel_arg("top_p", p, b, torch.float32, keep)
+    if type(q) is not float or not 0 <= q <= 1:
+        q_ptr, q = _kernel_arg("min_p", q, b, torch.float32, keep)
     if not (t_ptr or t >= 0) or not (p_ptr or 0 < p <= 1) or not (q_ptr or 0 <= q <= 1):
         _check_ranges(temperature, top_p, min_p)
-    if seed is None:
-        seed = torch.randint(-2**63, 2**63 - 1, (b,), dtype=torch.int64)
-    s_ptr, s = _kernel_arg("seed", seed, b, torch.int64, keep)
-    o_ptr, o = _kernel_arg("offset", 0 if offset is None else offset, b, torch.int64, keep)
-    ids = torch.empty(b, dtype=torch.int64)
-    bad = _ext.cpp().sample_rows(logits.data_ptr(), code, b, v, stride[0], t_ptr, t, k_ptr, k, p_ptr, p, q_ptr, q,
+    if s is None:
+        s = torch.randint(-2**63, 2**63 - 1, (b,), dtype=torch.int64)
+        keep.append(s)  # s is rebound to the kernel's scalar below
+    if type(s) is not int or not -_INT64_LIMIT <= s < _INT64_LIMIT:
+        s_ptr, s = _kernel_arg("seed", s, b, torch.int64, keep)
+    if type(o) is not int or not -_INT64_LIMIT <= o < _INT64_LIMIT:
+        o_ptr, o = _kernel_arg("offset", o, b, torch.int64, keep)
+    ids = _IDS.new_empty(b)
+    bad = _ext.cpp().sample_rows(logits.data_ptr(), code, b, v, ld, t_ptr, t, k_ptr, k, p_ptr, p, q_ptr, q,
                                  s_ptr, s, o_ptr, o, ids.data_ptr(), 0, _threads(logits))
     if bad >= 0:
         _raise_row(bad, int(ids[bad]), temperature, top_p, min_p)

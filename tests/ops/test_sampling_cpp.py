@@ -91,14 +91,73 @@ def test_large_vocab_draws_in_the_kept_set(config, seed):
     assert abs(share - float(probs[top])) < 5 * (float(probs[top]) / n) ** 0.5 + 1e-3
 
 
+def _adversarial_logits(kind, v, g):
+    """Rows that defeat the top-k candidate bound or its selection: heavy ties, few finite values,
+    sorted values (the largest all in one place), a constant row."""
+    if kind == "ties":
+        return torch.randint(0, 4, (v,), generator=g).float()
+    if kind == "few finite":
+        x = torch.full((v,), float("-inf"))
+        x[torch.randperm(v, generator=g)[:max(1, v // 40)]] = torch.randn(max(1, v // 40), generator=g)
+        return x
+    if kind == "ascending":
+        return torch.linspace(-5, 5, v)
+    if kind == "descending":
+        return torch.linspace(5, -5, v)
+    return torch.full((v,), 0.25)
+
+
+@pytest.mark.parametrize("kind", ["ties", "few finite", "ascending", "descending", "constant"])
+@pytest.mark.parametrize("v", [1, 15, 17, 257, 4099, V])
+def test_top_k_candidates_match_reference(kind, v, seed):
+    """The small top-k path (chunk maxima bound, candidate gather, k-th selection, rank sort) on
+    adversarial rows and vocabularies that are not a multiple of 16: the float64 reference's kept set
+    and probabilities, whatever the thread count, for k below and above the number of finite values."""
+    g = torch.Generator().manual_seed(seed)
+    ks = [1, 3, 50, 64, 300]
+    x = torch.stack([_adversarial_logits(kind, v, g) for _ in ks])
+    t, k = torch.full((len(ks),), 0.7), torch.tensor(ks)
+    p = torch.tensor([1.0, 0.9, 0.9, 1.0, 0.5])
+    q = torch.tensor([0.0, 0.0, 0.0, 0.01, 0.0])
+    ref = reference_filter(x, t, k, p, q)
+    for threads in (1, 3):
+        probs = _with_threads(threads, lambda: pyllmops.top_k_top_p_filter(x, t, k, p, q))
+        assert torch.equal(probs > 0, ref > 0), threads
+        torch.testing.assert_close(probs.double(), ref, rtol=1e-5, atol=1e-7)
+        ids = _with_threads(threads, lambda: pyllmops.sample(x, t, k, p, q, seed=seed, offset=1))
+        assert bool((ref.gather(1, ids[:, None]) > 0).all())
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9])
+def test_flat_top_p(top_p, seed):
+    """A flat distribution (most of the vocabulary survives top-p) takes the order-free exact sums in
+    the top-p search and the draw: the same ids whatever the thread count, and the float64
+    reference's kept set up to the float32 rounding of the boundary token."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, V, generator=g) * 0.3
+    x[:, ::11] = float("-inf")
+    seeds = torch.randint(-2**63, 2**63 - 1, (2,), generator=g)
+    ids = {n: _with_threads(n, lambda: torch.stack([pyllmops.sample(x, 1.0, 0, top_p, seed=seeds, offset=o)
+                                                    for o in range(20)])) for n in (1, 3)}
+    assert torch.equal(ids[1], ids[3])
+    ones = torch.ones(2)
+    ref = reference_filter(x, ones, ones.long() * 0, ones * top_p, ones * 0)
+    probs = pyllmops.top_k_top_p_filter(x, 1.0, 0, top_p)
+    assert int(((probs > 0) != (ref > 0)).sum()) <= 2
+    assert float((probs.double() - ref).abs().sum(-1).max()) < 1e-4
+    assert bool((ref.gather(1, ids[1].T) > 0).float().mean() > 0.99)
+
+
 _PORTABLE_SCRIPT = """
 import torch, pyllmops
 g = torch.Generator().manual_seed(7)
 x = torch.randn(9, 40_000, generator=g) * 3
 x[:, ::5] = float("-inf")
+x[7] = x[7].round()  # ties
+x[4] = x[4] / 10  # flat: most of the row survives top-p
 t = torch.tensor([0.7, 0.7, 1.3, 0.5, 1.0, 0.0, 0.9, 2.0, 0.8])
-k = torch.tensor([50, 0, 0, 3000, 0, 0, 1, 7, 0])
-p = torch.tensor([0.9, 0.9, 1.0, 0.8, 1.0, 1.0, 1.0, 0.5, 0.99])
+k = torch.tensor([50, 0, 0, 3000, 0, 0, 1, 60, 0])
+p = torch.tensor([0.9, 0.9, 1.0, 0.8, 0.9, 1.0, 1.0, 0.5, 0.99])
 q = torch.tensor([0.0, 0.0, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0, 0.001])
 ids = [pyllmops.sample(x, t, k, p, q, seed=s, offset=s) for s in range(40)]
 print(torch.stack(ids).flatten().tolist())
