@@ -82,6 +82,32 @@ void parallel_for(int64_t n, int threads, int64_t grain, const std::function<voi
 }
 #endif
 
+#ifdef _OPENMP
+// Tasks handed out one at a time on OpenMP's team (see parallel_for): the team's threads are
+// usually still spinning from the torch op that produced the input (the LM head's GEMM, a copy),
+// where a pool of our own would have to wake a thread that then competes with a spinning one.
+void parallel_tasks(int64_t n, int threads, const std::function<void(int64_t)>& task) {
+  if (n <= 0) return;
+  if (threads <= 0) threads = default_threads();
+  threads = int(std::min<int64_t>(threads, n));
+  if (threads <= 1 || omp_in_parallel()) {
+    for (int64_t i = 0; i < n; ++i) task(i);
+    return;
+  }
+  std::exception_ptr error;
+  std::mutex error_mu;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t i = 0; i < n; ++i) {
+    try {
+      task(i);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mu);
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+#else
 namespace {
 
 // One parallel_tasks call. Lives on the caller's stack; workers join it under the pool mutex and
@@ -190,5 +216,6 @@ void parallel_tasks(int64_t n, int threads, const std::function<void(int64_t)>& 
   }
   worker_pool().run(n, threads, task);
 }
+#endif
 
 }  // namespace pyllmops::cpu

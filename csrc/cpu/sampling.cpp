@@ -30,7 +30,8 @@
 //  bucket before its sort.
 //  (1 / t is applied as a multiplication by its float reciprocal.)
 //
-// Threads (parallel_tasks: a persistent pool, as the work is often tens of microseconds): rows
+// Threads (parallel_tasks: torch's OpenMP team, whose threads are warm after the op that made the
+// logits, as the work is often tens of microseconds): rows
 // across threads; with fewer rows than threads a row is also split into block-aligned segments of
 // at least 16k logits (the last segment of a row to finish completes it). Per-block results are
 // combined in block order and the candidate sets are exact after the final filter, so the ids do

@@ -256,10 +256,13 @@ def _torch_probs(logits, temperature, top_k, top_p, min_p):
 
 # ----------------------------------------------------------------------------- cpp / triton / cuda
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-# Below this many logits a call runs on one thread: waking a pool thread costs more than the work.
-# Measured on the 2-core CI machine (quiet): 8 x 32000 took 222 us on 2 threads, 1 x 151936 137 us,
-# against ~50 us and ~20 us on one.
-PARALLEL_MIN_LOGITS = 1 << 20
+# Below this many logits a call runs on one thread. The rows (or a row's segments) run on
+# OpenMP's team, torch's threads, which are still spinning from the op that produced the logits,
+# so handing work over costs ~1 us. Measured on the 2-core CI machine (SCHED_FIFO, fresh logits,
+# temperature 0.7): top-p 0.9 on 8 x 32000 75 us on 2 threads vs 139 us on one; 1 x 151936 53 vs
+# 82 us; top-k 50 + top-p 0.9 on 1 x 128256 13 vs 23 us. (With a pool of our own, woken per call,
+# 2 threads were slower than one below ~1M logits.)
+PARALLEL_MIN_LOGITS = 1 << 16
 
 
 def _threads(logits: torch.Tensor) -> int:
