@@ -18,8 +18,8 @@ it). `groups` lists, in forward order, the linears that read the same input and 
 produces that input: a norm with a `weight` [K] (scales divide it) or an nn.Linear (scales divide
 its output rows), or None when the scales cannot be folded (AWQ then keeps them as the layer's
 input_scale). `inspect` optionally names the submodule whose output
-the group's linears feed (here the attention and the MLP): AWQ then searches its scales on that
-module's output error (softmax, RoPE, SiLU gating included), as llm-awq and AutoAWQ do, rather
+the group's linears feed (here the attention and the MLP): AWQ with inspect=True then searches
+its scales on that module's output error (softmax, RoPE, SiLU gating included), as llm-awq and AutoAWQ do, rather
 than on each linear's own output. Linears of a block not named in any group are quantized on their own, after the
 named ones.
 

@@ -10,9 +10,21 @@
     "w4a16-awq"   AWQ (quant/awq.py): clip=True, awq_tokens=2048 (rows kept for the scale search;
                   the clip search uses CLIP_TOKENS of them), weighting="uniform" ("sink" weighs
                   each token's output error as GPTQ's Hessian does), duo=False (divide the scales
-                  by the weights' salience^(1-alpha)), no_clip=() (layer names to leave unclipped).
-                  Measured on SmolLM2 W4 g128 (GPL-3 ppl, GPL-2 calibration; float 22.35): uniform
-                  27.24, sink 27.62, duo 28.17; unlike GPTQ, these searches are not what holds AWQ back.
+                  by the weights' salience^(1-alpha)), no_clip=() (layer names to leave unclipped),
+                  inspect=False (True, or names such as ("self_attn",): score the scales of the
+                  groups whose ScaleGroup names an `inspect` module on that module's output, e.g.
+                  the whole attention for q/k/v and the MLP for gate/up, as llm-awq/AutoAWQ do),
+                  inspect_weighting="uniform" ("sink": each token's error in that output divided
+                  by the squared norm of the residual stream it is added to, first tokens given
+                  sink_share).
+                  Measured on SmolLM2 W4 g128 (GPL-3 ppl, GPL-2 calibration; float 22.35; details
+                  in bench/results/quality-smollm2-awq-20261128.json): default 27.24, sink 27.62,
+                  duo 28.17, inspect 28.58, inspect=("self_attn",) 28.31, inspect + sink
+                  weighting 27.81, awq_tokens=4096 27.09, no_clip=(q_proj, k_proj) 27.15, both
+                  27.41. The module-output objective makes it worse here, and the rest moves it
+                  within +-0.2 (noise of which alpha each layer lands on); the loss is in the
+                  MLP (AWQ on the MLP alone: +14.4%, on the attention alone: +7.6%; RTN +20.1% and
+                  +9.6%). The scale-and-clip family does not reach GPTQ's error on this model.
 
 Common options: group_size (default 128, -1 per-channel; a ragged last group is fine), bits
 (4 or 3; stored in the int4 container), skip (linear names to leave in float, default the LM head:

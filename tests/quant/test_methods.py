@@ -196,7 +196,7 @@ def test_awq_inspected_search_scales_attention(seed):
         lins = [attn.q_proj, attn.k_proj, attn.v_proj]
         w = [lin.weight.clone() for lin in lins]
         x = torch.cat([args[0].reshape(-1, 64) for args, _ in calls])
-        with _Inspected(attn, calls).scoring(lins) as error:
+        with _Inspected(attn, calls, None).scoring(lins) as error:
             s = awq_search_scale(x, [lin.weight for lin in lins], 32, 3, output_error=error)
             plain = error([rtn_int4(wi, 32, 3).dequantize() for wi in w])
             scaled = error([rtn_int4(wi * s, 32, 3).dequantize() / s for wi in w])
@@ -211,8 +211,9 @@ def test_awq_inspected_search_scales_attention(seed):
 
 def test_awq_inspects_the_module_each_group_feeds(seed, monkeypatch):
     """With inspect=True the q/k/v and gate/up searches score the attention and MLP
-    outputs; down_proj (and everything with inspect=False) scores its own output; o_proj is not
-    scaled under GQA. Either way the model beats RTN."""
+    outputs (each token's error weighted by its residual stream's norm with "sink"); down_proj
+    (and everything with inspect=False) scores its own output; o_proj is not scaled under GQA.
+    Every way the model beats RTN."""
     from pyllmops.quantization import weight_only
 
     model = _tiny_llama()
@@ -222,7 +223,7 @@ def test_awq_inspects_the_module_each_group_feeds(seed, monkeypatch):
         ref = model(test)
     real = weight_only.awq_search_scale
     errs = {"rtn": _err(pyllmops.quantize(copy.deepcopy(model), "w4a16-rtn", group_size=32, bits=3, progress=False), test, ref)}
-    for inspect in (True, False):
+    for inspect, weighting in ((True, "uniform"), (True, "sink"), (False, "uniform")):
         seen = []
 
         def spy(*args, output_error=None, **kwargs):
@@ -231,7 +232,9 @@ def test_awq_inspects_the_module_each_group_feeds(seed, monkeypatch):
 
         monkeypatch.setattr(weight_only, "awq_search_scale", spy)
         q = pyllmops.quantize(copy.deepcopy(model), "w4a16-awq", calib=calib, group_size=32, bits=3, progress=False,
-                              inspect=inspect)
+                              inspect=inspect, inspect_weighting=weighting)
         assert seen == [inspect, inspect, False] * 2
-        errs[inspect] = _err(q, test, ref)
-    assert errs[True] < 0.7 * errs["rtn"] and errs[False] < 0.7 * errs["rtn"], errs
+        errs[inspect, weighting] = _err(q, test, ref)
+    assert all(e < 0.7 * errs["rtn"] for key, e in errs.items() if key != "rtn"), errs
+    with pytest.raises(ValueError, match="inspect_weighting must be one of"):
+        pyllmops.quantize(copy.deepcopy(model), "w4a16-awq", calib=calib, inspect_weighting="nope")
