@@ -21,7 +21,9 @@
                   in bench/results/quality-smollm2-awq-20261128.json): default 27.24, sink 27.62,
                   duo 28.17, inspect 28.58, inspect=("self_attn",) 28.31, inspect + sink
                   weighting 27.81, awq_tokens=4096 27.09, no_clip=(q_proj, k_proj) 27.15, both
-                  27.41. The module-output objective makes it worse here, and the rest moves it
+                  27.41 (W3: default 49.61, inspect + sink weighting 53.25, awq_tokens=4096
+                  without q/k clipping 58.98).
+                  The module-output objective makes it worse here, and the rest moves it
                   within +-0.2 (noise of which alpha each layer lands on); the loss is in the
                   MLP (AWQ on the MLP alone: +14.4%, on the attention alone: +7.6%; RTN +20.1% and
                   +9.6%). The scale-and-clip family does not reach GPTQ's error on this model.
