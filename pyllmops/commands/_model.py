@@ -19,6 +19,18 @@ def _alpha(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
+def _option(text: str) -> tuple[str, object]:
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY a Python name, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
     g = p.add_argument_group("model")
     if quant_list:
@@ -31,6 +43,9 @@ def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
                    "[0, 1] or 'auto' (the default here: per smoothing group, the alpha of 0.3..0.9 with the least "
                    "W8A8 output error on the calibration text; on SmolLM2-135M it meets the issue's goals, fixed 0.5 "
                    "does not; the Python API's default stays 0.5)")
+    g.add_argument("--quant-option", action="append", default=[], type=_option, metavar="KEY=VALUE",
+                   help="extra keyword option for the quantization method(s), repeatable; VALUE is read as JSON "
+                        "when it parses (4, 0.5, true, [\"q_proj\"]), else as a string, e.g. inspect=false")
     g.add_argument("--calib-file", type=Path, help="calibration text for calibrated methods (default: Python standard-library docstrings, not an eval text)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     g.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights and activations of the float model")
@@ -110,8 +125,14 @@ def quantize(model, tokenizer, method: str, args: argparse.Namespace):
     from pyllmops.models.evaluate import calibration_batches
 
     options = {k: getattr(args, k) for k in ("group_size", "bits", "alpha") if getattr(args, k) is not None}
+    options.update(getattr(args, "quant_option", ()))
     if method.endswith("-sq"):
         options.setdefault("alpha", "auto")  # the CLI's default for SmoothQuant (see --alpha)
     text = args.calib_file.read_text() if args.calib_file else None
     calib = [b.to(args.device) for b in calibration_batches(tokenizer, text)]
-    return pyllmops.quantize(model, method, calib=calib, **options)
+    try:
+        return pyllmops.quantize(model, method, calib=calib, **options)
+    except TypeError as err:  # an option (e.g. from --quant-option) the method does not take
+        if "unexpected keyword argument" in str(err):
+            raise ValueError(f"{method}: {err}") from None
+        raise

@@ -8,13 +8,16 @@ produces x (an RMSNorm's weight, or the previous linear's output rows), so it co
     s = awq_search_scale(x [T, K] calibration inputs, [w_1 [N_1, K], ...], group_size, bits)
         s = mean|x|^alpha, normalised to geometric mean 1, alpha on a 20-point grid in [0, 1],
         picking the alpha with the smallest sum_i ||x W_i^T - x' Q(W_i diag(s))^T||^2, i.e. the
-        output error of all linears sharing the input x (the block part that s affects).
+        output error of all linears sharing the input x, or (output_error=) the output error of
+        the module they feed, e.g. the whole attention for q/k/v (llm-awq's "module2inspect").
     awq_clip(w [N, K], x [T, K], group_size, bits) -> clipped w: per (row, group) shrink the
         quantization range to r x [min, max], r on a grid in [0.5, 1], keeping the r with the
         smallest output error of that group's partial dot products.
 Then rtn_int4 on the scaled (and clipped) weight.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -40,24 +43,32 @@ def _weighted(x: torch.Tensor, row_weight) -> torch.Tensor:
 
 def awq_search_scale(x: torch.Tensor, weights: list[torch.Tensor], group_size: int = 128, bits: int = 4,
                      symmetric: bool = False, n_grid: int = ALPHA_GRID,
-                     row_weight: torch.Tensor | None = None, duo: bool = False) -> torch.Tensor:
+                     row_weight: torch.Tensor | None = None, duo: bool = False,
+                     output_error: Callable[[list[torch.Tensor]], float] | None = None) -> torch.Tensor:
     """Per-input-channel scale s [K] (fp32) for the linears `weights` that all read x [T, K];
     row_weight [T] (pyllmops.quant.token_weights) weighs each token's output error; duo divides
-    the candidate scales by the weights' own salience^(1 - alpha) (_weight_salience)."""
+    the candidate scales by the weights' own salience^(1 - alpha) (_weight_salience).
+
+    output_error(candidates) -> float scores one candidate: the list of effective weights
+    Q(W_i diag(s)) / s [N_i, K] (what the unscaled input meets after folding). Default: the
+    squared output error of the linears themselves on x (weighted by row_weight); a caller can
+    pass the error of a larger module's output instead (the attention or MLP these linears feed)."""
     x = x.reshape(-1, x.shape[-1]).float()
     x_mean = x.abs().mean(0)
+    weights = [w.detach().float().clone() for w in weights]  # output_error may write into the layers these came from
     w_mean = _weight_salience(weights, group_size) if duo else None
-    x = _weighted(x, row_weight)
-    ref = [x @ w.float().t() for w in weights]
+    if output_error is None:
+        xw = _weighted(x, row_weight)
+        ref = [xw @ w.t() for w in weights]
+
+        def output_error(candidates):
+            return sum(float((xw @ wq.t() - r).pow(2).sum()) for wq, r in zip(candidates, ref))
     best_err, best = float("inf"), torch.ones_like(x_mean)
     for alpha in torch.linspace(0, 1, n_grid).tolist():
         s = x_mean.pow(alpha) if w_mean is None else x_mean.pow(alpha) / (w_mean.pow(1 - alpha) + 1e-4)
         s = s.clamp(min=1e-4)
         s = s / (s.max() * s.min()).sqrt()
-        err = 0.0
-        for w, r in zip(weights, ref):
-            wq = _fake_quant(w.float() * s, group_size, bits, symmetric) / s
-            err += float((x @ wq.t() - r).pow(2).sum())
+        err = output_error([_fake_quant(w * s, group_size, bits, symmetric) / s for w in weights])
         if err < best_err:
             best_err, best = err, s
     return best

@@ -10,9 +10,23 @@
     "w4a16-awq"   AWQ (quant/awq.py): clip=True, awq_tokens=2048 (rows kept for the scale search;
                   the clip search uses CLIP_TOKENS of them), weighting="uniform" ("sink" weighs
                   each token's output error as GPTQ's Hessian does), duo=False (divide the scales
-                  by the weights' salience^(1-alpha)), no_clip=() (layer names to leave unclipped).
-                  Measured on SmolLM2 W4 g128 (GPL-3 ppl, GPL-2 calibration; float 22.35): uniform
-                  27.24, sink 27.62, duo 28.17; unlike GPTQ, these searches are not what holds AWQ back.
+                  by the weights' salience^(1-alpha)), no_clip=() (layer names to leave unclipped),
+                  inspect=False (True, or names such as ("self_attn",): score the scales of the
+                  groups whose ScaleGroup names an `inspect` module on that module's output, e.g.
+                  the whole attention for q/k/v and the MLP for gate/up, as llm-awq/AutoAWQ do),
+                  inspect_weighting="uniform" ("sink": each token's error in that output divided
+                  by the squared norm of the residual stream it is added to, first tokens given
+                  sink_share).
+                  Measured on SmolLM2 W4 g128 (GPL-3 ppl, GPL-2 calibration; float 22.35; details
+                  in bench/results/quality-smollm2-awq-20261128.json): default 27.24, sink 27.62,
+                  duo 28.17, inspect 28.58, inspect=("self_attn",) 28.31, inspect + sink
+                  weighting 27.81, awq_tokens=4096 27.09, no_clip=(q_proj, k_proj) 27.15, both
+                  27.41 (W3: default 49.61, inspect + sink weighting 53.25, awq_tokens=4096
+                  without q/k clipping 58.98).
+                  The module-output objective makes it worse here, and the rest moves it
+                  within +-0.2 (noise of which alpha each layer lands on); the loss is in the
+                  MLP (AWQ on the MLP alone: +14.4%, on the attention alone: +7.6%; RTN +20.1% and
+                  +9.6%). The scale-and-clip family does not reach GPTQ's error on this model.
 
 Common options: group_size (default 128, -1 per-channel; a ragged last group is fine), bits
 (4 or 3; stored in the int4 container), skip (linear names to leave in float, default the LM head:
@@ -28,6 +42,7 @@ activations that already went through the quantized layers before it.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -118,14 +133,21 @@ def _capture_block_inputs(model: nn.Module, block: nn.Module, calib) -> list[tup
     return captured
 
 
-def _group_inputs(block: nn.Module, linear: nn.Module, inputs, sink: Callable[[torch.Tensor], None]) -> None:
-    """Run `block` on every input until `linear` is reached and hand its input to sink."""
+def _group_inputs(block: nn.Module, linear: nn.Module, inputs, sink: Callable[[torch.Tensor], None],
+                  inspect: Optional[nn.Module] = None) -> list[tuple[tuple, dict]]:
+    """Run `block` on every input until `linear` is reached and hand its input to sink. Returns
+    the (args, kwargs) of each call of `inspect` (a submodule that encloses or precedes `linear`;
+    none when inspect is None), so that it can be rerun on its own."""
+    seen: list[tuple[tuple, dict]] = []
 
     def hook(_, args):
         sink(args[0].detach())
         raise _Stop
 
-    handle = linear.register_forward_pre_hook(hook)
+    handles = [linear.register_forward_pre_hook(hook)]
+    if inspect is not None:
+        handles.append(inspect.register_forward_pre_hook(lambda _, args, kwargs: seen.append((args, kwargs)),
+                                                         with_kwargs=True))
     try:
         for args, kwargs in inputs:
             try:
@@ -133,7 +155,9 @@ def _group_inputs(block: nn.Module, linear: nn.Module, inputs, sink: Callable[[t
             except _Stop:
                 pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+    return seen
 
 
 CLIP_TOKENS = 512
@@ -178,7 +202,7 @@ class _TokenSample:
 
 def _groups_of(block: nn.Module, spec: BlockSpec, skip) -> list[ScaleGroup]:
     eligible = {name for name, _ in linear_layers(block, _eligible(skip))}
-    groups = [ScaleGroup(g.prev, tuple(n for n in g.linears if n in eligible)) for g in spec.groups]
+    groups = [ScaleGroup(g.prev, tuple(n for n in g.linears if n in eligible), g.inspect) for g in spec.groups]
     named = {n for g in groups for n in g.linears}
     groups += [ScaleGroup(None, (n,)) for n, _ in linear_layers(block) if n in eligible and n not in named]
     return [g for g in groups if g.linears]
@@ -186,7 +210,13 @@ def _groups_of(block: nn.Module, spec: BlockSpec, skip) -> list[ScaleGroup]:
 
 def _calibrated(model: nn.Module, calib, spec: BlockSpec, skip, progress: bool, desc: str,
                 make_sink: Callable[[int], Any],
-                quantize_group: Callable[[nn.Module, ScaleGroup, Any, dict], dict[str, tuple[Int4Weight, Optional[torch.Tensor]]]]) -> nn.Module:
+                quantize_group: Callable[[nn.Module, ScaleGroup, Any, dict, Optional["_Inspected"]],
+                                         dict[str, tuple[Int4Weight, Optional[torch.Tensor]]]],
+                inspect: bool | Iterable[str] = False) -> nn.Module:
+    """inspect=True (or a collection of names): for groups that name an `inspect` module (one of
+    those names), quantize_group also gets that module and the inputs it was called with (an
+    _Inspected); else None."""
+    inspect = inspect if isinstance(inspect, bool) else frozenset(inspect)
     if spec.blocks is None:
         blocks, prefix = [model], [""]
         inputs = [((b,), {}) if not isinstance(b, (dict, tuple, list)) else
@@ -202,9 +232,13 @@ def _calibrated(model: nn.Module, calib, spec: BlockSpec, skip, progress: bool, 
             for group in _groups_of(block, spec if spec.blocks is not None else BlockSpec(None), skip):
                 first = block.get_submodule(group.linears[0])
                 sink = make_sink(first.in_features)
-                _group_inputs(block, first, inputs, sink)
+                wanted = group.inspect is not None and (inspect is True or (inspect is not False and group.inspect in inspect))
+                watched = block.get_submodule(group.inspect) if wanted else None
+                seen = _group_inputs(block, first, inputs, sink, watched)
                 local = {n[len(pre):]: v for n, v in done.items() if n.startswith(pre)}
-                for name, result in quantize_group(block, group, sink, local).items():
+                inspected = None if watched is None else _Inspected(
+                    watched, seen, [args[0] for args, _ in inputs] if spec.blocks is not None else None)
+                for name, result in quantize_group(block, group, sink, local, inspected).items():
                     done[pre + name] = result
             if spec.blocks is not None:
                 inputs = [((_first(block(*args, **kwargs)),) + tuple(args[1:]), kwargs) for args, kwargs in inputs]
@@ -212,6 +246,47 @@ def _calibrated(model: nn.Module, calib, spec: BlockSpec, skip, progress: bool, 
         lin = model.get_submodule(name)
         replace_module(model, name, WeightOnlyLinear(weight, lin.bias, input_scale))
     return model
+
+
+class _Inspected:
+    """A block submodule, the (args, kwargs) of its calibration calls, and the block's input
+    hidden states [B, T, dim] for those calls (None when unknown), with the module's outputs for
+    the current weights (computed once, here)."""
+
+    def __init__(self, module: nn.Module, calls: list[tuple[tuple, dict]], residuals: Optional[list[torch.Tensor]]):
+        self.module, self.calls, self.residuals = module, calls, residuals
+        self.ref = [_first(module(*args, **kwargs)).float() for args, kwargs in calls]
+
+    def token_weights(self, sink_share: float) -> list[torch.Tensor]:
+        """Per call, [B*T] weights 1 / ||h_t||^2 of the residual stream h the module's output is
+        added to (the next RMSNorm divides by its norm, so relative error is what propagates;
+        massive-activation tokens do not rule the loss), first tokens given sink_share
+        (pyllmops.quant.token_weights)."""
+        if self.residuals is None or any(h.shape[:-1] != r.shape[:-1] for h, r in zip(self.residuals, self.ref)):
+            raise ValueError(f"{type(self.module).__name__}: token weighting needs block inputs shaped like its outputs")
+        return [token_weights(h, sink_share).float() for h in self.residuals]
+
+    @contextlib.contextmanager
+    def scoring(self, lins: list[nn.Linear], weights: Optional[list[torch.Tensor]] = None):
+        """Yields output_error(candidates) -> float: the module's squared output error (per token
+        times weights [B*T] per call, when given) with the candidate weights in `lins` (tried in
+        place; the weights are restored on exit)."""
+        originals = [lin.weight.clone() for lin in lins]
+        weights = weights or [None] * len(self.calls)
+
+        def output_error(candidates: list[torch.Tensor]) -> float:
+            for lin, w in zip(lins, candidates):
+                lin.weight.copy_(w.to(lin.weight.dtype))
+            err = 0.0
+            for (args, kwargs), ref, c in zip(self.calls, self.ref, weights):
+                e = (_first(self.module(*args, **kwargs)).float() - ref).pow(2).reshape(-1, ref.shape[-1]).sum(-1)
+                err += float(e.sum() if c is None else (e * c).sum())
+            return err
+        try:
+            yield output_error
+        finally:
+            for lin, w in zip(lins, originals):
+                lin.weight.copy_(w)
 
 
 def _write_back(lin: nn.Linear, weight: Int4Weight, input_scale: Optional[torch.Tensor] = None) -> None:
@@ -230,7 +305,7 @@ def quantize_gptq(model: nn.Module, *, calib, group_size: int = 128, bits: int =
                   block_spec: Optional[BlockSpec] = None) -> nn.Module:
     _check_bits(bits)
 
-    def quantize_group(block, group, hessian, done):
+    def quantize_group(block, group, hessian, done, _inspected):
         out = {}
         for name in group.linears:
             lin = block.get_submodule(name)
@@ -251,11 +326,14 @@ class _HessianSink(Hessian):
 @register_method("w4a16-awq", needs_calib=True)
 def quantize_awq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 4, symmetric: bool = False,
                  clip: bool = True, awq_tokens: int = 2048, weighting: str = "uniform", sink_share: float = 0.1,
-                 duo: bool = False, no_clip: Iterable[str] = (), skip: Iterable[str] = ("lm_head",),
+                 duo: bool = False, no_clip: Iterable[str] = (), inspect: bool | Iterable[str] = False,
+                 inspect_weighting: str = "uniform", skip: Iterable[str] = ("lm_head",),
                  progress: bool = True, block_spec: Optional[BlockSpec] = None) -> nn.Module:
     _check_bits(bits)
+    if inspect_weighting not in WEIGHTINGS:
+        raise ValueError(f"inspect_weighting must be one of {WEIGHTINGS}, got {inspect_weighting!r}")
 
-    def quantize_group(block, group, sample, done):
+    def quantize_group(block, group, sample, done, inspected):
         x, c = sample.tensor()
         # the clip search thins the scale search's rows further (uniform) or keeps the first tokens (sink)
         x_clip, c_clip = (x, None) if c is None else sample.tensor(CLIP_TOKENS)
@@ -265,7 +343,11 @@ def quantize_awq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 
             prev = "unfoldable"  # e.g. v_proj -> o_proj under grouped-query attention: leave unscaled
         s = None
         if prev != "unfoldable":
-            s = awq_search_scale(x, [lin.weight for lin in lins], group_size, bits, symmetric, row_weight=c, duo=duo)
+            scoring = contextlib.nullcontext() if inspected is None else inspected.scoring(
+                lins, None if inspect_weighting == "uniform" else inspected.token_weights(sink_share))
+            with scoring as error:
+                s = awq_search_scale(x, [lin.weight for lin in lins], group_size, bits, symmetric, row_weight=c,
+                                     duo=duo, output_error=error)
             _fold(prev, group.prev, s, done)
             for lin in lins:
                 lin.weight.mul_(s.to(lin.weight.dtype))
@@ -282,7 +364,7 @@ def quantize_awq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 
         return out
 
     return _calibrated(model, calib, resolve_spec(model, block_spec), skip, progress, "w4a16-awq",
-                       lambda k: _TokenSample(awq_tokens, weighting, sink_share), quantize_group)
+                       lambda k: _TokenSample(awq_tokens, weighting, sink_share), quantize_group, inspect=inspect)
 
 
 def _fold(prev: Optional[nn.Module], prev_name: Optional[str], s: torch.Tensor, done: dict) -> None:

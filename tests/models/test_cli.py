@@ -67,3 +67,28 @@ def test_eval_json(cli_model, capsys, tmp_path):
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"text_tokens", "results"} and out["text_tokens"] > 64
     assert set(out["results"]) == {"fp"} and 1 < out["results"]["fp"]["ppl"] < 50
+
+
+def test_quant_option_parsing_and_unknown_option(monkeypatch):
+    """--quant-option KEY=VALUE reaches the method as a keyword (JSON values, else strings); an
+    option the method does not take is a ValueError (one clear CLI error line), not a TypeError."""
+    import torch
+    from torch import nn
+
+    from pyllmops.cli import build_parser
+    from pyllmops.commands import _model
+    from pyllmops.models import evaluate
+
+    args = build_parser().parse_args(["eval", "--text-file", "t", "--quant", "w4a16-rtn", "--group-size", "16",
+                                      "--quant-option", "symmetric=true", "--quant-option", 'skip=["0"]',
+                                      "--quant-option", "note=a=b"])
+    assert args.quant_option == [("symmetric", True), ("skip", ["0"]), ("note", "a=b")]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--text-file", "t", "--quant-option", "noequals"])
+    monkeypatch.setattr(evaluate, "calibration_batches", lambda tok, text: [torch.zeros(1, 4, dtype=torch.long)])
+    args.quant_option = args.quant_option[:2]
+    model = _model.quantize(nn.Sequential(nn.Linear(32, 8), nn.Linear(8, 8)), None, "w4a16-rtn", args)
+    assert isinstance(model[0], nn.Linear) and type(model[1]).__name__ == "WeightOnlyLinear"  # "0" skipped
+    args.quant_option = [("bogus", 1)]
+    with pytest.raises(ValueError, match="w4a16-rtn: .*bogus"):
+        _model.quantize(nn.Sequential(nn.Linear(32, 8)), None, "w4a16-rtn", args)

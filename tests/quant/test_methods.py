@@ -158,3 +158,83 @@ def test_gptq_generalises_with_enough_tokens(seed):
         fits[t] = err(g, held)
     assert fits[16 * k] < 0.9 * err(rtn, held)
     assert fits[k] > 1.15 * fits[16 * k]  # too few tokens: the fit does not carry over
+
+
+def _tiny_llama():
+    """The bundled Llama, tiny, grouped-query attention, a few outlier channels in each norm."""
+    from pyllmops.models import llama
+
+    cfg = llama.LlamaConfig(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96,
+                            max_seq_len=64, tie_embeddings=False)
+    model = llama.Llama(cfg)
+    with torch.no_grad():
+        for layer in model.layers:
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                norm.weight.normal_(1.0, 0.1)
+                norm.weight[torch.randperm(64)[:3]] *= 20
+    return model
+
+
+def test_awq_inspected_search_scales_attention(seed):
+    """The scale search on the attention output (q/k/v quantized together, RoPE and softmax
+    included) picks scales that cut that output's error well below unscaled RTN, leaves the float
+    weights as they were, and folding the scales into the norm keeps the float model's output."""
+    from pyllmops.quant.awq import awq_search_scale
+    from pyllmops.quant.rtn import rtn_int4
+    from pyllmops.quantization.weight_only import _Inspected
+
+    model = _tiny_llama()
+    attn, norm = model.layers[0].self_attn, model.layers[0].input_layernorm
+    calls = []
+    hook = attn.register_forward_pre_hook(lambda _, args, kwargs: calls.append((args, kwargs)), with_kwargs=True)
+    test = torch.randint(0, 97, (2, 24))
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randint(0, 97, (2, 24)))
+        hook.remove()
+        ref = model(test)
+        lins = [attn.q_proj, attn.k_proj, attn.v_proj]
+        w = [lin.weight.clone() for lin in lins]
+        x = torch.cat([args[0].reshape(-1, 64) for args, _ in calls])
+        with _Inspected(attn, calls, None).scoring(lins) as error:
+            s = awq_search_scale(x, [lin.weight for lin in lins], 32, 3, output_error=error)
+            plain = error([rtn_int4(wi, 32, 3).dequantize() for wi in w])
+            scaled = error([rtn_int4(wi * s, 32, 3).dequantize() / s for wi in w])
+        assert scaled < 0.8 * plain, (scaled, plain)
+        for lin, wi in zip(lins, w):
+            torch.testing.assert_close(lin.weight, wi, rtol=0, atol=0)  # the float weights are back
+        for lin, wi in zip(lins, w):
+            lin.weight.copy_(wi * s)
+        norm.weight.div_(s)
+        torch.testing.assert_close(model(test), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_awq_inspects_the_module_each_group_feeds(seed, monkeypatch):
+    """With inspect=True the q/k/v and gate/up searches score the attention and MLP
+    outputs (each token's error weighted by its residual stream's norm with "sink"); down_proj
+    (and everything with inspect=False) scores its own output; o_proj is not scaled under GQA.
+    Every way the model beats RTN."""
+    from pyllmops.quantization import weight_only
+
+    model = _tiny_llama()
+    calib = [torch.randint(0, 97, (2, 24)) for _ in range(4)]
+    test = torch.randint(0, 97, (4, 24))
+    with torch.no_grad():
+        ref = model(test)
+    real = weight_only.awq_search_scale
+    errs = {"rtn": _err(pyllmops.quantize(copy.deepcopy(model), "w4a16-rtn", group_size=32, bits=3, progress=False), test, ref)}
+    for inspect, weighting in ((True, "uniform"), (True, "sink"), (False, "uniform")):
+        seen = []
+
+        def spy(*args, output_error=None, **kwargs):
+            seen.append(output_error is not None)
+            return real(*args, output_error=output_error, **kwargs)
+
+        monkeypatch.setattr(weight_only, "awq_search_scale", spy)
+        q = pyllmops.quantize(copy.deepcopy(model), "w4a16-awq", calib=calib, group_size=32, bits=3, progress=False,
+                              inspect=inspect, inspect_weighting=weighting)
+        assert seen == [inspect, inspect, False] * 2
+        errs[inspect, weighting] = _err(q, test, ref)
+    assert all(e < 0.7 * errs["rtn"] for key, e in errs.items() if key != "rtn"), errs
+    with pytest.raises(ValueError, match="inspect_weighting must be one of"):
+        pyllmops.quantize(copy.deepcopy(model), "w4a16-awq", calib=calib, inspect_weighting="nope")
