@@ -416,13 +416,18 @@ PYLLMOPS_AVX512 BlockMax chunk_max_avx512(const float* x, int64_t n, int64_t s, 
   return {m, bad != 0 || m > kFloatMax};
 }
 
+// The indices first + 0..15. (A function, not a lambda: clang does not give a lambda its
+// enclosing function's target attribute.)
+PYLLMOPS_AVX512 PYLLMOPS_INLINE __m512i lane_ids(int64_t first, __m512i iota) {
+  return _mm512_add_epi32(_mm512_set1_epi32(int32_t(first)), iota);
+}
+
 // Appends the values x[i] >= thr (index base + i) to c; four groups share one test, as few of
 // them hold a candidate.
 PYLLMOPS_AVX512 void gather_at_least_avx512(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
   const __m512 vthr = _mm512_set1_ps(thr);
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   Out o(c);
-  auto ids = [&](int64_t i) { return _mm512_add_epi32(_mm512_set1_epi32(base + int32_t(i)), iota); };
   int64_t i = 0;
   for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
     const __m512 v0 = _mm512_loadu_ps(x + i), v1 = _mm512_loadu_ps(x + i + kLanes),
@@ -430,16 +435,16 @@ PYLLMOPS_AVX512 void gather_at_least_avx512(const float* x, int64_t n, int32_t b
     const __mmask16 h0 = _mm512_cmp_ps_mask(v0, vthr, _CMP_GE_OQ), h1 = _mm512_cmp_ps_mask(v1, vthr, _CMP_GE_OQ),
                     h2 = _mm512_cmp_ps_mask(v2, vthr, _CMP_GE_OQ), h3 = _mm512_cmp_ps_mask(v3, vthr, _CMP_GE_OQ);
     if (h0 | h1 | h2 | h3) {
-      append(o, h0, v0, ids(i));
-      append(o, h1, v1, ids(i + kLanes));
-      append(o, h2, v2, ids(i + 2 * kLanes));
-      append(o, h3, v3, ids(i + 3 * kLanes));
+      append(o, h0, v0, lane_ids(base + i, iota));
+      append(o, h1, v1, lane_ids(base + i + kLanes, iota));
+      append(o, h2, v2, lane_ids(base + i + 2 * kLanes, iota));
+      append(o, h3, v3, lane_ids(base + i + 3 * kLanes, iota));
     }
   }
   for (; i < n; i += kLanes) {
     const __mmask16 live = live_mask(i, n);
     const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
-    append(o, _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ), v, ids(i));
+    append(o, _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ), v, lane_ids(base + i, iota));
   }
   c.n = o.n;
 }
