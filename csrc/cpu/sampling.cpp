@@ -42,10 +42,14 @@
 // same bits (PYLLMOPS_NO_AVX512=1 selects the portable ones). Implicit floating-point contraction
 // is off (FMAs are explicit, std::fma in the portable code); no-trapping-math lets the portable
 // loops vectorise.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF  // (clang does not trap on floating point by default)
+#else
 #pragma GCC optimize("fp-contract=off", "no-trapping-math")
 // GCC 12 false positives inside its own avx512fintrin.h helpers (undefined-vector idiom).
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 #include "cpu/sampling.h"
 
