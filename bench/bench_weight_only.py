@@ -12,6 +12,8 @@ On a shared CPU the numbers move with the other processes' load; compare ratios 
 weights, as a decode step through a 10-layer model does: 640 MB of fp32 no longer fits the
 cache, while the 84 MB of int4 weights do; that difference is the point of the compression.
 """
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,25 +31,17 @@ ACT = torch.float16 if DEV.type == "cuda" else torch.float32
 
 @pytest.fixture(scope="module")
 def layers():
-    """max(LAYERS) layers' weights: float, int4 and int8 forms of each."""
+    """max(LAYERS) layers' weights: float, int4 (with its scales in the dtype the kernels read:
+    the activation dtype on GPU, float32 on CPU) and int8 forms of each."""
     torch.manual_seed(0)
+    scale_dtype = ACT if DEV.type == "cuda" else torch.float32
     out = []
     for _ in range(max(LAYERS)):
         w = torch.randn(N, K) * 0.02
         q4, q8 = rtn_int4(w, 128).to(DEV), rtn_int8(w)
-        out.append({"w": w.to(DEV, ACT), "q4": q4, "q8": (q8.qweight.to(DEV), q8.scales.to(DEV))})
+        out.append({"w": w.to(DEV, ACT), "q4": q4, "s4": q4.scales.to(scale_dtype),
+                    "q8": q8.qweight.to(DEV), "s8": q8.scales.to(DEV, scale_dtype)})
     return out
-
-
-class _Cycle:
-    """The next of the first n layers on every call."""
-
-    def __init__(self, layers, n):
-        self.layers, self.n, self.i = layers, n, 0
-
-    def __call__(self):
-        self.i = (self.i + 1) % self.n
-        return self.layers[self.i]
 
 
 def _backends(op, m):
@@ -75,17 +69,16 @@ def test_w4a16(benchmark, layers, n_layers, m, backend):
     base = backend == "baseline"
     record(benchmark, op="w4a16_matmul g128", shape=_shape(m, n_layers),
            backend=f"F.linear {str(ACT)[6:]}" if base else backend, baseline=base)
-    layer = _Cycle(layers, n_layers)
+    layer = itertools.cycle(layers[:n_layers])
     if base:
-        _run(benchmark, lambda: F.linear(x, layer()["w"]))
+        _run(benchmark, lambda: F.linear(x, next(layer)["w"]))
         return
-    # scales in the activation dtype on GPU (what the CUDA kernel reads), float32 on CPU
-    scales = [l["q4"].scales.to(ACT) if DEV.type == "cuda" else l["q4"].scales for l in layers]
 
     def fn():
-        q = layer()["q4"]
+        l = next(layer)
+        q = l["q4"]
         with pyllmops.use_backend(backend):
-            return pyllmops.w4a16_matmul(x, q.qweight, scales[layer.i], q.zeros, q.group_size)
+            return pyllmops.w4a16_matmul(x, q.qweight, l["s4"], q.zeros, q.group_size)
     _run(benchmark, fn)
 
 
@@ -96,14 +89,13 @@ def test_w8a16(benchmark, layers, n_layers, m, backend):
     base = backend == "baseline"
     record(benchmark, op="w8a16_matmul", shape=_shape(m, n_layers),
            backend=f"F.linear {str(ACT)[6:]}" if base else backend, baseline=base)
-    layer = _Cycle(layers, n_layers)
+    layer = itertools.cycle(layers[:n_layers])
     if base:
-        _run(benchmark, lambda: F.linear(x, layer()["w"]))
+        _run(benchmark, lambda: F.linear(x, next(layer)["w"]))
         return
-    scales = [l["q8"][1].to(ACT) if DEV.type == "cuda" else l["q8"][1] for l in layers]
 
     def fn():
-        qweight = layer()["q8"][0]
+        l = next(layer)
         with pyllmops.use_backend(backend):
-            return pyllmops.w8a16_matmul(x, qweight, scales[layer.i])
+            return pyllmops.w8a16_matmul(x, l["q8"], l["s8"])
     _run(benchmark, fn)

@@ -20,67 +20,65 @@ namespace pyllmops::cpu {
 
 int default_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
 
-#ifdef _OPENMP
-// On OpenMP's team: the same runtime (libgomp.so.1) and threads as torch's at::parallel_for and
-// oneDNN, which keep spinning for a while after their region. A pass right before or after a
-// torch GEMM then starts in about a microsecond instead of the ~20 us of new std::threads.
-void parallel_for(int64_t n, int threads, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
-  if (n <= 0) return;
-  if (threads <= 0) threads = default_threads();
-  grain = std::max<int64_t>(grain, 1);
-  const int64_t chunks = std::min<int64_t>(threads, (n + grain - 1) / grain);
-  if (chunks <= 1 || omp_in_parallel()) {
-    fn(0, n);
-    return;
-  }
-  const int64_t step = (n + chunks - 1) / chunks;
-  std::exception_ptr error;
-  std::mutex error_mu;
-#pragma omp parallel num_threads(static_cast<int>(chunks))
-  {
-    const int64_t b = omp_get_thread_num() * step, e = std::min(n, b + step);
-    if (b < e) {
-      try {
-        fn(b, e);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mu);
-        if (!error) error = std::current_exception();
-      }
-    }
-  }
-  if (error) std::rethrow_exception(error);
-}
-#else
-void parallel_for(int64_t n, int threads, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
-  if (n <= 0) return;
-  if (threads <= 0) threads = default_threads();
-  grain = std::max<int64_t>(grain, 1);
-  const int64_t chunks = std::min<int64_t>(threads, (n + grain - 1) / grain);
-  if (chunks <= 1) {
-    fn(0, n);
-    return;
-  }
-  const int64_t step = (n + chunks - 1) / chunks;
-  std::exception_ptr error;
-  std::mutex error_mu;
-  auto run = [&](int64_t b, int64_t e) {
+namespace {
+
+// The first exception thrown by any chunk or task, rethrown on the calling thread afterwards.
+class FirstError {
+ public:
+  template <typename F>
+  void run(F&& f) {
     try {
-      fn(b, e);
+      f();
     } catch (...) {
-      std::lock_guard<std::mutex> lock(error_mu);
-      if (!error) error = std::current_exception();
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!error_) error_ = std::current_exception();
     }
-  };
-  std::vector<std::thread> workers;
-  for (int64_t c = 1; c < chunks; ++c) {
-    const int64_t b = c * step, e = std::min(n, b + step);
-    if (b < e) workers.emplace_back(run, b, e);
   }
-  run(0, std::min(n, step));
-  for (auto& t : workers) t.join();
-  if (error) std::rethrow_exception(error);
-}
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::mutex mu_;
+  std::exception_ptr error_;
+};
+
+}  // namespace
+
+void parallel_for(int64_t n, int threads, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (threads <= 0) threads = default_threads();
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t chunks = std::min<int64_t>(threads, (n + grain - 1) / grain);
+#ifdef _OPENMP
+  const bool nested = omp_in_parallel();
+#else
+  const bool nested = false;
 #endif
+  if (chunks <= 1 || nested) {
+    fn(0, n);
+    return;
+  }
+  const int64_t step = (n + chunks - 1) / chunks;
+  FirstError error;
+  auto chunk = [&](int64_t c) {
+    const int64_t b = c * step, e = std::min(n, b + step);
+    if (b < e) error.run([&] { fn(b, e); });
+  };
+#ifdef _OPENMP
+  // On OpenMP's team: the same runtime (libgomp.so.1) and threads as torch's at::parallel_for and
+  // oneDNN, which keep spinning for a while after their region. A pass right before or after a
+  // torch GEMM then starts in about a microsecond instead of the ~20 us of new std::threads.
+#pragma omp parallel num_threads(static_cast<int>(chunks))
+  chunk(omp_get_thread_num());
+#else
+  std::vector<std::thread> workers;
+  for (int64_t c = 1; c < chunks; ++c) workers.emplace_back(chunk, c);
+  chunk(0);
+  for (auto& t : workers) t.join();
+#endif
+  error.rethrow();
+}
 
 #ifdef _OPENMP
 // Tasks handed out one at a time on OpenMP's team (see parallel_for): the team's threads are
@@ -94,18 +92,10 @@ void parallel_tasks(int64_t n, int threads, const std::function<void(int64_t)>& 
     for (int64_t i = 0; i < n; ++i) task(i);
     return;
   }
-  std::exception_ptr error;
-  std::mutex error_mu;
+  FirstError error;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (int64_t i = 0; i < n; ++i) {
-    try {
-      task(i);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(error_mu);
-      if (!error) error = std::current_exception();
-    }
-  }
-  if (error) std::rethrow_exception(error);
+  for (int64_t i = 0; i < n; ++i) error.run([&] { task(i); });
+  error.rethrow();
 }
 #else
 namespace {
@@ -119,16 +109,10 @@ struct TaskSet {
   std::atomic<int64_t> next{0};  // the next index to take
   std::atomic<int64_t> done{0};
   int inside = 0;                // workers that joined (guarded by the pool mutex)
-  std::mutex error_mu;
-  std::exception_ptr error;
+  FirstError error;
   void work() {
     for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
-      try {
-        (*task)(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mu);
-        if (!error) error = std::current_exception();
-      }
+      error.run([&] { (*task)(i); });
       done.fetch_add(1, std::memory_order_release);
     }
   }
@@ -141,7 +125,7 @@ class WorkerPool {
     TaskSet set(&task, n);
     if (!busy.owns_lock()) {  // another caller has the workers
       set.work();
-      if (set.error) std::rethrow_exception(set.error);
+      set.error.rethrow();
       return;
     }
     {
@@ -157,7 +141,7 @@ class WorkerPool {
     std::unique_lock<std::mutex> lock(mu_);
     current_ = nullptr;
     left_.wait(lock, [&] { return set.inside == 0; });
-    if (set.error) std::rethrow_exception(set.error);
+    set.error.rethrow();
   }
 
  private:

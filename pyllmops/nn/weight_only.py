@@ -105,18 +105,17 @@ class WeightOnlyLinear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features)
 
     def _eager_cpp(self, x2: torch.Tensor) -> bool:
-        """Whether forward may call the cpp backend itself: what that backend serves (CPU, decode
-        M, K and group multiples of 32, no g_idx), eager mode without autograd, default backends."""
-        k = x2.shape[1]
-        if not (x2.device.type == "cpu" and self.qweight.device.type == "cpu" and x2.shape[0] <= ops.DECODE_MAX_M
-                and x2.dtype in FLOAT_DTYPES and not x2.requires_grad and k == self.in_features):
+        """Whether forward may call the cpp backend itself: eager CPU mode without autograd and
+        with the default backends, on a call that backend serves (its own `supports` check). A
+        wrong width goes to the front door, which names it."""
+        if not (x2.shape[1] == self.in_features and x2.device.type == "cpu" and self.qweight.device.type == "cpu"
+                and x2.dtype in FLOAT_DTYPES
+                and not x2.requires_grad and not torch.compiler.is_compiling() and forced_backends() is None
+                and _ext.has_cpp()):
             return False
-        if self.int4 and not (self.g_idx is None and k % 32 == 0 and self.group_size % 32 == 0):
-            return False
-        if not self.int4 and k % 16:
-            return False
-        return (not torch.compiler.is_compiling() and forced_backends() is None and _ext.has_cpp()
-                and _ext.cpp().weight_only_simd())
+        if self.int4:
+            return ops._cpp_w4_supported(x2, self.qweight, self.scales, self.zeros, self.group_size, self.g_idx)
+        return ops._cpp_w8_supported(x2, self.qweight, self.scales)
 
     def extra_repr(self) -> str:
         kind = f"int{self.bits}, group_size={self.group_size}" if self.int4 else "int8 per-channel"

@@ -23,14 +23,13 @@ def _supports(x, granularity, symmetric, scale, zero_point):
 
 
 @_dispatch.register("quantize_int8", "cpp", devices=("cpu",), supports=_supports)
-def cpp_quantize(x, granularity, symmetric, scale, zero_point, threads=None):
-    """threads: the kernel's threads (default torch.get_num_threads())."""
+def cpp_quantize(x, granularity, symmetric, scale, zero_point):
     m, n = x.shape
     q = torch.empty((m, n), dtype=torch.int8)
     row_scale = torch.empty((m, 1), dtype=torch.float32)
     static = scale.float().contiguous() if scale is not None else None
     bad_rows = _ext.cpp().quantize_int8_rows(
         x.data_ptr(), DTYPES[x.dtype], m, n, x.stride(0), static.data_ptr() if static is not None else 0,
-        granularity == "tensor", q.data_ptr(), row_scale.data_ptr(), threads or torch.get_num_threads())
+        granularity == "tensor", q.data_ptr(), row_scale.data_ptr(), torch.get_num_threads())
     out_scale = row_scale if granularity == "token" else static
     return q, out_scale, torch.zeros(out_scale.shape, dtype=torch.int32), bad_rows > 0

@@ -10,8 +10,8 @@ cannot fuse it.
 
 Measured on a 2-core Sapphire Rapids (bench/bench_w8a8.py): oneDNN on the packed weight is 2-4x
 faster than torch._int_mm, which reorders the weight on every call. The C++ passes run on torch's
-OpenMP threads (csrc/cpu/parallel.h), which are still spinning from the GEMM next to them. Kept apart from w8a8.py (which
-defines the op) like quant_int8_cpp.py.
+OpenMP threads (csrc/cpu/parallel.h), which are still spinning from the GEMM next to them. Kept
+apart from w8a8.py (which defines the op) like quant_int8_cpp.py.
 """
 from __future__ import annotations
 
@@ -50,10 +50,19 @@ def _zero_points(n: int) -> torch.Tensor:
     return torch.zeros(n, dtype=torch.int64)
 
 
+def _weight_scales(scale_b: torch.Tensor, n: int) -> torch.Tensor:
+    """scale_b [1] or [1, N] -> the [N] float32 vector oneDNN's qlinear takes."""
+    return scale_b.float().reshape(-1).expand(n).contiguous()
+
+
 def _onednn(a, b, scale_a, scale_b, bias, out_dtype):
     n = b.shape[1]
-    w_scale = scale_b.float().reshape(-1).expand(n).contiguous()
-    w_zp = _zero_points(n)
+    return _qlinear(a, b, scale_a, _weight_scales(scale_b, n), _zero_points(n), bias, out_dtype)
+
+
+def _qlinear(a, b, scale_a, w_scale, w_zp, bias, out_dtype):
+    """oneDNN's int8 linear on the packed b, w_scale [N] float32 and w_zp [N] its weight scales and
+    zero points; a per-token scale_a and the bias with it are left to the C++ epilogue."""
     per_tensor = scale_a.numel() == 1
     fused = per_tensor and out_dtype in FUSED_OUT
     out = torch.ops.onednn.qlinear_pointwise(
@@ -77,18 +86,18 @@ def _cpp_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
 class LinearPlan:
     """What W8A8Linear's eager CPU forward needs, in the form the kernels take, made once per
     weight: the packed weight b, its scales as oneDNN's [N] float32 vector and zero points, the
-    bias as float32, and a static activation scale as a Python float (None: dynamic per token)."""
+    bias as float32, and the static activation scale [1] float32 (None: dynamic per token)."""
 
-    __slots__ = ("b", "w_scale", "w_zp", "bias", "input_scale", "input_scale_t", "n")
+    __slots__ = ("b", "w_scale", "w_zp", "bias", "input_scale")
 
     def __init__(self, b: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
                  input_scale: torch.Tensor | None):
-        self.b, self.n = b, b.shape[1]
-        self.w_scale = weight_scale.float().reshape(-1).expand(self.n).contiguous()
-        self.w_zp = _zero_points(self.n)
+        n = b.shape[1]
+        self.b = b
+        self.w_scale = _weight_scales(weight_scale, n)
+        self.w_zp = _zero_points(n)
         self.bias = None if bias is None else bias.float().contiguous()
-        self.input_scale = None if input_scale is None else float(input_scale)
-        self.input_scale_t = None if input_scale is None else input_scale.float().reshape(1).contiguous()
+        self.input_scale = None if input_scale is None else input_scale.float().reshape(1).contiguous()
 
 
 def w8a8_linear(x: torch.Tensor, plan: LinearPlan) -> torch.Tensor:
@@ -96,33 +105,8 @@ def w8a8_linear(x: torch.Tensor, plan: LinearPlan) -> torch.Tensor:
     token, or per tensor with plan.input_scale) and w8a8_matmul back to back, without the ops'
     per-call checks and conversions of constant operands (per call they cost about as much as
     a 128-token GEMM). x is still checked for NaN/inf, by the quantizing kernel."""
-    m, k = x.shape
-    threads = torch.get_num_threads()
-    q = torch.empty((m, k), dtype=torch.int8)
-    static = plan.input_scale is not None
-    row_scale = torch.empty((m, 1), dtype=torch.float32)
-    fixed = plan.input_scale_t
-    bad = _ext.cpp().quantize_int8_rows(x.data_ptr(), DTYPES[x.dtype], m, k, x.stride(0),
-                                        0 if fixed is None else fixed.data_ptr(), static, q.data_ptr(),
-                                        row_scale.data_ptr(), threads)
-    if bad:
+    gran = "token" if plan.input_scale is None else "tensor"
+    q, scale_a, _, nonfinite = cpp_quantize(x, gran, True, plan.input_scale, None)
+    if nonfinite:
         raise ValueError("x contains NaN or inf")
-    out_dtype = x.dtype
-    if static:  # oneDNN applies every scale and the bias; a float16 output still needs the cast
-        fused = out_dtype in FUSED_OUT
-        out = torch.ops.onednn.qlinear_pointwise(q, plan.input_scale, 0, plan.b, plan.w_scale, plan.w_zp, plan.bias,
-                                                 1.0, 0, out_dtype if fused else torch.float32, "none", [], "")
-        return out if fused else _epilogue_raw(out, None, None, out_dtype, threads)
-    acc = torch.ops.onednn.qlinear_pointwise(q, 1.0, 0, plan.b, plan.w_scale, plan.w_zp, None, 1.0, 0,
-                                             torch.float32, "none", [], "")
-    return _epilogue_raw(acc, row_scale, plan.bias, out_dtype, threads)
-
-
-def _epilogue_raw(acc: torch.Tensor, row_scale, bias, out_dtype, threads: int) -> torch.Tensor:
-    """_epilogue for operands already float32 and contiguous, and no column scale: acc [M, N]
-    float32 (in place for a float32 out) times row_scale [M, 1] (or None) plus bias [N]."""
-    m, n = acc.shape
-    out = acc if out_dtype == torch.float32 else torch.empty((m, n), dtype=out_dtype)
-    _ext.cpp().w8a8_epilogue(acc.data_ptr(), False, m, n, _ptr(row_scale), row_scale is not None, 0, False,
-                             _ptr(bias), out.data_ptr(), DTYPES[out_dtype], threads)
-    return out
+    return _qlinear(q, plan.b, scale_a, plan.w_scale, plan.w_zp, plan.bias, x.dtype)
