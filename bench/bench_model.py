@@ -46,6 +46,18 @@ def llama_cpp(ours):
     return llama_cpp.Llama(str(smollm2_path()), n_ctx=1024, n_batch=PREFILL, n_threads=THREADS, n_threads_batch=THREADS, logits_all=True, verbose=False)
 
 
+@pytest.fixture(scope="module")
+def ours_w4a16(ours):
+    """The same model with every linear but the LM head in int4 (w4a16-rtn, group 128): the decode
+    kernels do not depend on which quantizer chose the int4 values."""
+    import copy
+
+    import pyllmops
+
+    model, tok = ours
+    return pyllmops.quantize(copy.deepcopy(model), "w4a16-rtn", group_size=128, progress=False), tok
+
+
 def _prompt(tok) -> list[int]:
     from pyllmops.models.chat import chat_prompt
 
@@ -61,13 +73,15 @@ def _text_ids(tok, n: int | None = None) -> list[int]:
 
 # -- decode -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("impl", ["llama.cpp", "pyllmops"])
+DECODE_BACKENDS = {"llama.cpp": "llama.cpp Q4_1", "pyllmops": "pyllmops fp32", "pyllmops-w4a16": "pyllmops w4a16 g128"}
+
+
+@pytest.mark.parametrize("impl", list(DECODE_BACKENDS))
 def test_decode(benchmark, impl, ours, request):
-    model, tok = ours
+    model, tok = request.getfixturevalue("ours_w4a16") if impl == "pyllmops-w4a16" else ours
     prompt = _prompt(tok)
     record(benchmark, op="generate decode (greedy, 32 tokens)", shape=f"{MODEL} b1 {THREADS} threads",
-           backend="llama.cpp Q4_1" if impl == "llama.cpp" else "pyllmops fp32", baseline=impl == "llama.cpp",
-           unit="tok/s")
+           backend=DECODE_BACKENDS[impl], baseline=impl == "llama.cpp", unit="tok/s")
     if impl == "llama.cpp":
         llm = request.getfixturevalue("llama_cpp")
 
