@@ -10,6 +10,7 @@ using namespace pyllmops::cpu;
 
 void bind_weight_only(py::module_& m) {
   m.def("weight_only_simd", &weight_only_simd);
+  m.def("w4a16_kernel", &w4a16_kernel, py::arg("M"), py::arg("K"), py::arg("group_size"));
   m.def(
       "w4a16_gemm",
       [](uintptr_t x, int64_t M, int64_t K, uintptr_t qweight, uintptr_t scales, uintptr_t zeros, int64_t N,

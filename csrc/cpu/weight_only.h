@@ -10,6 +10,10 @@ namespace pyllmops::cpu {
 // everywhere but slow, and the Python side only picks this backend when this is true.
 bool weight_only_simd();
 
+// Which int4 kernel w4a16_gemm runs for this call: "vnni_digits", "avx512_fma" or "scalar" (for
+// tests that must reach each one, and for benchmarks to name it).
+const char* w4a16_kernel(int64_t M, int64_t K, int64_t group_size);
+
 // x [M, K] fp32 (row stride K); qweight [N, K/2] u8, byte j = k 2j (low nibble) | 2j+1 (high);
 // scales [N, G] fp32; zeros [N, G] u8; G = ceil(K / group_size), last group ragged.
 // Requires K % 32 == 0 and group_size % 32 == 0. out [M, N] fp32.
