@@ -51,7 +51,6 @@ namespace {
 
 constexpr int kTileM = 4;      // rows of x sharing one decode of the weight
 constexpr int64_t kGrainN = 64;  // output rows per parallel chunk (at least)
-constexpr int64_t kSplitMaxM = 16;  // largest M for the VNNI digit kernel (measured, header)
 
 // x [M, K] -> per 32-channel unit u: [x(32u + 2e) for e < 16] ++ [x(32u + 2e + 1) for e < 16],
 // so the even/odd nibbles of 16 packed bytes meet their activations with two contiguous loads.
@@ -162,14 +161,19 @@ __attribute__((target("avx512f,avx512bw"))) void w4_rows_avx512(
   for (; n < n1; ++n) w4_tile_avx512<MT, 1>(xd, xs, K, qw, scales, zeros, gs, G, out, N, n);
 }
 
-// ---------------------------------------------------------------- int4, AVX-512 VNNI, x in digits
-// x is split per 128-channel block into 3 signed-byte digits (header comment); one block of a row
-// is 64 packed bytes: its low nibbles are the even channels, its high nibbles the odd ones.
+// ---------------------------------------------------------------- int4 x int8 digits, AVX-512 VNNI
+// x goes to signed bytes per 128-channel block: D = 3 digits (w4a16, exact) or D = 1 (w4a8, Q8_0).
+// One block of a weight row is 64 packed bytes: low nibbles = even channels, high = odd ones, so
+// each digit of a block is stored as [even channels 64 | odd channels 64], and after vpdpbusd
+// int32 lane l of a block holds channels [8l, 8l + 8).
 constexpr int64_t kBlock = 128;
-constexpr int64_t kBlockBytes = 3 * kBlock;          // [digit a, b, c][even, odd][64]
 constexpr int32_t kDigitMax = 127 * (65536 + 256 + 1);  // largest |N| whose balanced digits fit int8
+constexpr int kQ8Block = 32;                              // w4a8: channels per activation scale
 
-// Digits of x [M, K] (K % 128 == 0): digits [M, K/128, 384] int8 and step [M, K/128] with
+template <int D>
+constexpr int64_t kBlockBytes = D * kBlock;
+
+// x [M, K] (K % 128 == 0) -> 3 digits per channel, digits [M, K/128, 3 * 128], and step [M, K/128]:
 // x = step * (a * 2^16 + b * 2^8 + c) to within step / 2 = max|x of the block| / 2 / kDigitMax.
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void split_digits(const float* x, int64_t M, int64_t K,
                                                                          int8_t* digits, float* step) {
@@ -188,7 +192,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void split_digits(const flo
       const float d = usable ? top / static_cast<float>(kDigitMax) : 0.f;
       step[m * B + b] = d;
       const __m512d inv = _mm512_set1_pd(usable ? 1.0 / d : 0.0);
-      int8_t* out = digits + (m * B + b) * kBlockBytes;
+      int8_t* out = digits + (m * B + b) * kBlockBytes<3>;
       for (int u = 0; u < kBlock / 32; ++u)
         for (int h = 0; h < 2; ++h) {
           const __m512 v = _mm512_permutex2var_ps(_mm512_loadu_ps(xb + 32 * u), h ? odd_idx : even_idx,
@@ -211,11 +215,46 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void split_digits(const flo
     }
 }
 
-// The activation side of one call, in digits (split_digits), and the int4 weight.
+// x [M, K] (K % 128 == 0) -> Q8_0: per 32 channels d = max|x| / 127 and q = round_half_even(x / d)
+// (0 where d = 0), in IEEE float32 like the reference; q [M, K/128, 128], lane_step [M, K/128, 16]
+// (d of lane l's channels), xsum [M, G] = sum of d q over each group (in double). A block with
+// a NaN or inf gets d = NaN, so every output that reads it is NaN.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_q8(const float* x, int64_t M, int64_t K,
+                                                                        int64_t gs, int8_t* q, float* lane_step,
+                                                                        double* xsum) {
+  const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd_idx = _mm512_add_epi32(even_idx, _mm512_set1_epi32(1));
+  const int64_t B = K / kBlock, G = (K + gs - 1) / gs;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t g = 0; g < G; ++g) xsum[m * G + g] = 0.0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int u = 0; u < kBlock / kQ8Block; ++u) {
+        const int64_t k0 = b * kBlock + u * kQ8Block;
+        const __m512 x0 = _mm512_loadu_ps(x + m * K + k0), x1 = _mm512_loadu_ps(x + m * K + k0 + 16);
+        const float top = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        // (x - x) is NaN exactly for NaN and inf, whatever max_ps does with a NaN
+        const bool finite = _mm512_cmp_ps_mask(_mm512_sub_ps(x0, x0), _mm512_sub_ps(x1, x1), _CMP_ORD_Q) == 0xFFFF;
+        const float d = finite ? top / 127.f : std::numeric_limits<float>::quiet_NaN();
+        __m512i q0 = _mm512_setzero_si512(), q1 = _mm512_setzero_si512();
+        if (finite && d > 0.f) {
+          const __m512 dv = _mm512_set1_ps(d);
+          q0 = _mm512_cvtps_epi32(_mm512_div_ps(x0, dv));  // MXCSR default: round half to even
+          q1 = _mm512_cvtps_epi32(_mm512_div_ps(x1, dv));
+        }
+        int8_t* o = q + (m * B + b) * kBlockBytes<1> + u * 16;
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(q0, even_idx, q1)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 64), _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(q0, odd_idx, q1)));
+        for (int l = 0; l < 4; ++l) lane_step[(m * B + b) * 16 + u * 4 + l] = d;
+        xsum[m * G + k0 / gs] += static_cast<double>(d) * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+      }
+  }
+}
+
+// The activation side of one call (split_digits or quantize_q8) and the int4 weight.
 struct DigitX {
-  const int8_t* digits;  // [M, B, kBlockBytes]
-  const float* step;     // [M, B]
-  const float* gsum;     // [M, G] sum of x over each group
+  const int8_t* digits;        // [M, B, kBlockBytes<D>]
+  const float* step;           // D = 3: [M, B]; D = 1: [M, B, 16] (per int32 lane)
+  const float* gsum;           // [M, G] sum of x over each group
   const int32_t* block_group;  // [B] group of each block
   int64_t B, G;
 };
@@ -228,17 +267,17 @@ struct Int4Weight {
 
 constexpr int kSplitRows = 4;  // output rows per step: one decode of their weight serves every row of x
 
-// What a tile needs besides the weight: scale_step[m][j][b] = scales[n + j, g(b)] * step[m][b]
-// (broadcast from memory in the loop), and the zero-point term sum_g s z sum_g(x) as a 16-lane
-// vector per (m, j), which starts the accumulator with its sign flipped.
-template <int MT, int NT>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void split_tile_setup(
+// What a tile needs besides the weight: for D = 3, scale_step[m][j][b] = scales[n + j, g(b)] *
+// step[m][b] (broadcast from memory in the loop); the zero-point term sum_g s z sum_g(x) as a
+// 16-lane vector per (m, j), which starts the accumulator with its sign flipped.
+template <int D, int MT, int NT>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void digit_tile_setup(
     const DigitX& x, int64_t m0, const Int4Weight& w, int64_t n, float* scale_step, __m512 (&total)[MT][NT]) {
   const int64_t B = x.B, G = x.G;
   for (int j = 0; j < NT; ++j) {
     const float* srow = w.scales + (n + j) * G;
     const uint8_t* zrow = w.zeros + (n + j) * G;
-    for (int64_t b = 0; b < B; b += 16) {
+    for (int64_t b = 0; D == 3 && b < B; b += 16) {
       const __mmask16 k = static_cast<__mmask16>(B - b >= 16 ? 0xFFFF : (1u << (B - b)) - 1);
       const __m512 s = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, _mm512_maskz_loadu_epi32(k, x.block_group + b), srow, 4);
       for (int m = 0; m < MT; ++m)
@@ -257,20 +296,21 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void split_tile_setu
   }
 }
 
-// Output rows n..n+NT-1 for rows m0..m0+MT-1 of x. Per block and (m, row): 6 vpdpbusd (3 digits x
-// 2 nibble halves) into one int32 accumulator, Horner-shifted by 8 bits between digits (|lane| <=
-// 8 channels * 15 * kDigitMax < 2^31: exact), then one convert and one FMA with scale * step.
-template <int MT, int NT>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void w4_split_tile(
+// Output rows n..n+NT-1 for rows m0..m0+MT-1 of x. Per block and (m, row), D = 3: 6 vpdpbusd (3
+// digits x 2 nibble halves) into one int32 accumulator, Horner-shifted by 8 bits between digits
+// (|lane| <= 8 channels * 15 * kDigitMax < 2^31: exact), then one convert and one FMA with scale *
+// step. D = 1: 2 vpdpbusd, convert, times the scale, FMA with the lanes' activation scales.
+template <int D, int MT, int NT>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void digit_tile(
     const DigitX& x, int64_t m0, const Int4Weight& w, int64_t n, float* out, int64_t N, float* scale_step) {
   const int64_t B = x.B, G = x.G;
-  // the next step's scales and zeros, which split_tile_setup would otherwise wait for
+  // the next step's scales and zeros, which digit_tile_setup would otherwise wait for
   for (int64_t i = 0; i < NT * G * 4; i += 64)
     _mm_prefetch(reinterpret_cast<const char*>(w.scales + (n + kSplitRows) * G) + i, _MM_HINT_T0);
   for (int64_t i = 0; i < NT * G; i += 64)
     _mm_prefetch(reinterpret_cast<const char*>(w.zeros + (n + kSplitRows) * G + i), _MM_HINT_T0);
   __m512 total[MT][NT];
-  split_tile_setup<MT, NT>(x, m0, w, n, scale_step, total);
+  digit_tile_setup<D, MT, NT>(x, m0, w, n, scale_step, total);
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   for (int64_t b = 0; b < B; ++b) {
     __m512i lo[NT], hi[NT];
@@ -283,17 +323,26 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void w4_s
       hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
     }
     for (int m = 0; m < MT; ++m) {
-      const int8_t* xb = x.digits + ((m0 + m) * B + b) * kBlockBytes;
+      const int8_t* xb = x.digits + ((m0 + m) * B + b) * kBlockBytes<D>;
       const __m512i ae = _mm512_loadu_si512(xb), ao = _mm512_loadu_si512(xb + 64);
-      const __m512i be = _mm512_loadu_si512(xb + 128), bo = _mm512_loadu_si512(xb + 192);
-      const __m512i ce = _mm512_loadu_si512(xb + 256), co = _mm512_loadu_si512(xb + 320);
-      for (int j = 0; j < NT; ++j) {
-        __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], ae);
-        acc = _mm512_slli_epi32(_mm512_dpbusd_epi32(acc, hi[j], ao), 8);
-        acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc, lo[j], be), hi[j], bo);
-        acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_slli_epi32(acc, 8), lo[j], ce), hi[j], co);
-        total[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(scale_step[(m * NT + j) * B + b]),
-                                      total[m][j]);
+      if constexpr (D == 3) {
+        const __m512i be = _mm512_loadu_si512(xb + 128), bo = _mm512_loadu_si512(xb + 192);
+        const __m512i ce = _mm512_loadu_si512(xb + 256), co = _mm512_loadu_si512(xb + 320);
+        for (int j = 0; j < NT; ++j) {
+          __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], ae);
+          acc = _mm512_slli_epi32(_mm512_dpbusd_epi32(acc, hi[j], ao), 8);
+          acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc, lo[j], be), hi[j], bo);
+          acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_slli_epi32(acc, 8), lo[j], ce), hi[j], co);
+          total[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc),
+                                        _mm512_set1_ps(scale_step[(m * NT + j) * B + b]), total[m][j]);
+        }
+      } else {
+        const __m512 lane_step = _mm512_loadu_ps(x.step + ((m0 + m) * B + b) * 16);
+        for (int j = 0; j < NT; ++j) {
+          const __m512i acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], ae), hi[j], ao);
+          const __m512 s = _mm512_set1_ps(w.scales[(n + j) * G + x.block_group[b]]);
+          total[m][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), lane_step, total[m][j]);
+        }
       }
     }
   }
@@ -303,37 +352,52 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void w4_s
 
 // kSplitRows output rows (NT = 1: one row) for rows m0.. of x: 4 x 4 tiles for MT <= 2, two
 // 4 x 2 tiles above (a 4 x 4 tile's 16 accumulators plus weights and digits spill registers).
-template <int MT, int NT>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void w4_split_step(
+template <int D, int MT, int NT>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void digit_step(
     const DigitX& x, int64_t m0, const Int4Weight& w, int64_t n, float* out, int64_t N, float* scale_step) {
   if constexpr (NT == 1 || MT <= 2) {
-    w4_split_tile<MT, NT>(x, m0, w, n, out, N, scale_step);
+    digit_tile<D, MT, NT>(x, m0, w, n, out, N, scale_step);
   } else {
-    w4_split_tile<MT, NT / 2>(x, m0, w, n, out, N, scale_step);
-    w4_split_tile<MT, NT / 2>(x, m0, w, n + NT / 2, out, N, scale_step);
+    digit_tile<D, MT, NT / 2>(x, m0, w, n, out, N, scale_step);
+    digit_tile<D, MT, NT / 2>(x, m0, w, n + NT / 2, out, N, scale_step);
   }
 }
 
 // Rows n0..n1 of the output for all M rows of x. Every row tile of x meets the weight of a step
 // while it is in L1 (one pass over the weight whatever M).
-template <int NT>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void w4_split_steps(
+template <int D, int NT>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void digit_steps(
     const DigitX& x, int64_t M, const Int4Weight& w, int64_t n, float* out, int64_t N, float* scale_step) {
   for (int64_t m0 = 0; m0 < M; m0 += kTileM) {
     switch (std::min<int64_t>(kTileM, M - m0)) {
-      case 1: w4_split_step<1, NT>(x, m0, w, n, out, N, scale_step); break;
-      case 2: w4_split_step<2, NT>(x, m0, w, n, out, N, scale_step); break;
-      case 3: w4_split_step<3, NT>(x, m0, w, n, out, N, scale_step); break;
-      default: w4_split_step<4, NT>(x, m0, w, n, out, N, scale_step); break;
+      case 1: digit_step<D, 1, NT>(x, m0, w, n, out, N, scale_step); break;
+      case 2: digit_step<D, 2, NT>(x, m0, w, n, out, N, scale_step); break;
+      case 3: digit_step<D, 3, NT>(x, m0, w, n, out, N, scale_step); break;
+      default: digit_step<D, 4, NT>(x, m0, w, n, out, N, scale_step); break;
     }
   }
 }
 
-void w4_split_rows(const DigitX& x, int64_t M, const Int4Weight& w, int64_t n0, int64_t n1, float* out, int64_t N) {
-  std::vector<float> scale_step(static_cast<size_t>(kTileM * kSplitRows * x.B));
+template <int D>
+void digit_rows(const DigitX& x, int64_t M, const Int4Weight& w, int64_t n0, int64_t n1, float* out, int64_t N) {
+  std::vector<float> scale_step(static_cast<size_t>(D == 3 ? kTileM * kSplitRows * x.B : 0));
   int64_t n = n0;
-  for (; n + kSplitRows <= n1; n += kSplitRows) w4_split_steps<kSplitRows>(x, M, w, n, out, N, scale_step.data());
-  for (; n < n1; ++n) w4_split_steps<1>(x, M, w, n, out, N, scale_step.data());
+  for (; n + kSplitRows <= n1; n += kSplitRows) digit_steps<D, kSplitRows>(x, M, w, n, out, N, scale_step.data());
+  for (; n < n1; ++n) digit_steps<D, 1>(x, M, w, n, out, N, scale_step.data());
+}
+
+// Runs the D-digit kernel over the output rows; x_side has been filled by the caller.
+template <int D>
+void digit_gemm(const DigitX& x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
+                const uint8_t* zeros, int64_t N, float* out, int threads) {
+  const Int4Weight w{qweight, scales, zeros, K / 2};
+  parallel_for(N, threads, kGrainN, [&](int64_t n0, int64_t n1) { digit_rows<D>(x, M, w, n0, n1, out, N); });
+}
+
+std::vector<int32_t> block_groups(int64_t B, int64_t group_size) {
+  std::vector<int32_t> g(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) g[b] = static_cast<int32_t>(b * kBlock / group_size);
+  return g;
 }
 
 // ---------------------------------------------------------------- int8
@@ -407,36 +471,31 @@ bool weight_only_simd() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
 }
 
-namespace {
-bool split_supported() {
+bool weight_only_vnni() {
   static const bool ok = weight_only_simd() && __builtin_cpu_supports("avx512vl") &&
                          __builtin_cpu_supports("avx512vnni");
   return ok;
 }
-}  // namespace
 
-const char* w4a16_kernel(int64_t M, int64_t K, int64_t group_size) {
+const char* w4a16_kernel(int64_t K, int64_t group_size) {
   if (!weight_only_simd()) return "scalar";
-  return split_supported() && M <= kSplitMaxM && K % kBlock == 0 && group_size % kBlock == 0 ? "vnni_digits"
-                                                                                                : "avx512_fma";
+  return weight_only_vnni() && K % kBlock == 0 && group_size % kBlock == 0 ? "vnni_digits" : "avx512_fma";
 }
 
 void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
                 const uint8_t* zeros, int64_t N, int64_t group_size, float* out, int threads) {
   const int64_t G = (K + group_size - 1) / group_size;
   const std::vector<double> xs = group_sums(x, M, K, group_size, G);
-  const std::string kernel = w4a16_kernel(M, K, group_size);
+  const std::string kernel = w4a16_kernel(K, group_size);
   if (kernel == "vnni_digits") {
     const int64_t B = K / kBlock;
-    std::vector<int8_t> digits(static_cast<size_t>(M * B * kBlockBytes));
+    std::vector<int8_t> digits(static_cast<size_t>(M * B * kBlockBytes<3>));
     std::vector<float> step(static_cast<size_t>(M * B));
     split_digits(x, M, K, digits.data(), step.data());
     const std::vector<float> gsum(xs.begin(), xs.end());
-    std::vector<int32_t> block_group(static_cast<size_t>(B));
-    for (int64_t b = 0; b < B; ++b) block_group[b] = static_cast<int32_t>(b * kBlock / group_size);
-    const DigitX dx{digits.data(), step.data(), gsum.data(), block_group.data(), B, G};
-    const Int4Weight w{qweight, scales, zeros, K / 2};
-    parallel_for(N, threads, kGrainN, [&](int64_t n0, int64_t n1) { w4_split_rows(dx, M, w, n0, n1, out, N); });
+    const std::vector<int32_t> bg = block_groups(B, group_size);
+    digit_gemm<3>({digits.data(), step.data(), gsum.data(), bg.data(), B, G}, M, K, qweight, scales, zeros, N, out,
+                  threads);
     return;
   }
   const std::vector<float> xd = deinterleave(x, M, K);
@@ -451,6 +510,19 @@ void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, co
                                           group_size, G, out + m0 * N, N, n0, n1);
     });
   });
+}
+
+void w4a8_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
+               const uint8_t* zeros, int64_t N, int64_t group_size, float* out, int threads) {
+  const int64_t B = K / kBlock, G = (K + group_size - 1) / group_size;
+  std::vector<int8_t> q(static_cast<size_t>(M * B * kBlockBytes<1>));
+  std::vector<float> lane_step(static_cast<size_t>(M * B * 16));
+  std::vector<double> xsum(static_cast<size_t>(M * G));
+  quantize_q8(x, M, K, group_size, q.data(), lane_step.data(), xsum.data());
+  const std::vector<float> gsum(xsum.begin(), xsum.end());
+  const std::vector<int32_t> bg = block_groups(B, group_size);
+  digit_gemm<1>({q.data(), lane_step.data(), gsum.data(), bg.data(), B, G}, M, K, qweight, scales, zeros, N, out,
+                threads);
 }
 
 void w8a16_gemm(const float* x, int64_t M, int64_t K, const int8_t* qweight, const float* scales,

@@ -78,7 +78,7 @@ def test_w4a16_cpp_kernels(m, n, k, group_size, kernel, x_kind, seed):
         pytest.skip("no AVX-512 VNNI here")
     from pyllmops import _ext
 
-    assert _ext.cpp().w4a16_kernel(m, k, k if group_size == -1 else group_size) == kernel
+    assert _ext.cpp().w4a16_kernel(k, k if group_size == -1 else group_size) == kernel
     qweight, scales, zeros, _ = _int4(n, k, group_size)
     x = torch.randn(m, k)
     if x_kind == "outliers":
