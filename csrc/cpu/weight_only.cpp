@@ -1,7 +1,7 @@
 // Weight-only GEMM for decode-sized M. The weight is read once and each value is used for up to
 // kTileM rows of x: int4 reads 1/8 of the bytes of an fp32 weight, so at M = 1 the kernel should
-// run at the speed it can read 8 MB (4096 x 4096) from L3: 277 us on 1 Sapphire Rapids core, 147 us
-// on 2. Two int4 kernels:
+// run at the speed 8 MB (4096 x 4096) can be read from L3: 277 us on 1 Sapphire Rapids core of
+// this VM, 147 us on 2. Two int4 kernels for w4a16_gemm, plus w4a8_gemm:
 //
 // vnni_digits (K and group size multiples of 128, CPUs with AVX-512 VNNI): x is split per call, per
 // 128-channel block, into 3 signed-byte digits, x ~= step * (a 2^16 + b 2^8 + c), |x - that| <=
@@ -19,16 +19,27 @@
 // packed bytes to int32, mask/shift out the two nibbles, convert to float, FMA against x
 // de-interleaved into even/odd halves; the zero point as above.
 //
-// Measured for 4096 x 4096, group 128, weight in L3, kernel alone (no Python), quiet machine:
-//   M = 1:  vnni_digits 330 us (1 thread) / 169 us (2 threads); avx512_fma 711 / 370 us;
-//           fp32 F.linear 2430 / 1200 us.
-//   M = 4:  vnni_digits 1050 / 650 us (avx512_fma 1790 / 840); M = 16: 4.5 / 2.3 ms (8.4 / 4.3).
+// w4a8_gemm: the digit kernel with one digit, x quantized per 32 channels like llama.cpp's Q8_0
+// (pyllmops/ops/w4a8.py): 2 vpdpbusd per 128 weights of a row, then convert, times the weight
+// scale, FMA with the 16 lanes' activation scales. An approximation of w4a16 (0.5-1.7% relative
+// RMS error on SmolLM2's activations), opt-in.
+//
+// Measured for 4096 x 4096, group 128, weight in L3, the C++ kernel alone (no Python), quiet
+// machine, 1 thread / 2 threads (fp32 F.linear: 2430 / 1200 us at M = 1):
+//            vnni_digits      avx512_fma       w4a8
+//   M = 1    337 / 168 us     718 / 365 us     318 / 157 us
+//   M = 4    1.26 / 0.69 ms   1.81 / 0.94 ms   0.62 / 0.33 ms
+//   M = 16   4.4 / 2.3 ms     9.7 / 4.8 ms     2.7 / 1.4 ms
+// At M = 1 the digit kernel is within 15% of the L3 floor on 2 cores and w4a8 on it: the weight
+// bytes, not the arithmetic, set the time there. Through the Python front door add ~60-80 us per
+// call (custom op + dispatch, run with the interpreter's data pushed out of L2 by the weight).
 // Tried and not kept: a vpermps lookup table (16 dequantized weights of a (row, group) in a
-// register, indexed by the nibbles: 8 shifts + 8 permutes + 8 FMAs per 128 weights), 560 / 280 us
+// register, indexed by the nibbles: 7 shifts + 8 permutes + 8 FMAs per 128 weights), 560 / 280 us
 // in a prototype with the same prefetching, bound by those 23 ops on the 2 vector ports; bf16 dot
-// products (vdpbf16ps runs at a quarter of the FMA rate here); prefetchnta and cldemote on the
-// weight (to spare L2 for the caller) made L3 drop it: 3x slower. Without the software prefetch of
-// the next rows the digit kernel spends a third of its time waiting for L3.
+// products (vdpbf16ps runs at a quarter of the FMA rate here); GFNI for the high nibbles (2%);
+// prefetchnta and cldemote on the weight (to spare L2 for the caller) made L3 drop it: 3x slower.
+// Without the software prefetch of the next rows the digit kernel spends a third of its time
+// waiting for L3.
 #include "cpu/weight_only.h"
 
 #if !defined(__clang__)
