@@ -288,12 +288,15 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void digit_tile_setu
   for (int j = 0; j < NT; ++j) {
     const float* srow = w.scales + (n + j) * G;
     const uint8_t* zrow = w.zeros + (n + j) * G;
-    for (int64_t b = 0; D == 3 && b < B; b += 16) {
-      const __mmask16 k = static_cast<__mmask16>(B - b >= 16 ? 0xFFFF : (1u << (B - b)) - 1);
-      const __m512 s = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, _mm512_maskz_loadu_epi32(k, x.block_group + b), srow, 4);
-      for (int m = 0; m < MT; ++m)
-        _mm512_mask_storeu_ps(scale_step + (m * NT + j) * B + b, k,
-                              _mm512_mul_ps(s, _mm512_maskz_loadu_ps(k, x.step + (m0 + m) * B + b)));
+    if constexpr (D == 3) {
+      for (int64_t b = 0; b < B; b += 16) {
+        const __mmask16 k = static_cast<__mmask16>(B - b >= 16 ? 0xFFFF : (1u << (B - b)) - 1);
+        const __m512 s =
+            _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, _mm512_maskz_loadu_epi32(k, x.block_group + b), srow, 4);
+        for (int m = 0; m < MT; ++m)
+          _mm512_mask_storeu_ps(scale_step + (m * NT + j) * B + b, k,
+                                _mm512_mul_ps(s, _mm512_maskz_loadu_ps(k, x.step + (m0 + m) * B + b)));
+      }
     }
     __m512 c[MT];
     for (int m = 0; m < MT; ++m) c[m] = _mm512_setzero_ps();
@@ -397,7 +400,7 @@ void digit_rows(const DigitX& x, int64_t M, const Int4Weight& w, int64_t n0, int
   for (; n < n1; ++n) digit_steps<D, 1>(x, M, w, n, out, N, scale_step.data());
 }
 
-// Runs the D-digit kernel over the output rows; x_side has been filled by the caller.
+// The D-digit kernel over all output rows, for x already in digits.
 template <int D>
 void digit_gemm(const DigitX& x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
                 const uint8_t* zeros, int64_t N, float* out, int threads) {
