@@ -76,12 +76,17 @@ std::vector<float> deinterleave(const float* x, int64_t M, int64_t K) {
   return out;
 }
 
-// sum of x over each group: [M, G], in double so the zero-point term loses nothing.
+// sum of x over each group: [M, G], in double so the zero-point term loses nothing. Eight partial
+// sums (groups are multiples of 32 channels): one chain of K dependent adds was 4 us at K = 4096.
 std::vector<double> group_sums(const float* x, int64_t M, int64_t K, int64_t gs, int64_t G) {
   std::vector<double> s(static_cast<size_t>(M * G), 0.0);
   for (int64_t m = 0; m < M; ++m)
-    for (int64_t g = 0; g < G; ++g)
-      for (int64_t k = g * gs; k < std::min(K, (g + 1) * gs); ++k) s[m * G + g] += x[m * K + k];
+    for (int64_t g = 0; g < G; ++g) {
+      double part[8] = {};
+      for (int64_t k = g * gs; k < std::min(K, (g + 1) * gs); k += 8)
+        for (int i = 0; i < 8; ++i) part[i] += x[m * K + k + i];
+      s[m * G + g] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    }
   return s;
 }
 
