@@ -3,7 +3,7 @@
 // run at the speed 8 MB (4096 x 4096) can be read from L3: 277 us on 1 Sapphire Rapids core of
 // this VM, 147 us on 2. Two int4 kernels for w4a16_gemm, plus w4a8_gemm:
 //
-// vnni_digits (K and group size multiples of 128, CPUs with AVX-512 VNNI): x is split per call, per
+// vnni_digits (group size a multiple of 128 or K, CPUs with AVX-512 VNNI): x is split per call, per
 // 128-channel block, into 3 signed-byte digits, x ~= step * (a 2^16 + b 2^8 + c), |x - that| <=
 // step / 2 = 2^-24 max|x of the block| (the rounding of an fp32 value of that size). The int4 x
 // digit products then run on vpdpbusd (64 MACs per instruction) in exact int32 arithmetic: per
@@ -15,7 +15,7 @@
 // Error against the float64 reference: 1-6e-7 of max|y| on random and on outlier-heavy x, where
 // fp32 F.linear on the dequantized weight has 1-7e-7 (up to 4x less on small outlier-heavy K).
 //
-// avx512_fma (everything else: group sizes 32/64, ragged K): per 32 channels and row, widen 16
+// avx512_fma (everything else: group sizes 32/64/96...): per 32 channels and row, widen 16
 // packed bytes to int32, mask/shift out the two nibbles, convert to float, FMA against x
 // de-interleaved into even/odd halves; the zero point as above.
 //
@@ -189,19 +189,21 @@ constexpr int kQ8Block = 32;                              // w4a8: channels per 
 template <int D>
 constexpr int64_t kBlockBytes = D * kBlock;
 
-// x [M, K] (K % 128 == 0) -> 3 digits per channel, digits [M, K/128, 3 * 128], and step [M, K/128]:
-// x = step * (a * 2^16 + b * 2^8 + c) to within step / 2 = max|x of the block| / 2 / kDigitMax.
+// x [M, K] (K % 32 == 0) -> 3 digits per channel, digits [M, B, 3 * 128] (B = ceil(K / 128), zero
+// beyond K: the caller passes it zeroed), and step [M, B]: x = step * (a * 2^16 + b * 2^8 + c) to
+// within step / 2 = max|x of the block| / 2 / kDigitMax.
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void split_digits(const float* x, int64_t M, int64_t K,
                                                                          int8_t* digits, float* step) {
   const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd_idx = _mm512_add_epi32(even_idx, _mm512_set1_epi32(1));
   const __m512i lim = _mm512_set1_epi32(kDigitMax), half = _mm512_set1_epi32(128), byte = _mm512_set1_epi32(255);
-  const int64_t B = K / kBlock;
+  const int64_t B = (K + kBlock - 1) / kBlock;
   for (int64_t m = 0; m < M; ++m)
     for (int64_t b = 0; b < B; ++b) {
       const float* xb = x + m * K + b * kBlock;
+      const int chunks = static_cast<int>(std::min<int64_t>(kBlock, K - b * kBlock) / 32);  // the rest stays 0
       __m512 mx = _mm512_setzero_ps();
-      for (int i = 0; i < kBlock; i += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(xb + i)));
+      for (int i = 0; i < 32 * chunks; i += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(xb + i)));
       const float top = _mm512_reduce_max_ps(mx);
       // a non-finite x gets step 0 here; its group sum (the zero-point term) makes the output non-finite
       const bool usable = top > 0.f && top <= std::numeric_limits<float>::max();
@@ -209,7 +211,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void split_digits(const flo
       step[m * B + b] = d;
       const __m512d inv = _mm512_set1_pd(usable ? 1.0 / d : 0.0);
       int8_t* out = digits + (m * B + b) * kBlockBytes<3>;
-      for (int u = 0; u < kBlock / 32; ++u)
+      for (int u = 0; u < chunks; ++u)
         for (int h = 0; h < 2; ++h) {
           const __m512 v = _mm512_permutex2var_ps(_mm512_loadu_ps(xb + 32 * u), h ? odd_idx : even_idx,
                                                   _mm512_loadu_ps(xb + 32 * u + 16));
@@ -231,20 +233,21 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void split_digits(const flo
     }
 }
 
-// x [M, K] (K % 128 == 0) -> Q8_0: per 32 channels d = max|x| / 127 and q = round_half_even(x / d)
-// (0 where d = 0), in IEEE float32 like the reference; q [M, K/128, 128], lane_step [M, K/128, 16]
-// (d of lane l's channels), xsum [M, G] = sum of d q over each group (in double). A block with
+// x [M, K] (K % 32 == 0) -> Q8_0: per 32 channels d = max|x| / 127 and q = round_half_even(x / d)
+// (0 where d = 0), in IEEE float32 like the reference; q [M, B, 128], lane_step [M, B, 16] (d of
+// lane l's channels; both zero beyond K: the caller passes them zeroed), xsum [M, G] = sum of d q
+// over each group (in double). A block with
 // a NaN or inf gets d = NaN, so every output that reads it is NaN.
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_q8(const float* x, int64_t M, int64_t K,
                                                                         int64_t gs, int8_t* q, float* lane_step,
                                                                         double* xsum) {
   const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd_idx = _mm512_add_epi32(even_idx, _mm512_set1_epi32(1));
-  const int64_t B = K / kBlock, G = (K + gs - 1) / gs;
+  const int64_t B = (K + kBlock - 1) / kBlock, G = (K + gs - 1) / gs;
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t g = 0; g < G; ++g) xsum[m * G + g] = 0.0;
     for (int64_t b = 0; b < B; ++b)
-      for (int u = 0; u < kBlock / kQ8Block; ++u) {
+      for (int u = 0; u < std::min<int64_t>(kBlock, K - b * kBlock) / kQ8Block; ++u) {
         const int64_t k0 = b * kBlock + u * kQ8Block;
         const __m512 x0 = _mm512_loadu_ps(x + m * K + k0), x1 = _mm512_loadu_ps(x + m * K + k0 + 16);
         const float top = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
@@ -279,6 +282,7 @@ struct Int4Weight {
   const float* scales;
   const uint8_t* zeros;  // [N, G]
   int64_t row_bytes;
+  __mmask64 last_block;  // the bytes of a row's last 128-channel block that exist
 };
 
 constexpr int kSplitRows = 4;  // output rows per step: one decode of their weight serves every row of x
@@ -315,10 +319,53 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void digit_tile_setu
   }
 }
 
-// Output rows n..n+NT-1 for rows m0..m0+MT-1 of x. Per block and (m, row), D = 3: 6 vpdpbusd (3
-// digits x 2 nibble halves) into one int32 accumulator, Horner-shifted by 8 bits between digits
-// (|lane| <= 8 channels * 15 * kDigitMax < 2^31: exact), then one convert and one FMA with scale *
-// step. D = 1: 2 vpdpbusd, convert, times the scale, FMA with the lanes' activation scales.
+// One block of 128 channels (64 packed bytes of each row; the last block of a K that is not a
+// multiple of 128 loads only its bytes, mask `tail`, and meets zero digits beyond K) for rows
+// n..n+NT-1 and rows m0..m0+MT-1 of x. Per (m, row), D = 3: 6 vpdpbusd (3 digits x 2 nibble
+// halves) into one int32 accumulator, Horner-shifted by 8 bits between digits (|lane| <= 8
+// channels * 15 * kDigitMax < 2^31: exact), then one convert and one FMA with scale * step. D = 1:
+// 2 vpdpbusd, convert, times the scale, FMA with the lanes' activation scales.
+template <int D, int MT, int NT>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void digit_block(
+    const DigitX& x, int64_t m0, const Int4Weight& w, int64_t n, int64_t b, bool full, __mmask64 tail,
+    const float* scale_step, __m512 (&total)[MT][NT]) {
+  const int64_t B = x.B, G = x.G;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512i lo[NT], hi[NT];
+  for (int j = 0; j < NT; ++j) {
+    const uint8_t* p = w.qw + (n + j) * w.row_bytes + b * 64;
+    const __m512i v = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(tail, p);
+    // the next step's rows: with the hardware prefetcher alone, 1.5x the time at M = 1
+    _mm_prefetch(reinterpret_cast<const char*>(p + kSplitRows * w.row_bytes), _MM_HINT_T0);
+    lo[j] = _mm512_and_si512(v, low4);
+    hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+  }
+  for (int m = 0; m < MT; ++m) {
+    const int8_t* xb = x.digits + ((m0 + m) * B + b) * kBlockBytes<D>;
+    const __m512i ae = _mm512_loadu_si512(xb), ao = _mm512_loadu_si512(xb + 64);
+    if constexpr (D == 3) {
+      const __m512i be = _mm512_loadu_si512(xb + 128), bo = _mm512_loadu_si512(xb + 192);
+      const __m512i ce = _mm512_loadu_si512(xb + 256), co = _mm512_loadu_si512(xb + 320);
+      for (int j = 0; j < NT; ++j) {
+        __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], ae);
+        acc = _mm512_slli_epi32(_mm512_dpbusd_epi32(acc, hi[j], ao), 8);
+        acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc, lo[j], be), hi[j], bo);
+        acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_slli_epi32(acc, 8), lo[j], ce), hi[j], co);
+        total[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(scale_step[(m * NT + j) * B + b]),
+                                      total[m][j]);
+      }
+    } else {
+      const __m512 lane_step = _mm512_loadu_ps(x.step + ((m0 + m) * B + b) * 16);
+      for (int j = 0; j < NT; ++j) {
+        const __m512i acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], ae), hi[j], ao);
+        const __m512 s = _mm512_set1_ps(w.scales[(n + j) * G + x.block_group[b]]);
+        total[m][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), lane_step, total[m][j]);
+      }
+    }
+  }
+}
+
+// Output rows n..n+NT-1 for rows m0..m0+MT-1 of x.
 template <int D, int MT, int NT>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void digit_tile(
     const DigitX& x, int64_t m0, const Int4Weight& w, int64_t n, float* out, int64_t N, float* scale_step) {
@@ -330,41 +377,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void digi
     _mm_prefetch(reinterpret_cast<const char*>(w.zeros + (n + kSplitRows) * G + i), _MM_HINT_T0);
   __m512 total[MT][NT];
   digit_tile_setup<D, MT, NT>(x, m0, w, n, scale_step, total);
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  for (int64_t b = 0; b < B; ++b) {
-    __m512i lo[NT], hi[NT];
-    for (int j = 0; j < NT; ++j) {
-      const uint8_t* p = w.qw + (n + j) * w.row_bytes + b * 64;
-      const __m512i v = _mm512_loadu_si512(p);
-      // the next step's rows: with the hardware prefetcher alone, 1.5x the time at M = 1
-      _mm_prefetch(reinterpret_cast<const char*>(p + kSplitRows * w.row_bytes), _MM_HINT_T0);
-      lo[j] = _mm512_and_si512(v, low4);
-      hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
-    }
-    for (int m = 0; m < MT; ++m) {
-      const int8_t* xb = x.digits + ((m0 + m) * B + b) * kBlockBytes<D>;
-      const __m512i ae = _mm512_loadu_si512(xb), ao = _mm512_loadu_si512(xb + 64);
-      if constexpr (D == 3) {
-        const __m512i be = _mm512_loadu_si512(xb + 128), bo = _mm512_loadu_si512(xb + 192);
-        const __m512i ce = _mm512_loadu_si512(xb + 256), co = _mm512_loadu_si512(xb + 320);
-        for (int j = 0; j < NT; ++j) {
-          __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], ae);
-          acc = _mm512_slli_epi32(_mm512_dpbusd_epi32(acc, hi[j], ao), 8);
-          acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc, lo[j], be), hi[j], bo);
-          acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_slli_epi32(acc, 8), lo[j], ce), hi[j], co);
-          total[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc),
-                                        _mm512_set1_ps(scale_step[(m * NT + j) * B + b]), total[m][j]);
-        }
-      } else {
-        const __m512 lane_step = _mm512_loadu_ps(x.step + ((m0 + m) * B + b) * 16);
-        for (int j = 0; j < NT; ++j) {
-          const __m512i acc = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], ae), hi[j], ao);
-          const __m512 s = _mm512_set1_ps(w.scales[(n + j) * G + x.block_group[b]]);
-          total[m][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), lane_step, total[m][j]);
-        }
-      }
-    }
-  }
+  for (int64_t b = 0; b + 1 < B; ++b) digit_block<D, MT, NT>(x, m0, w, n, b, true, 0, scale_step, total);
+  digit_block<D, MT, NT>(x, m0, w, n, B - 1, false, w.last_block, scale_step, total);
   for (int m = 0; m < MT; ++m)
     for (int j = 0; j < NT; ++j) out[(m0 + m) * N + n + j] = _mm512_reduce_add_ps(total[m][j]);
 }
@@ -409,7 +423,8 @@ void digit_rows(const DigitX& x, int64_t M, const Int4Weight& w, int64_t n0, int
 template <int D>
 void digit_gemm(const DigitX& x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
                 const uint8_t* zeros, int64_t N, float* out, int threads) {
-  const Int4Weight w{qweight, scales, zeros, K / 2};
+  const int64_t tail_bytes = (K - (x.B - 1) * kBlock) / 2;
+  const Int4Weight w{qweight, scales, zeros, K / 2, tail_bytes == 64 ? ~0ull : (1ull << tail_bytes) - 1};
   parallel_for(N, threads, kGrainN, [&](int64_t n0, int64_t n1) { digit_rows<D>(x, M, w, n0, n1, out, N); });
 }
 
@@ -498,7 +513,8 @@ bool weight_only_vnni() {
 
 const char* w4a16_kernel(int64_t K, int64_t group_size) {
   if (!weight_only_simd()) return "scalar";
-  return weight_only_vnni() && K % kBlock == 0 && group_size % kBlock == 0 ? "vnni_digits" : "avx512_fma";
+  // each 128-channel block in one group; the last block may be short (K % 32 == 0 always)
+  return weight_only_vnni() && (group_size % kBlock == 0 || group_size == K) ? "vnni_digits" : "avx512_fma";
 }
 
 void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
@@ -507,7 +523,7 @@ void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, co
   const std::vector<double> xs = group_sums(x, M, K, group_size, G);
   const std::string kernel = w4a16_kernel(K, group_size);
   if (kernel == "vnni_digits") {
-    const int64_t B = K / kBlock;
+    const int64_t B = (K + kBlock - 1) / kBlock;
     std::vector<int8_t> digits(static_cast<size_t>(M * B * kBlockBytes<3>));
     std::vector<float> step(static_cast<size_t>(M * B));
     split_digits(x, M, K, digits.data(), step.data());
@@ -533,7 +549,7 @@ void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, co
 
 void w4a8_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
                const uint8_t* zeros, int64_t N, int64_t group_size, float* out, int threads) {
-  const int64_t B = K / kBlock, G = (K + group_size - 1) / group_size;
+  const int64_t B = (K + kBlock - 1) / kBlock, G = (K + group_size - 1) / group_size;
   std::vector<int8_t> q(static_cast<size_t>(M * B * kBlockBytes<1>));
   std::vector<float> lane_step(static_cast<size_t>(M * B * 16));
   std::vector<double> xsum(static_cast<size_t>(M * G));

@@ -26,7 +26,8 @@ void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, co
 // W4A8: the int4 weight as in w4a16_gemm, x quantized per call like llama.cpp's Q8_0: per row and
 // 32 channels, d = max|x| / 127, q = round_half_even(x / d) in float32 (q = 0 where d = 0);
 // out = sum_k (q_w - z) s * q_x d, products exact in int32, scaled in float32. A block of x with a
-// NaN or inf makes the outputs NaN. Requires weight_only_vnni(), K % 128 == 0, group_size % 128 == 0.
+// NaN or inf makes the outputs NaN. Requires weight_only_vnni(), K % 32 == 0, group_size % 128 == 0
+// or group_size == K.
 void w4a8_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
                const uint8_t* zeros, int64_t N, int64_t group_size, float* out, int threads);
 

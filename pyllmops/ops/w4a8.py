@@ -24,8 +24,8 @@ the L3 read floor, vs 168 us for the exact w4a16 kernel; M = 16: 1.4 ms vs 2.3 m
 Backends:
   reference  quantize x as above, dequantize q * d and W in float64, matmul (the oracle).
   torch      the same quantization, F.linear in float32 on the dequantized weight; any shape.
-  cpp        csrc/cpu/weight_only.cpp w4a8_gemm, AVX-512 VNNI: decode-sized M <= 16, K and
-             group_size (K for -1) multiples of 128 (one 64-byte row block per 128 channels).
+  cpp        csrc/cpu/weight_only.cpp w4a8_gemm, AVX-512 VNNI: decode-sized M <= 16, group_size a
+             multiple of 128 or -1 (each 64-byte row block of 128 channels in one group).
 Not differentiable (the rounding of x has no useful gradient); use w4a16_matmul to train through.
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _cpp_supported(x, qweight, scales, zeros, group_size):
 
     k = x.shape[1]
     gs = k if group_size == -1 else group_size
-    return x.shape[0] <= DECODE_MAX_M and k % 128 == 0 and gs % 128 == 0 and _ext.cpp().weight_only_vnni()
+    return x.shape[0] <= DECODE_MAX_M and (gs % 128 == 0 or gs == k) and _ext.cpp().weight_only_vnni()
 
 
 @_dispatch.register("w4a8_matmul", "cpp", devices=("cpu",), supports=_cpp_supported)

@@ -16,7 +16,7 @@ Backends:
              directly (1/8 of an fp32 weight's traffic). Needs K % 32 == 0 and group_size % 32 == 0
              and no g_idx (nn.WeightOnlyLinear turns act-order into a column permutation, so the
              fast paths never see one); otherwise the torch fallback serves. With AVX-512 VNNI and
-             K, group_size multiples of 128 it splits x into 3 int8 digits per call and runs the
+             group_size a multiple of 128 or -1 it splits x into 3 int8 digits per call and runs the
              int4 x int8 products on vpdpbusd, exactly (x rounded to 2^-24 of its 128-block's
              max, like an fp32 rounding): 2.2x the speed of its FMA kernel at M = 1
              (`_ext.cpp().w4a16_kernel(K, group_size)` names the kernel a call gets).

@@ -26,9 +26,9 @@ def _run(x, qweight, scales, zeros, group_size):
     return pyllmops.w4a8_matmul(x, qweight, scales, zeros, group_size)
 
 
-# (M, N, K): odd M; K = 576 (ragged group 128, not served by cpp); M = 17 (above decode, torch);
-# K = 1152 (9 blocks of 128) and 2304 (18 groups) for the cpp kernel's tails
-SHAPES = [(1, 97, 256), (3, 40, 576), (5, 64, 1152), (2, 24, 2304), (17, 16, 256)]
+# (M, N, K): odd M; K = 576 and 544 (a short last block of 64 / 32 channels, ragged group 128);
+# M = 17 (above decode: torch); K = 1152 (9 blocks) and 2304 (18 groups) for the cpp kernel's tails
+SHAPES = [(1, 97, 256), (3, 40, 576), (1, 24, 544), (5, 64, 1152), (2, 24, 2304), (17, 16, 256)]
 
 
 @pytest.mark.parametrize("backend", cpu_backends("w4a8_matmul"))
@@ -60,7 +60,7 @@ def test_cpp_serves_decode_shapes():
     x = torch.randn(3, 1152)
     expected = "cpp" if _ext.cpp().weight_only_vnni() else "torch"
     assert _dispatch.select("w4a8_matmul", x.device, x, qweight, scales, zeros, 128)[0] == expected
-    # a group size or K that is not a multiple of 128, or M above decode, go to the torch fallback
+    # a group size that is not a multiple of 128, or M above decode, go to the torch fallback
     q64, s64, z64 = _int4(64, 1152, 64)
     assert _dispatch.select("w4a8_matmul", x.device, x, q64, s64, z64, 64)[0] == "torch"
     assert _dispatch.select("w4a8_matmul", x.device, torch.randn(17, 1152), qweight, scales, zeros, 128)[0] == "torch"

@@ -53,16 +53,20 @@ def _cpu_has(flag: str) -> bool:
         return False
 
 
-# (M, N, K, group_size, kernel): the C++ backend's VNNI digit kernel needs K and the group size to
-# be multiples of 128; its AVX-512 FMA kernel serves the rest (csrc/cpu/weight_only.cpp)
+# (M, N, K, group_size, kernel): the C++ backend's VNNI digit kernel needs each 128-channel block in
+# one group (group size a multiple of 128, or per-channel); its AVX-512 FMA kernel serves the rest
+# (csrc/cpu/weight_only.cpp)
 CPP_KERNEL_CASES = [
     (1, 97, 256, 128, "vnni_digits"),    # N not a multiple of the 4-row step
     (3, 40, 512, 256, "vnni_digits"),    # two blocks per group
     (5, 64, 1152, 128, "vnni_digits"),   # M over two row tiles of x; 9 blocks (masked tail)
     (2, 24, 2304, 128, "vnni_digits"),   # G = 18 groups (zero-point vector tail)
     (16, 33, 384, -1, "vnni_digits"),    # per-channel, M at the decode limit
+    (4, 40, 576, 128, "vnni_digits"),    # K % 128 = 64: a short last block, a ragged last group
+    (3, 16, 544, -1, "vnni_digits"),     # K % 128 = 32, per-channel
+    (2, 8, 96, -1, "vnni_digits"),       # K < 128: one short block
     (1, 96, 256, 64, "avx512_fma"),
-    (4, 40, 576, 128, "avx512_fma"),     # ragged last group: K % 128 != 0
+    (4, 40, 576, 64, "avx512_fma"),
 ]
 
 
@@ -84,7 +88,7 @@ def test_w4a16_cpp_kernels(m, n, k, group_size, kernel, x_kind, seed):
     if x_kind == "outliers":
         x[:, torch.randperm(k)[:3]] *= 300.0
     elif x_kind == "zero_block":
-        x[:, :128] = 0.0
+        x[:, :64] = 0.0
     with pyllmops.use_backend("cpp"):
         got = pyllmops.w4a16_matmul(x, qweight, scales, zeros, group_size)
     ref = _reference_w4(x.double(), qweight, scales, zeros, group_size, None)
