@@ -6,7 +6,9 @@
                   grid), block_size=128, damp=0.01, weighting="sink" (unit-norm tokens, the first
                   token of each sequence given sink_share=0.1 of the weight; "uniform" is the
                   paper's H = 2 X X^T). act_order costs the kernels nothing: WeightOnlyLinear
-                  permutes its input instead of gathering groups.
+                  permutes its input instead of gathering groups. awq_scale=False: True runs
+                  AWQ's scale search and fold first (awq_tokens rows) and GPTQ on the scaled
+                  layers (the AWQ paper's AWQ + GPTQ combination; see the README's quality table).
     "w4a16-awq"   AWQ (quant/awq.py): clip=True, awq_tokens=2048 (rows kept for the scale search;
                   the clip search uses CLIP_TOKENS of them), weighting="uniform" ("sink" weighs
                   each token's output error as GPTQ's Hessian does), duo=False (divide the scales
@@ -301,26 +303,42 @@ def _write_back(lin: nn.Linear, weight: Int4Weight, input_scale: Optional[torch.
 def quantize_gptq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 4, symmetric: bool = False,
                   act_order: bool = True, block_size: int = 128, damp: float = 0.01,
                   weighting: str = "sink", sink_share: float = 0.1, mse: bool = True,
+                  awq_scale: bool = False, awq_tokens: int = 2048,
                   skip: Iterable[str] = ("lm_head",), progress: bool = True,
                   block_spec: Optional[BlockSpec] = None) -> nn.Module:
     _check_bits(bits)
 
-    def quantize_group(block, group, hessian, done, _inspected):
+    def quantize_group(block, group, sink, done, _inspected):
+        lins = [block.get_submodule(n) for n in group.linears]
+        hessian, input_scale = sink.hessian.matrix, None
+        if awq_scale:
+            s, input_scale = _scale_and_fold(block, group, lins, sink.sample.tensor()[0], None, done,
+                                             group_size, bits, symmetric)
+            if s is not None:  # the scaled layers read x / s: H becomes diag(1/s) H diag(1/s)
+                inv = 1.0 / s.double()
+                hessian = hessian * inv[:, None] * inv[None, :]
         out = {}
-        for name in group.linears:
-            lin = block.get_submodule(name)
-            w = gptq_int4(lin.weight.float(), hessian.matrix, group_size, bits, symmetric, act_order, block_size, damp, mse)
-            _write_back(lin, w)
-            out[name] = (w, None)
+        for name, lin in zip(group.linears, lins):
+            w = gptq_int4(lin.weight.float(), hessian, group_size, bits, symmetric, act_order, block_size, damp, mse)
+            _write_back(lin, w, input_scale)
+            out[name] = (w, input_scale)
         return out
 
     return _calibrated(model, calib, resolve_spec(model, block_spec), skip, progress, "w4a16-gptq",
-                       lambda k: _HessianSink(k, weighting=weighting, sink_share=sink_share), quantize_group)
+                       lambda k: _GptqSink(k, weighting, sink_share, awq_tokens if awq_scale else 0), quantize_group)
 
 
-class _HessianSink(Hessian):
+class _GptqSink:
+    """GPTQ's Hessian of a group's input and, for awq_scale, a sample of its rows for the scale search."""
+
+    def __init__(self, in_features: int, weighting: str, sink_share: float, sample_tokens: int):
+        self.hessian = Hessian(in_features, weighting=weighting, sink_share=sink_share)
+        self.sample = _TokenSample(sample_tokens, "uniform") if sample_tokens else None
+
     def __call__(self, x: torch.Tensor) -> None:
-        self.add(x)
+        self.hessian.add(x)
+        if self.sample is not None:
+            self.sample(x)
 
 
 @register_method("w4a16-awq", needs_calib=True)
@@ -338,19 +356,10 @@ def quantize_awq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 
         # the clip search thins the scale search's rows further (uniform) or keeps the first tokens (sink)
         x_clip, c_clip = (x, None) if c is None else sample.tensor(CLIP_TOKENS)
         lins = [block.get_submodule(n) for n in group.linears]
-        prev = block.get_submodule(group.prev) if group.prev is not None else None
-        if isinstance(prev, nn.Linear) and prev.out_features != x.shape[-1]:
-            prev = "unfoldable"  # e.g. v_proj -> o_proj under grouped-query attention: leave unscaled
-        s = None
-        if prev != "unfoldable":
-            scoring = contextlib.nullcontext() if inspected is None else inspected.scoring(
-                lins, None if inspect_weighting == "uniform" else inspected.token_weights(sink_share))
-            with scoring as error:
-                s = awq_search_scale(x, [lin.weight for lin in lins], group_size, bits, symmetric, row_weight=c,
-                                     duo=duo, output_error=error)
-            _fold(prev, group.prev, s, done)
-            for lin in lins:
-                lin.weight.mul_(s.to(lin.weight.dtype))
+        scoring = None if inspected is None else lambda: inspected.scoring(
+            lins, None if inspect_weighting == "uniform" else inspected.token_weights(sink_share))
+        s, input_scale = _scale_and_fold(block, group, lins, x, c, done, group_size, bits, symmetric, duo, scoring)
+        if s is not None:
             x_clip = x_clip / s
         out = {}
         for lin, name in zip(lins, group.linears):
@@ -358,13 +367,34 @@ def quantize_awq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 
             if clip and not any(name == n or name.endswith("." + n) for n in no_clip):
                 w = awq_clip(w, x_clip, group_size, bits, symmetric, row_weight=c_clip)
             q = rtn_int4(w, group_size, bits, symmetric)
-            input_scale = s if prev is None else None
             _write_back(lin, q, input_scale)
             out[name] = (q, input_scale)
         return out
 
     return _calibrated(model, calib, resolve_spec(model, block_spec), skip, progress, "w4a16-awq",
                        lambda k: _TokenSample(awq_tokens, weighting, sink_share), quantize_group, inspect=inspect)
+
+
+def _scale_and_fold(block: nn.Module, group: ScaleGroup, lins: list[nn.Linear], x: torch.Tensor,
+                    row_weight: Optional[torch.Tensor], done: dict, group_size: int, bits: int, symmetric: bool,
+                    duo: bool = False, scoring: Optional[Callable[[], Any]] = None
+                    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """AWQ's scale step for one group of linears reading x [T, K]: search s [K], multiply the
+    linears' weights by it and divide the producer of x by it (_fold). Returns (s, input_scale):
+    s is None when the producer cannot absorb it (a linear of another width, e.g. v_proj ->
+    o_proj under grouped-query attention: left unscaled); input_scale is s when there is no
+    producer at all (the layer divides its input at run time), else None. scoring() opens a
+    context yielding a module-output error function for the search (see awq_search_scale)."""
+    prev = block.get_submodule(group.prev) if group.prev is not None else None
+    if isinstance(prev, nn.Linear) and prev.out_features != x.shape[-1]:
+        return None, None
+    with (contextlib.nullcontext() if scoring is None else scoring()) as error:
+        s = awq_search_scale(x, [lin.weight for lin in lins], group_size, bits, symmetric, row_weight=row_weight,
+                             duo=duo, output_error=error)
+    _fold(prev, group.prev, s, done)
+    for lin in lins:
+        lin.weight.mul_(s.to(lin.weight.dtype))
+    return s, (s if prev is None else None)
 
 
 def _fold(prev: Optional[nn.Module], prev_name: Optional[str], s: torch.Tensor, done: dict) -> None:

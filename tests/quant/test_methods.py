@@ -36,15 +36,17 @@ def test_llama_layout_is_recognised():
 def test_calibrated_methods_beat_rtn(setup, bits):
     model, calib, test, ref = setup
     errs = {}
-    for method, opts in [("w4a16-rtn", {}), ("w4a16-gptq", {}), ("w4a16-gptq", {"act_order": True}), ("w4a16-awq", {})]:
+    cases = {"rtn": ("w4a16-rtn", {}), "gptq": ("w4a16-gptq", {"act_order": False}),
+             "gptq-act-order": ("w4a16-gptq", {}), "gptq-awq-scale": ("w4a16-gptq", {"awq_scale": True}),
+             "awq": ("w4a16-awq", {})}
+    for case, (method, opts) in cases.items():
         q = pyllmops.quantize(copy.deepcopy(model), method, calib=calib, group_size=32, bits=bits, progress=False, **opts)
         linears = [m for m in q.modules() if isinstance(m, WeightOnlyLinear)]
         assert len(linears) == 14 and isinstance(q.lm_head, nn.Linear)  # the LM head stays float
-        errs[(method, bool(opts))] = _err(q, test, ref)
-    rtn = errs[("w4a16-rtn", False)]
-    assert errs[("w4a16-gptq", False)] < 0.7 * rtn, errs
-    assert errs[("w4a16-gptq", True)] < 0.7 * rtn, errs
-    assert errs[("w4a16-awq", False)] < 0.7 * rtn, errs
+        errs[case] = _err(q, test, ref)
+    for case in cases:
+        if case != "rtn":
+            assert errs[case] < 0.7 * errs["rtn"], errs
 
 
 def test_w8a16_is_close(setup):
@@ -53,10 +55,11 @@ def test_w8a16_is_close(setup):
     assert _err(q, test, ref) < 1e-3 * float(ref.pow(2).mean())
 
 
-def test_awq_folds_into_norms(setup):
+@pytest.mark.parametrize("method, opts", [("w4a16-awq", {}), ("w4a16-gptq", {"awq_scale": True})])
+def test_awq_scales_fold_into_norms(setup, method, opts):
     model, calib, test, _ = setup
     before = model.layers[0].input_layernorm.weight.clone()
-    q = pyllmops.quantize(copy.deepcopy(model), "w4a16-awq", calib=calib, group_size=32, progress=False)
+    q = pyllmops.quantize(copy.deepcopy(model), method, calib=calib, group_size=32, progress=False, **opts)
     assert not torch.equal(q.layers[0].input_layernorm.weight, before)
     assert q.layers[0].self_attn.q_proj.input_scale is None  # folded, not carried
 
@@ -81,8 +84,10 @@ def test_generic_module_and_declared_spec(seed):
         errs[method] = float((q(x) - ref).pow(2).mean())
     assert errs["w4a16-gptq"] < errs["w4a16-rtn"] and errs["w4a16-awq"] < errs["w4a16-rtn"], errs
     # no producer to fold into: AWQ keeps its scales as the layer's input_scale
-    q = pyllmops.quantize(copy.deepcopy(model), "w4a16-awq", calib=calib, group_size=32, progress=False, skip=())
-    assert q[0].input_scale is not None
+    for method, opts in (("w4a16-awq", {}), ("w4a16-gptq", {"awq_scale": True})):
+        q = pyllmops.quantize(copy.deepcopy(model), method, calib=calib, group_size=32, progress=False, skip=(), **opts)
+        assert q[0].input_scale is not None
+        assert float((q(x) - ref).pow(2).mean()) < errs["w4a16-rtn"], method
     # a declared spec: fold the second layer's scales into the first one's rows is not possible
     # through GELU, so declare it unfoldable; blocks=None keeps the whole model as one block
     spec = BlockSpec(None, (ScaleGroup(None, ("0",)), ScaleGroup(None, ("2",))))
