@@ -51,6 +51,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <string>
 #include <vector>
@@ -189,27 +190,46 @@ constexpr int kQ8Block = 32;                              // w4a8: channels per 
 template <int D>
 constexpr int64_t kBlockBytes = D * kBlock;
 
+// The power of two that brings a row's largest step to [1, 2), kept within the normal float
+// exponents so that 2^-shift is a normal float too.
+int row_shift(double largest_step) { return std::clamp(-std::ilogb(largest_step), -126, 126); }
+
+std::vector<float> unscales(const std::vector<int>& shift) {
+  std::vector<float> u(shift.size());
+  for (size_t i = 0; i < shift.size(); ++i) u[i] = std::ldexp(1.f, -shift[i]);
+  return u;
+}
+
 // x [M, K] (K % 32 == 0) -> 3 digits per channel, digits [M, B, 3 * 128] (B = ceil(K / 128), zero
-// beyond K: the caller passes it zeroed), and step [M, B]: x = step * (a * 2^16 + b * 2^8 + c) to
-// within step / 2 = max|x of the block| / 2 / kDigitMax.
+// beyond K: the caller passes it zeroed), step [M, B] and shift [M]: x = 2^-shift * step * (a 2^16 +
+// b 2^8 + c) to within half a step, max|x of the block| / 2 / kDigitMax. The per-row power of two
+// keeps step and scale * step normal floats whatever the size of x (x ~ 1e-34 lost 3 digits without).
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void split_digits(const float* x, int64_t M, int64_t K,
-                                                                         int8_t* digits, float* step) {
+                                                                         int8_t* digits, float* step, int* shift) {
   const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd_idx = _mm512_add_epi32(even_idx, _mm512_set1_epi32(1));
   const __m512i lim = _mm512_set1_epi32(kDigitMax), half = _mm512_set1_epi32(128), byte = _mm512_set1_epi32(255);
   const int64_t B = (K + kBlock - 1) / kBlock;
-  for (int64_t m = 0; m < M; ++m)
+  std::vector<float> tops(static_cast<size_t>(B));
+  for (int64_t m = 0; m < M; ++m) {
+    float row_top = 0.f;
+    for (int64_t b = 0; b < B; ++b) {
+      const float* xb = x + m * K + b * kBlock;
+      __m512 mx = _mm512_setzero_ps();
+      for (int64_t i = 0; i < std::min(kBlock, K - b * kBlock); i += 16)
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(xb + i)));
+      tops[b] = _mm512_reduce_max_ps(mx);
+      // a non-finite x gets step 0 here; its group sum (the zero-point term) makes the output non-finite
+      if (!(tops[b] <= std::numeric_limits<float>::max())) tops[b] = 0.f;
+      row_top = std::max(row_top, tops[b]);
+    }
+    shift[m] = row_top > 0.f ? row_shift(static_cast<double>(row_top) / kDigitMax) : 0;
     for (int64_t b = 0; b < B; ++b) {
       const float* xb = x + m * K + b * kBlock;
       const int chunks = static_cast<int>(std::min<int64_t>(kBlock, K - b * kBlock) / 32);  // the rest stays 0
-      __m512 mx = _mm512_setzero_ps();
-      for (int i = 0; i < 32 * chunks; i += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(xb + i)));
-      const float top = _mm512_reduce_max_ps(mx);
-      // a non-finite x gets step 0 here; its group sum (the zero-point term) makes the output non-finite
-      const bool usable = top > 0.f && top <= std::numeric_limits<float>::max();
-      const float d = usable ? top / static_cast<float>(kDigitMax) : 0.f;
-      step[m * B + b] = d;
-      const __m512d inv = _mm512_set1_pd(usable ? 1.0 / d : 0.0);
+      const double d = static_cast<double>(tops[b]) / kDigitMax;
+      step[m * B + b] = static_cast<float>(std::ldexp(d, shift[m]));
+      const __m512d inv = _mm512_set1_pd(d > 0.0 ? 1.0 / d : 0.0);
       int8_t* out = digits + (m * B + b) * kBlockBytes<3>;
       for (int u = 0; u < chunks; ++u)
         for (int h = 0; h < 2; ++h) {
@@ -231,20 +251,22 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void split_digits(const flo
           _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 256), _mm512_cvtepi32_epi8(c));
         }
     }
+  }
 }
 
 // x [M, K] (K % 32 == 0) -> Q8_0: per 32 channels d = max|x| / 127 and q = round_half_even(x / d)
-// (0 where d = 0), in IEEE float32 like the reference; q [M, B, 128], lane_step [M, B, 16] (d of
-// lane l's channels; both zero beyond K: the caller passes them zeroed), xsum [M, G] = sum of d q
-// over each group (in double). A block with
-// a NaN or inf gets d = NaN, so every output that reads it is NaN.
+// (0 where d = 0), in IEEE float32 like the reference; q [M, B, 128], lane_step [M, B, 16] = 2^shift
+// d of lane l's channels (both zero beyond K: the caller passes them zeroed), shift [M] as in
+// split_digits, xsum [M, G] = 2^shift * sum of d q over each group (in double). A block with a NaN
+// or inf gets d = NaN, so every output that reads it is NaN.
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_q8(const float* x, int64_t M, int64_t K,
                                                                         int64_t gs, int8_t* q, float* lane_step,
-                                                                        double* xsum) {
+                                                                        int* shift, double* xsum) {
   const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd_idx = _mm512_add_epi32(even_idx, _mm512_set1_epi32(1));
   const int64_t B = (K + kBlock - 1) / kBlock, G = (K + gs - 1) / gs;
   for (int64_t m = 0; m < M; ++m) {
+    float row_d = 0.f;
     for (int64_t g = 0; g < G; ++g) xsum[m * G + g] = 0.0;
     for (int64_t b = 0; b < B; ++b)
       for (int u = 0; u < std::min<int64_t>(kBlock, K - b * kBlock) / kQ8Block; ++u) {
@@ -265,7 +287,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_q8(const floa
         _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 64), _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(q0, odd_idx, q1)));
         for (int l = 0; l < 4; ++l) lane_step[(m * B + b) * 16 + u * 4 + l] = d;
         xsum[m * G + k0 / gs] += static_cast<double>(d) * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        if (d <= std::numeric_limits<float>::max()) row_d = std::max(row_d, d);
       }
+    shift[m] = row_d > 0.f ? row_shift(row_d) : 0;
+    for (int64_t i = m * B * 16; i < (m + 1) * B * 16; ++i) lane_step[i] = std::ldexp(lane_step[i], shift[m]);
+    for (int64_t g = 0; g < G; ++g) xsum[m * G + g] = std::ldexp(xsum[m * G + g], shift[m]);
   }
 }
 
@@ -273,7 +299,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_q8(const floa
 struct DigitX {
   const int8_t* digits;        // [M, B, kBlockBytes<D>]
   const float* step;           // D = 3: [M, B]; D = 1: [M, B, 16] (per int32 lane)
-  const float* gsum;           // [M, G] sum of x over each group
+  const float* gsum;           // [M, G] 2^shift * sum of x over each group
+  const float* unscale;        // [M] 2^-shift: undoes the power of two in step and gsum
   const int32_t* block_group;  // [B] group of each block
   int64_t B, G;
 };
@@ -380,7 +407,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void digi
   for (int64_t b = 0; b + 1 < B; ++b) digit_block<D, MT, NT>(x, m0, w, n, b, true, 0, scale_step, total);
   digit_block<D, MT, NT>(x, m0, w, n, B - 1, false, w.last_block, scale_step, total);
   for (int m = 0; m < MT; ++m)
-    for (int j = 0; j < NT; ++j) out[(m0 + m) * N + n + j] = _mm512_reduce_add_ps(total[m][j]);
+    for (int j = 0; j < NT; ++j) out[(m0 + m) * N + n + j] = _mm512_reduce_add_ps(total[m][j]) * x.unscale[m0 + m];
 }
 
 // kSplitRows output rows (NT = 1: one row) for rows m0.. of x: 4 x 4 tiles for MT <= 2, two
@@ -525,12 +552,13 @@ void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, co
   if (kernel == "vnni_digits") {
     const int64_t B = (K + kBlock - 1) / kBlock;
     std::vector<int8_t> digits(static_cast<size_t>(M * B * kBlockBytes<3>));
-    std::vector<float> step(static_cast<size_t>(M * B));
-    split_digits(x, M, K, digits.data(), step.data());
-    const std::vector<float> gsum(xs.begin(), xs.end());
+    std::vector<float> step(static_cast<size_t>(M * B)), gsum(static_cast<size_t>(M * G));
+    std::vector<int> shift(static_cast<size_t>(M));
+    split_digits(x, M, K, digits.data(), step.data(), shift.data());
+    for (int64_t i = 0; i < M * G; ++i) gsum[i] = static_cast<float>(std::ldexp(xs[i], shift[i / G]));
     const std::vector<int32_t> bg = block_groups(B, group_size);
-    digit_gemm<3>({digits.data(), step.data(), gsum.data(), bg.data(), B, G}, M, K, qweight, scales, zeros, N, out,
-                  threads);
+    digit_gemm<3>({digits.data(), step.data(), gsum.data(), unscales(shift).data(), bg.data(), B, G}, M, K, qweight,
+                  scales, zeros, N, out, threads);
     return;
   }
   const std::vector<float> xd = deinterleave(x, M, K);
@@ -553,11 +581,12 @@ void w4a8_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, con
   std::vector<int8_t> q(static_cast<size_t>(M * B * kBlockBytes<1>));
   std::vector<float> lane_step(static_cast<size_t>(M * B * 16));
   std::vector<double> xsum(static_cast<size_t>(M * G));
-  quantize_q8(x, M, K, group_size, q.data(), lane_step.data(), xsum.data());
+  std::vector<int> shift(static_cast<size_t>(M));
+  quantize_q8(x, M, K, group_size, q.data(), lane_step.data(), shift.data(), xsum.data());
   const std::vector<float> gsum(xsum.begin(), xsum.end());
   const std::vector<int32_t> bg = block_groups(B, group_size);
-  digit_gemm<1>({q.data(), lane_step.data(), gsum.data(), bg.data(), B, G}, M, K, qweight, scales, zeros, N, out,
-                threads);
+  digit_gemm<1>({q.data(), lane_step.data(), gsum.data(), unscales(shift).data(), bg.data(), B, G}, M, K, qweight,
+                scales, zeros, N, out, threads);
 }
 
 void w8a16_gemm(const float* x, int64_t M, int64_t K, const int8_t* qweight, const float* scales,

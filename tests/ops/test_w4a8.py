@@ -34,7 +34,7 @@ SHAPES = [(1, 97, 256), (3, 40, 576), (1, 24, 544), (5, 64, 1152), (2, 24, 2304)
 @pytest.mark.parametrize("backend", cpu_backends("w4a8_matmul"))
 @pytest.mark.parametrize("m, n, k", SHAPES)
 @pytest.mark.parametrize("group_size", [32, 64, 128, 256, -1])
-@pytest.mark.parametrize("x_kind", ["randn", "outliers", "zero_block"])
+@pytest.mark.parametrize("x_kind", ["randn", "outliers", "zero_block", "tiny", "huge"])
 def test_against_reference(backend, m, n, k, group_size, x_kind, seed):
     if group_size > k:
         pytest.skip("group larger than K")
@@ -44,6 +44,8 @@ def test_against_reference(backend, m, n, k, group_size, x_kind, seed):
         x[:, torch.randperm(k)[:3]] *= 300.0
     elif x_kind == "zero_block":
         x[:, 32:64] = 0.0
+    elif x_kind in ("tiny", "huge"):
+        x *= 1e-35 if x_kind == "tiny" else 1e30
     with pyllmops.use_backend(backend):
         got = _run(x, qweight, scales, zeros, group_size)
     ref = _reference(x, qweight, scales, zeros, group_size)

@@ -71,11 +71,11 @@ CPP_KERNEL_CASES = [
 
 
 @pytest.mark.parametrize("m, n, k, group_size, kernel", CPP_KERNEL_CASES)
-@pytest.mark.parametrize("x_kind", ["randn", "outliers", "zero_block"])
+@pytest.mark.parametrize("x_kind", ["randn", "outliers", "zero_block", "tiny", "huge"])
 def test_w4a16_cpp_kernels(m, n, k, group_size, kernel, x_kind, seed):
     """Each C++ int4 kernel against the float64 reference, on activations with outlier channels
-    (the digit kernel's step is relative to the largest |x| of each 128-channel block) and with an
-    all-zero block (step 0)."""
+    (the digit kernel's step is relative to the largest |x| of each 128-channel block), with an
+    all-zero block (step 0), and far from 1 (x 1e-35: steps below the smallest normal float)."""
     if "cpp" not in cpu_backends("w4a16_matmul"):
         pytest.skip("no AVX-512 C++ backend here")
     if kernel == "vnni_digits" and not _cpu_has("avx512_vnni"):
@@ -89,6 +89,8 @@ def test_w4a16_cpp_kernels(m, n, k, group_size, kernel, x_kind, seed):
         x[:, torch.randperm(k)[:3]] *= 300.0
     elif x_kind == "zero_block":
         x[:, :64] = 0.0
+    elif x_kind in ("tiny", "huge"):
+        x *= 1e-35 if x_kind == "tiny" else 1e30
     with pyllmops.use_backend("cpp"):
         got = pyllmops.w4a16_matmul(x, qweight, scales, zeros, group_size)
     ref = _reference_w4(x.double(), qweight, scales, zeros, group_size, None)
