@@ -5,7 +5,8 @@
 //
 // vnni_digits (group size a multiple of 128 or K, CPUs with AVX-512 VNNI): x is split per call, per
 // 128-channel block, into 3 signed-byte digits, x ~= step * (a 2^16 + b 2^8 + c), |x - that| <=
-// step / 2 = 2^-24 max|x of the block| (the rounding of an fp32 value of that size). The int4 x
+// step / 2 = 2^-24 max|x of the block| (the rounding of an fp32 value of that size; a per-row power
+// of two keeps the steps normal floats for any size of x). The int4 x
 // digit products then run on vpdpbusd (64 MACs per instruction) in exact int32 arithmetic: per
 // block of 128 weights of a row, 2 ands and a shift split the 64 packed bytes into low (even
 // channels) and high (odd) nibbles, 6 vpdpbusd and 2 shifts (Horner over the digits) give the
