@@ -11,6 +11,7 @@ On a shared CPU the numbers move with the other processes' load; compare ratios 
 64 MB fp32 4096 x 4096 weight does). "layers=10" (CPU): each call takes the next of 10 layers'
 weights, as a decode step through a 10-layer model does: 640 MB of fp32 no longer fits the
 cache, while the 84 MB of int4 weights do; that difference is the point of the compression.
+w4a8 (CPU only): the opt-in int8-activation mode on the same int4 weights, same baseline.
 """
 import itertools
 
@@ -79,6 +80,28 @@ def test_w4a16(benchmark, layers, n_layers, m, backend):
         q = l["q4"]
         with pyllmops.use_backend(backend):
             return pyllmops.w4a16_matmul(x, q.qweight, l["s4"], q.zeros, q.group_size)
+    _run(benchmark, fn)
+
+
+@pytest.mark.parametrize("n_layers", LAYERS, ids=lambda n: f"layers{n}")
+@pytest.mark.parametrize("m, backend", _cases("w4a8_matmul") if DEV.type == "cpu" else [], ids=lambda v: str(v))
+def test_w4a8(benchmark, layers, n_layers, m, backend):
+    """The opt-in int8-activation mode (pyllmops/ops/w4a8.py) on the same int4 weights: an
+    approximation of w4a16, timed against the same float32 baseline."""
+    x = torch.randn(m, K, device=DEV, dtype=ACT)
+    base = backend == "baseline"
+    record(benchmark, op="w4a8_matmul g128", shape=_shape(m, n_layers),
+           backend=f"F.linear {str(ACT)[6:]}" if base else backend, baseline=base)
+    layer = itertools.cycle(layers[:n_layers])
+    if base:
+        _run(benchmark, lambda: F.linear(x, next(layer)["w"]))
+        return
+
+    def fn():
+        l = next(layer)
+        q = l["q4"]
+        with pyllmops.use_backend(backend):
+            return pyllmops.w4a8_matmul(x, q.qweight, l["s4"], q.zeros, q.group_size)
     _run(benchmark, fn)
 
 

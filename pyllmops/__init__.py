@@ -13,6 +13,7 @@ from pyllmops.ops import (
     sample,
     top_k_top_p_filter,
     use_backend,
+    w4a8_matmul,
     w4a16_matmul,
     w8a8_matmul,
     w8a16_matmul,
@@ -42,5 +43,5 @@ def build_info() -> dict:
 __all__ = [
     "available_backends", "build_info", "dequantize_int4_grouped", "dequantize_int8", "ops",
     "pack_w8a8_weight", "quantize", "quantize_int4_grouped", "quantize_int8", "sample", "top_k_top_p_filter",
-    "use_backend", "w4a16_matmul", "w8a16_matmul", "w8a8_matmul",
+    "use_backend", "w4a8_matmul", "w4a16_matmul", "w8a16_matmul", "w8a8_matmul",
 ]

@@ -10,11 +10,26 @@ namespace pyllmops::cpu {
 // everywhere but slow, and the Python side only picks this backend when this is true.
 bool weight_only_simd();
 
+// True when the AVX-512 VNNI kernels (w4a16's digit kernel, w4a8_gemm) can run on this CPU.
+bool weight_only_vnni();
+
+// Which int4 kernel w4a16_gemm runs for this call: "vnni_digits", "avx512_fma" or "scalar" (for
+// tests that must reach each one, and for benchmarks to name it).
+const char* w4a16_kernel(int64_t K, int64_t group_size);
+
 // x [M, K] fp32 (row stride K); qweight [N, K/2] u8, byte j = k 2j (low nibble) | 2j+1 (high);
 // scales [N, G] fp32; zeros [N, G] u8; G = ceil(K / group_size), last group ragged.
 // Requires K % 32 == 0 and group_size % 32 == 0. out [M, N] fp32.
 void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
                 const uint8_t* zeros, int64_t N, int64_t group_size, float* out, int threads);
+
+// W4A8: the int4 weight as in w4a16_gemm, x quantized per call like llama.cpp's Q8_0: per row and
+// 32 channels, d = max|x| / 127, q = round_half_even(x / d) in float32 (q = 0 where d = 0);
+// out = sum_k (q_w - z) s * q_x d, products exact in int32, scaled in float32. A block of x with a
+// NaN or inf makes the outputs NaN. Requires weight_only_vnni(), K % 32 == 0, group_size % 128 == 0
+// or group_size == K.
+void w4a8_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
+               const uint8_t* zeros, int64_t N, int64_t group_size, float* out, int threads);
 
 // x [M, K] fp32; qweight [N, K] int8; scales [N] fp32 (per output channel). Requires K % 16 == 0.
 void w8a16_gemm(const float* x, int64_t M, int64_t K, const int8_t* qweight, const float* scales,

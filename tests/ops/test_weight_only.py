@@ -45,6 +45,74 @@ def test_w4a16_against_reference(backend, m, n, k, group_size, act_order, seed):
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
+def _cpu_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return flag in f.read().split()
+    except OSError:
+        return False
+
+
+# (M, N, K, group_size, kernel): the C++ backend's VNNI digit kernel needs each 128-channel block in
+# one group (group size a multiple of 128, or per-channel); its AVX-512 FMA kernel serves the rest
+# (csrc/cpu/weight_only.cpp)
+CPP_KERNEL_CASES = [
+    (1, 97, 256, 128, "vnni_digits"),    # N not a multiple of the 4-row step
+    (3, 40, 512, 256, "vnni_digits"),    # two blocks per group
+    (5, 64, 1152, 128, "vnni_digits"),   # M over two row tiles of x; 9 blocks (masked tail)
+    (2, 24, 2304, 128, "vnni_digits"),   # G = 18 groups (zero-point vector tail)
+    (16, 33, 384, -1, "vnni_digits"),    # per-channel, M at the decode limit
+    (4, 40, 576, 128, "vnni_digits"),    # K % 128 = 64: a short last block, a ragged last group
+    (3, 16, 544, -1, "vnni_digits"),     # K % 128 = 32, per-channel
+    (2, 8, 96, -1, "vnni_digits"),       # K < 128: one short block
+    (1, 96, 256, 64, "avx512_fma"),
+    (4, 40, 576, 64, "avx512_fma"),
+]
+
+
+@pytest.mark.parametrize("m, n, k, group_size, kernel", CPP_KERNEL_CASES)
+@pytest.mark.parametrize("x_kind", ["randn", "outliers", "zero_block", "tiny", "huge"])
+def test_w4a16_cpp_kernels(m, n, k, group_size, kernel, x_kind, seed):
+    """Each C++ int4 kernel against the float64 reference, on activations with outlier channels
+    (the digit kernel's step is relative to the largest |x| of each 128-channel block), with an
+    all-zero block (step 0), and far from 1 (x 1e-35: steps below the smallest normal float)."""
+    if "cpp" not in cpu_backends("w4a16_matmul"):
+        pytest.skip("no AVX-512 C++ backend here")
+    if kernel == "vnni_digits" and not _cpu_has("avx512_vnni"):
+        pytest.skip("no AVX-512 VNNI here")
+    from pyllmops import _ext
+
+    assert _ext.cpp().w4a16_kernel(k, k if group_size == -1 else group_size) == kernel
+    qweight, scales, zeros, _ = _int4(n, k, group_size)
+    x = torch.randn(m, k)
+    if x_kind == "outliers":
+        x[:, torch.randperm(k)[:3]] *= 300.0
+    elif x_kind == "zero_block":
+        x[:, :64] = 0.0
+    elif x_kind in ("tiny", "huge"):
+        x *= 1e-35 if x_kind == "tiny" else 1e30
+    with pyllmops.use_backend("cpp"):
+        got = pyllmops.w4a16_matmul(x, qweight, scales, zeros, group_size)
+    ref = _reference_w4(x.double(), qweight, scales, zeros, group_size, None)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("m, n, k, group_size, kernel", CPP_KERNEL_CASES[:1] + CPP_KERNEL_CASES[-1:])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_w4a16_cpp_non_finite_input(m, n, k, group_size, kernel, bad, seed):
+    """A NaN or inf in x makes every output that reads it non-finite (it is not lost in the
+    digit split)."""
+    if "cpp" not in cpu_backends("w4a16_matmul"):
+        pytest.skip("no AVX-512 C++ backend here")
+    qweight, scales, zeros, _ = _int4(n, k, group_size)
+    x = torch.randn(m, k)
+    x[0, 5] = bad
+    with pyllmops.use_backend("cpp"):
+        got = pyllmops.w4a16_matmul(x, qweight, scales, zeros, group_size)
+    assert not torch.isfinite(got[0]).any()
+    assert torch.isfinite(got[1:]).all()
+
+
 @pytest.mark.parametrize("backend", cpu_backends("w4a16_matmul"))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_w4a16_half_inputs(backend, dtype, seed):
