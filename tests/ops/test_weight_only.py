@@ -175,6 +175,27 @@ def test_compiles():
     torch.testing.assert_close(f(x), pyllmops.w4a16_matmul(x, qweight, scales, zeros, 64) * 2)
 
 
+def test_eager_front_door_skips_only_what_it_may(seed):
+    """Plain eager calls run the backend directly; the custom op (same result) serves autograd,
+    fake tensors and compile, which the direct path cannot."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    qweight, scales, zeros, _ = _int4(48, 256, 128)
+    x = torch.randn(3, 256)
+    assert _dispatch.eager(x, qweight, scales, zeros, None)
+    torch.testing.assert_close(pyllmops.w4a16_matmul(x, qweight, scales, zeros, 128),
+                               torch.ops.pyllmops.w4a16_matmul(x, qweight, scales, zeros, 128, None), rtol=0, atol=0)
+    xg = x.clone().requires_grad_()
+    assert not _dispatch.eager(xg)
+    with torch.no_grad():
+        assert _dispatch.eager(xg)
+    with FakeTensorMode() as mode:
+        fx, fq, fs, fz = (mode.from_tensor(t) for t in (x, qweight, scales, zeros))
+        assert not _dispatch.eager(fx)
+        out = pyllmops.w4a16_matmul(fx, fq, fs, fz, 128)
+    assert tuple(out.shape) == (3, 48)
+
+
 def test_aten_int4pack_zero_convention(seed):
     """torch's CPU int4 kernel wants scales_and_zeros [G, N, 2] with a float zero:
     W = (q - 8) * s + zero_f. Ours is (q - z) * s, so zero_f = (8 - z) * s (why it is not our
