@@ -73,15 +73,15 @@ def _text_ids(tok, n: int | None = None) -> list[int]:
 
 # -- decode -----------------------------------------------------------------------------------
 
-DECODE_BACKENDS = {"llama.cpp": "llama.cpp Q4_1", "pyllmops": "pyllmops fp32", "pyllmops-w4a16": "pyllmops w4a16 g128"}
+BACKENDS = {"llama.cpp": "llama.cpp Q4_1", "pyllmops": "pyllmops fp32", "pyllmops-w4a16": "pyllmops w4a16 g128"}
 
 
-@pytest.mark.parametrize("impl", list(DECODE_BACKENDS))
+@pytest.mark.parametrize("impl", list(BACKENDS))
 def test_decode(benchmark, impl, ours, request):
     model, tok = request.getfixturevalue("ours_w4a16") if impl == "pyllmops-w4a16" else ours
     prompt = _prompt(tok)
     record(benchmark, op="generate decode (greedy, 32 tokens)", shape=f"{MODEL} b1 {THREADS} threads",
-           backend=DECODE_BACKENDS[impl], baseline=impl == "llama.cpp", unit="tok/s")
+           backend=BACKENDS[impl], baseline=impl == "llama.cpp", unit="tok/s")
     if impl == "llama.cpp":
         llm = request.getfixturevalue("llama_cpp")
 
@@ -114,13 +114,12 @@ def test_decode(benchmark, impl, ours, request):
 
 # -- prefill ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("impl", ["llama.cpp", "pyllmops"])
+@pytest.mark.parametrize("impl", list(BACKENDS))
 def test_prefill(benchmark, impl, ours, request):
-    model, tok = ours
+    model, tok = request.getfixturevalue("ours_w4a16") if impl == "pyllmops-w4a16" else ours
     ids = _text_ids(tok, PREFILL)
     record(benchmark, op=f"generate prefill ({PREFILL} tokens)", shape=f"{MODEL} b1 {THREADS} threads",
-           backend="llama.cpp Q4_1" if impl == "llama.cpp" else "pyllmops fp32", baseline=impl == "llama.cpp",
-           unit="tok/s")
+           backend=BACKENDS[impl], baseline=impl == "llama.cpp", unit="tok/s")
     if impl == "llama.cpp":
         llm = request.getfixturevalue("llama_cpp")
 

@@ -35,6 +35,17 @@ void bind_weight_only(py::module_& m) {
       py::arg("x"), py::arg("M"), py::arg("K"), py::arg("qweight"), py::arg("scales"), py::arg("zeros"),
       py::arg("N"), py::arg("group_size"), py::arg("out"), py::arg("threads") = 0);
   m.def(
+      "w4_dequantize",
+      [](uintptr_t qweight, uintptr_t scales, uintptr_t zeros, int64_t N, int64_t K, int64_t group_size,
+         uintptr_t out, int threads) {
+        py::gil_scoped_release release;
+        w4_dequantize(reinterpret_cast<const uint8_t*>(qweight), reinterpret_cast<const float*>(scales),
+                      reinterpret_cast<const uint8_t*>(zeros), N, K, group_size, reinterpret_cast<float*>(out),
+                      threads);
+      },
+      py::arg("qweight"), py::arg("scales"), py::arg("zeros"), py::arg("N"), py::arg("K"), py::arg("group_size"),
+      py::arg("out"), py::arg("threads") = 0);
+  m.def(
       "w8a16_gemm",
       [](uintptr_t x, int64_t M, int64_t K, uintptr_t qweight, uintptr_t scales, int64_t N, uintptr_t out,
          int threads) {

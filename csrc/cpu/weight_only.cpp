@@ -590,6 +590,30 @@ void w4a8_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, con
                 scales, zeros, N, out, threads);
 }
 
+void w4_dequantize(const uint8_t* qweight, const float* scales, const uint8_t* zeros, int64_t N, int64_t K,
+                   int64_t group_size, float* out, int threads) {
+  const int64_t G = (K + group_size - 1) / group_size;
+  parallel_for(N, threads, kGrainN, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* row = qweight + n * (K / 2);
+      float* w = out + n * K;
+      for (int64_t g = 0; g < G; ++g) {
+        // (q - z) * s in float32, the same two roundings as the torch dequantization
+        const float s = scales[n * G + g], z = zeros[n * G + g];
+        const int64_t k1 = std::min(K, (g + 1) * group_size);
+        int64_t k = g * group_size;
+        if (k % 2) w[k] = (static_cast<float>(row[k / 2] >> 4) - z) * s, ++k;  // odd group sizes only
+        for (; k + 1 < k1; k += 2) {
+          const uint8_t b = row[k / 2];
+          w[k] = (static_cast<float>(b & 0xF) - z) * s;
+          w[k + 1] = (static_cast<float>(b >> 4) - z) * s;
+        }
+        if (k < k1) w[k] = (static_cast<float>(row[k / 2] & 0xF) - z) * s;
+      }
+    }
+  });
+}
+
 void w8a16_gemm(const float* x, int64_t M, int64_t K, const int8_t* qweight, const float* scales,
                 int64_t N, float* out, int threads) {
   const bool simd = weight_only_simd();

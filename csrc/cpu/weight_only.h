@@ -31,6 +31,11 @@ void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, co
 void w4a8_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
                const uint8_t* zeros, int64_t N, int64_t group_size, float* out, int threads);
 
+// W [N, K] fp32 = (q - z) * s from the int4 layout of w4a16_gemm (any K and group_size >= 1), for
+// larger M, where dequantizing once and running a float GEMM beats the decode kernel.
+void w4_dequantize(const uint8_t* qweight, const float* scales, const uint8_t* zeros, int64_t N, int64_t K,
+                   int64_t group_size, float* out, int threads);
+
 // x [M, K] fp32; qweight [N, K] int8; scales [N] fp32 (per output channel). Requires K % 16 == 0.
 void w8a16_gemm(const float* x, int64_t M, int64_t K, const int8_t* qweight, const float* scales,
                 int64_t N, float* out, int threads);
