@@ -12,10 +12,10 @@ pyllmops/quant/packing.py. W8A16: W[n, k] = q[n, k] * scales[n].
 Backends:
   reference  dequantize in float64, matmul, cast (the oracle).
   torch      dequantize to float32, F.linear in float32, cast; any shape, any device.
-  cpp        csrc/cpu/weight_only.cpp, AVX-512, for decode-sized M <= 64: reads the packed bytes
+  cpp        csrc/cpu/weight_only.cpp, AVX-512, for decode-sized M <= 32: reads the packed bytes
              directly (1/8 of an fp32 weight's traffic). Needs K % 32 == 0 and group_size % 32 == 0
              and no g_idx (nn.WeightOnlyLinear turns act-order into a column permutation, so the
-             fast paths never see one); otherwise the torch fallback serves. For M > 64 (prefill)
+             fast paths never see one); otherwise the torch fallback serves. For M > 32 (prefill)
              it dequantizes blocks of rows with a C++ loop (the torch fallback's float32 values)
              and runs F.linear on each, for any K and group size (_cpp_w4_prefill). With AVX-512 VNNI and
              group_size a multiple of 128 or -1 it splits x into 3 int8 digits per call and runs the
@@ -42,10 +42,10 @@ from pyllmops.ops._validate import FLOAT_DTYPES, check_int, check_tensor
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 DECODE_MAX_M = 16
-# The C++ int4 kernel re-reads x per 4-row tile but the weight once; up to here it beats the
-# prefill path (dequantize blocks + F.linear): 4096 x 4096 at M = 64 took 11.1 vs 14.7 ms on 2 cores,
-# at M = 256 75 vs 34 ms.
-CPU_DECODE_MAX_M = 64
+# Up to here the C++ int4 kernel beats the prefill path (dequantize blocks + F.linear), measured
+# at 4096 x 4096 on 2 cores: M = 32: 5.9 ms (float32 F.linear alone takes 6.3); M = 64: 12.3 ms
+# against 10.4 for the prefill path.
+CPU_DECODE_MAX_M = 32
 
 
 # ----------------------------------------------------------------------------- validation

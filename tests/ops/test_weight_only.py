@@ -47,12 +47,12 @@ def test_w4a16_against_reference(backend, m, n, k, group_size, act_order, seed):
 
 @pytest.mark.parametrize("k, group_size", [(256, 128), (330, 64), (330, 33), (96, -1)])
 def test_cpp_prefill_path_dequantizes_like_torch(k, group_size, seed):
-    """M > 64 on the cpp backend: the C++ dequantization gives the torch fallback's float32 weight
+    """M > 32 on the cpp backend: the C++ dequantization gives the torch fallback's float32 weight
     bit for bit (any K, odd and ragged groups), so the two backends' outputs are identical."""
     if "cpp" not in cpu_backends("w4a16_matmul"):
         pytest.skip("no cpp backend")
     qweight, scales, zeros, _ = _int4(24, k, group_size)
-    x = torch.randn(65, k)
+    x = torch.randn(40, k)
     with pyllmops.use_backend("cpp"):
         got = pyllmops.w4a16_matmul(x, qweight, scales, zeros, group_size)
     with pyllmops.use_backend("torch"):
