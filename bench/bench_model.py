@@ -48,14 +48,15 @@ def llama_cpp(ours):
 
 @pytest.fixture(scope="module")
 def ours_w4a16(ours):
-    """The same model with every linear but the LM head in int4 (w4a16-rtn, group 128): the decode
-    kernels do not depend on which quantizer chose the int4 values."""
+    """The same model with its decoder linears in int4 (w4a16-rtn, group 128; the decode kernels do
+    not depend on which quantizer chose the int4 values) and the LM head in int8, as the GGUF's
+    Q8_0 output layer is for llama.cpp."""
     import copy
 
     import pyllmops
 
     model, tok = ours
-    return pyllmops.quantize(copy.deepcopy(model), "w4a16-rtn", group_size=128, progress=False), tok
+    return pyllmops.quantize(copy.deepcopy(model), "w4a16-rtn", group_size=128, int8=("lm_head",), progress=False), tok
 
 
 def _prompt(tok) -> list[int]:
@@ -73,7 +74,7 @@ def _text_ids(tok, n: int | None = None) -> list[int]:
 
 # -- decode -----------------------------------------------------------------------------------
 
-BACKENDS = {"llama.cpp": "llama.cpp Q4_1", "pyllmops": "pyllmops fp32", "pyllmops-w4a16": "pyllmops w4a16 g128"}
+BACKENDS = {"llama.cpp": "llama.cpp Q4_1", "pyllmops": "pyllmops fp32", "pyllmops-w4a16": "pyllmops w4a16 g128, int8 head"}
 
 
 @pytest.mark.parametrize("impl", list(BACKENDS))

@@ -95,6 +95,19 @@ def test_generic_module_and_declared_spec(seed):
     assert isinstance(q[2], WeightOnlyLinear)
 
 
+@pytest.mark.parametrize("method", ["w4a16-rtn", "w4a16-gptq", "w4a16-awq"])
+def test_int8_option_keeps_named_layers_in_int8(setup, method):
+    model, calib, test, ref = setup
+    q = pyllmops.quantize(copy.deepcopy(model), method, calib=calib, group_size=32, progress=False, int8=("lm_head",))
+    assert isinstance(q.lm_head, WeightOnlyLinear) and q.lm_head.bits == 8
+    assert q.layers[0].mlp.down_proj.bits == 4
+    base = pyllmops.quantize(copy.deepcopy(model), method, calib=calib, group_size=32, progress=False)
+    # the int8 head adds little to the int4 layers' error (both against the float model)
+    assert _err(q, test, ref) < 1.2 * _err(base, test, ref) + 1e-4 * float(ref.pow(2).mean())
+    with pytest.raises(ValueError, match="int8: no nn.Linear named"):
+        pyllmops.quantize(copy.deepcopy(model), "w4a16-rtn", int8=("nope",), progress=False)
+
+
 def test_bad_options(setup):
     model, calib, _, _ = setup
     with pytest.raises(ValueError, match="needs calibration data"):
