@@ -137,10 +137,19 @@ def _cpp_w4(x, qweight, scales, zeros, group_size, g_idx):
     gs = k if group_size == -1 else group_size
     if m > CPU_DECODE_MAX_M:
         return _cpp_w4_prefill(xf, qw, sf, zc, gs).to(x.dtype)
-    out = torch.empty((m, n), dtype=torch.float32)
-    _ext.cpp().w4a16_gemm(xf.data_ptr(), m, k, qw.data_ptr(), sf.data_ptr(), zc.data_ptr(), n, gs,
-                          out.data_ptr(), torch.get_num_threads())
+    out = cpp_w4_decode(xf, qw, sf, zc, gs, torch.empty((m, n), dtype=torch.float32))
     return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+def cpp_w4_decode(x, qweight, scales, zeros, group_size, out):
+    """The C++ int4 kernel on prepared operands (nn.WeightOnlyLinear's decode path calls it too):
+    x [M, K] float32 contiguous, M <= CPU_DECODE_MAX_M; qweight, zeros contiguous; scales float32
+    contiguous; group_size resolved (K for per-channel); out [M, N] float32, returned."""
+    from pyllmops import _ext
+
+    _ext.cpp().w4a16_gemm(x.data_ptr(), x.shape[0], x.shape[1], qweight.data_ptr(), scales.data_ptr(),
+                          zeros.data_ptr(), qweight.shape[0], group_size, out.data_ptr(), torch.get_num_threads())
+    return out
 
 
 # Weights per dequantized block of the prefill path: 4 MB of float32, reused across blocks (a fresh
@@ -231,14 +240,21 @@ def _cpp_w8_supported(x, qweight, scales):
 
 @_dispatch.register("w8a16_matmul", "cpp", devices=("cpu",), supports=_cpp_w8_supported)
 def _cpp_w8(x, qweight, scales):
-    from pyllmops import _ext
-
     m, k = x.shape
     n = qweight.shape[0]
-    xf, qw, sf = x.float().contiguous(), qweight.contiguous(), scales.float().contiguous()
-    out = torch.empty((m, n), dtype=torch.float32)
-    _ext.cpp().w8a16_gemm(xf.data_ptr(), m, k, qw.data_ptr(), sf.data_ptr(), n, out.data_ptr(), torch.get_num_threads())
-    return out.to(x.dtype)
+    xf, qw, sf = _f32_contiguous(x), qweight.contiguous(), _f32_contiguous(scales)
+    out = cpp_w8_decode(xf, qw, sf, torch.empty((m, n), dtype=torch.float32))
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+def cpp_w8_decode(x, qweight, scales, out):
+    """The C++ int8 kernel on prepared operands: x [M, K] float32 contiguous (M <= DECODE_MAX_M),
+    qweight contiguous, scales float32 contiguous, out [M, N] float32, returned."""
+    from pyllmops import _ext
+
+    _ext.cpp().w8a16_gemm(x.data_ptr(), x.shape[0], x.shape[1], qweight.data_ptr(), scales.data_ptr(),
+                          qweight.shape[0], out.data_ptr(), torch.get_num_threads())
+    return out
 
 
 @_dispatch.register("w8a16_matmul", "triton")

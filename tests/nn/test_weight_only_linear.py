@@ -94,3 +94,26 @@ def test_inference_forward_matches_reference(bits, group_size, m, dtype, seed):
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     assert y.dtype == dtype
     torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_decode_path_follows_its_buffers(bits, seed):
+    """forward's decode path settles its checks on the buffers once per set of buffer objects:
+    a replaced buffer (another dtype, new values) is seen, and the output stays the reference's."""
+    lin = nn.Linear(256, 48, bias=False)
+    q = WeightOnlyLinear.from_linear(lin, bits=bits, group_size=128)
+    x = torch.randn(1, 1, 256)
+
+    def check():
+        with torch.no_grad():
+            y = q(x)
+        ref = x.double() @ q.dequantized_weight(torch.float64).t()
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+    check()
+    q.scales = q.scales * 2  # a new float32 tensor: new values through the same fast path
+    check()
+    q.scales = q.scales.half()  # the kernel needs float32 scales: another path, same result
+    check()
+    q.scales.mul_(0.5)  # in place: the same object, read at call time
+    check()
