@@ -39,7 +39,7 @@ def test_lora_trains_on_top(seed):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < losses[0]
 
 
