@@ -12,16 +12,17 @@ pyllmops/quant/packing.py. W8A16: W[n, k] = q[n, k] * scales[n].
 Backends:
   reference  dequantize in float64, matmul, cast (the oracle).
   torch      dequantize to float32, F.linear in float32, cast; any shape, any device.
-  cpp        csrc/cpu/weight_only.cpp, AVX-512, for decode-sized M <= 32: reads the packed bytes
-             directly (1/8 of an fp32 weight's traffic). Needs K % 32 == 0 and group_size % 32 == 0
-             and no g_idx (nn.WeightOnlyLinear turns act-order into a column permutation, so the
-             fast paths never see one); otherwise the torch fallback serves. For M > 32 (prefill)
-             it dequantizes blocks of rows with a C++ loop (the torch fallback's float32 values)
-             and runs F.linear on each, for any K and group size (_cpp_w4_prefill). With AVX-512 VNNI and
-             group_size a multiple of 128 or -1 it splits x into 3 int8 digits per call and runs the
-             int4 x int8 products on vpdpbusd, exactly (x rounded to 2^-24 of its 128-block's
-             max, like an fp32 rounding): 2.2x the speed of its FMA kernel at M = 1
-             (`_ext.cpp().w4a16_kernel(K, group_size)` names the kernel a call gets).
+  cpp        csrc/cpu/weight_only.cpp, AVX-512. Decode-sized M (int4: M <= 32, int8: M <= 16): the
+             kernels read the packed bytes directly (int4: 1/8 of an fp32 weight's traffic); int4
+             needs K % 32 == 0, group_size % 32 == 0 and no g_idx (nn.WeightOnlyLinear turns
+             act-order into a column permutation, so the fast paths never see one), else the torch
+             fallback serves. With AVX-512 VNNI and group_size a multiple of 128 or -1, the int4
+             kernel splits x into 3 int8 digits per call and runs the int4 x int8 products on
+             vpdpbusd, exactly (x rounded to 2^-24 of its 128-block's max, like an fp32 rounding):
+             2.2x the speed of its FMA kernel at M = 1 (`_ext.cpp().w4a16_kernel(K, group_size)`
+             names the kernel a call gets). Larger M (prefill), any K and group size: blocks of 4 MB
+             of the weight made float32 (int4: a C++ loop, the torch fallback's values) and
+             F.linear on each (_blocked_linear), without the fallback's 64 MB buffer per call.
   triton     kernels/weight_only.py: dequantize in registers; split-K for small M.
   cuda       csrc/cuda/w4a16.cu: decode (M <= 16), int4 -> half with magic-number bit tricks.
 torch.ops.aten._weight_int4pack_mm_for_cpu was measured and not used: it needs its own prepacked
@@ -158,20 +159,28 @@ PREFILL_BLOCK = 1 << 20
 
 
 def _cpp_w4_prefill(x, qweight, scales, zeros, group_size):
-    """x [M, K] fp32 @ W^T for M past decode sizes, where the GEMM is compute-bound: dequantize
-    blocks of output rows with the C++ loop (the torch fallback's float32 values) and run
-    F.linear (MKL) on each block."""
+    """x [M, K] fp32 @ W^T for M past decode sizes, where the GEMM is compute-bound: blocks of
+    output rows dequantized by the C++ loop (the torch fallback's float32 values), F.linear each."""
     from pyllmops import _ext
 
-    (m, k), n = x.shape, qweight.shape[0]
+    def fill(n0, n1, w):
+        _ext.cpp().w4_dequantize(qweight[n0:n1].data_ptr(), scales[n0:n1].data_ptr(), zeros[n0:n1].data_ptr(),
+                                 n1 - n0, x.shape[1], group_size, w.data_ptr(), torch.get_num_threads())
+
+    return _blocked_linear(x, qweight.shape[0], fill)
+
+
+def _blocked_linear(x, n, fill):
+    """x [M, K] fp32 @ W^T with W [N, K] float32 made PREFILL_BLOCK weights at a time by
+    fill(n0, n1, block [n1 - n0, K]) into one reused buffer; out [M, N] fp32."""
+    k = x.shape[1]
     rows = max(1, min(n, PREFILL_BLOCK // k))
     block = torch.empty((rows, k), dtype=torch.float32)
-    out = torch.empty((m, n), dtype=torch.float32)
+    out = torch.empty((x.shape[0], n), dtype=torch.float32)
     for n0 in range(0, n, rows):
         n1 = min(n, n0 + rows)
         w = block[: n1 - n0]
-        _ext.cpp().w4_dequantize(qweight[n0:n1].data_ptr(), scales[n0:n1].data_ptr(), zeros[n0:n1].data_ptr(),
-                                 n1 - n0, k, group_size, w.data_ptr(), torch.get_num_threads())
+        fill(n0, n1, w)
         out[:, n0:n1] = torch.nn.functional.linear(x, w)
     return out
 
@@ -235,7 +244,9 @@ def _torch_w8(x, qweight, scales):
 def _cpp_w8_supported(x, qweight, scales):
     from pyllmops import _ext
 
-    return x.shape[0] <= DECODE_MAX_M and x.shape[1] % 16 == 0 and _ext.cpp().weight_only_simd()
+    if x.shape[0] > DECODE_MAX_M:
+        return True  # blocks of the weight converted to float32, F.linear each
+    return x.shape[1] % 16 == 0 and _ext.cpp().weight_only_simd()
 
 
 @_dispatch.register("w8a16_matmul", "cpp", devices=("cpu",), supports=_cpp_w8_supported)
@@ -243,7 +254,11 @@ def _cpp_w8(x, qweight, scales):
     m, k = x.shape
     n = qweight.shape[0]
     xf, qw, sf = _f32_contiguous(x), qweight.contiguous(), _f32_contiguous(scales)
-    out = cpp_w8_decode(xf, qw, sf, torch.empty((m, n), dtype=torch.float32))
+    if m > DECODE_MAX_M:
+        # as the torch fallback (scale the output), without its 4-bytes-per-weight buffer per call
+        out = _blocked_linear(xf, n, lambda n0, n1, w: w.copy_(qw[n0:n1])).mul_(sf)
+    else:
+        out = cpp_w8_decode(xf, qw, sf, torch.empty((m, n), dtype=torch.float32))
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 

@@ -60,6 +60,20 @@ def test_cpp_prefill_path_dequantizes_like_torch(k, group_size, seed):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def test_cpp_w8_prefill_path_matches_torch(seed):
+    """w8a16 past decode M on the cpp backend: blocks of the int8 weight as float32, the output
+    scaled per channel, as the torch fallback does in one piece."""
+    if "cpp" not in cpu_backends("w8a16_matmul"):
+        pytest.skip("no cpp backend")
+    q8, s8 = torch.randint(-127, 128, (2100, 520), dtype=torch.int8), torch.rand(2100) * 0.01
+    x = torch.randn(40, 520)
+    assert _dispatch.select("w8a16_matmul", x.device, x, q8, s8)[0] == "cpp"
+    with pyllmops.use_backend("cpp"):
+        got = pyllmops.w8a16_matmul(x, q8, s8)
+    ref = _reference_w8(x.double(), q8, s8)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
 def _cpu_has(flag: str) -> bool:
     try:
         with open("/proc/cpuinfo") as f:
