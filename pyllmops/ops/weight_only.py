@@ -129,8 +129,6 @@ def _cpp_w4_supported(x, qweight, scales, zeros, group_size, g_idx):
 
 @_dispatch.register("w4a16_matmul", "cpp", devices=("cpu",), supports=_cpp_w4_supported)
 def _cpp_w4(x, qweight, scales, zeros, group_size, g_idx):
-    from pyllmops import _ext
-
     m, k = x.shape
     n = qweight.shape[0]
     xf, qw = _f32_contiguous(x), qweight.contiguous()
