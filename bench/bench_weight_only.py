@@ -63,12 +63,12 @@ def _shape(m, n_layers):
     return f"M={m} K={K} N={N} {str(ACT)[6:]}" + (f" layers={n_layers}" if len(LAYERS) > 1 else "")
 
 
-@pytest.mark.parametrize("n_layers", LAYERS, ids=lambda n: f"layers{n}")
-@pytest.mark.parametrize("m, backend", _cases("w4a16_matmul"), ids=lambda v: str(v))
-def test_w4a16(benchmark, layers, n_layers, m, backend):
+def _bench_op(benchmark, layers, n_layers, m, backend, op, call):
+    """One row: `call(x, layer)` on `backend` (each call takes the next of n_layers layers), or the
+    float F.linear baseline on the same layers."""
     x = torch.randn(m, K, device=DEV, dtype=ACT)
     base = backend == "baseline"
-    record(benchmark, op="w4a16_matmul g128", shape=_shape(m, n_layers),
+    record(benchmark, op=op, shape=_shape(m, n_layers),
            backend=f"F.linear {str(ACT)[6:]}" if base else backend, baseline=base)
     layer = itertools.cycle(layers[:n_layers])
     if base:
@@ -76,11 +76,16 @@ def test_w4a16(benchmark, layers, n_layers, m, backend):
         return
 
     def fn():
-        l = next(layer)
-        q = l["q4"]
         with pyllmops.use_backend(backend):
-            return pyllmops.w4a16_matmul(x, q.qweight, l["s4"], q.zeros, q.group_size)
+            return call(x, next(layer))
     _run(benchmark, fn)
+
+
+@pytest.mark.parametrize("n_layers", LAYERS, ids=lambda n: f"layers{n}")
+@pytest.mark.parametrize("m, backend", _cases("w4a16_matmul"), ids=lambda v: str(v))
+def test_w4a16(benchmark, layers, n_layers, m, backend):
+    _bench_op(benchmark, layers, n_layers, m, backend, "w4a16_matmul g128",
+              lambda x, l: pyllmops.w4a16_matmul(x, l["q4"].qweight, l["s4"], l["q4"].zeros, l["q4"].group_size))
 
 
 @pytest.mark.parametrize("n_layers", LAYERS, ids=lambda n: f"layers{n}")
@@ -88,37 +93,12 @@ def test_w4a16(benchmark, layers, n_layers, m, backend):
 def test_w4a8(benchmark, layers, n_layers, m, backend):
     """The opt-in int8-activation mode (pyllmops/ops/w4a8.py) on the same int4 weights: an
     approximation of w4a16, timed against the same float32 baseline."""
-    x = torch.randn(m, K, device=DEV, dtype=ACT)
-    base = backend == "baseline"
-    record(benchmark, op="w4a8_matmul g128", shape=_shape(m, n_layers),
-           backend=f"F.linear {str(ACT)[6:]}" if base else backend, baseline=base)
-    layer = itertools.cycle(layers[:n_layers])
-    if base:
-        _run(benchmark, lambda: F.linear(x, next(layer)["w"]))
-        return
-
-    def fn():
-        l = next(layer)
-        q = l["q4"]
-        with pyllmops.use_backend(backend):
-            return pyllmops.w4a8_matmul(x, q.qweight, l["s4"], q.zeros, q.group_size)
-    _run(benchmark, fn)
+    _bench_op(benchmark, layers, n_layers, m, backend, "w4a8_matmul g128",
+              lambda x, l: pyllmops.w4a8_matmul(x, l["q4"].qweight, l["s4"], l["q4"].zeros, l["q4"].group_size))
 
 
 @pytest.mark.parametrize("n_layers", LAYERS, ids=lambda n: f"layers{n}")
 @pytest.mark.parametrize("m, backend", _cases("w8a16_matmul"), ids=lambda v: str(v))
 def test_w8a16(benchmark, layers, n_layers, m, backend):
-    x = torch.randn(m, K, device=DEV, dtype=ACT)
-    base = backend == "baseline"
-    record(benchmark, op="w8a16_matmul", shape=_shape(m, n_layers),
-           backend=f"F.linear {str(ACT)[6:]}" if base else backend, baseline=base)
-    layer = itertools.cycle(layers[:n_layers])
-    if base:
-        _run(benchmark, lambda: F.linear(x, next(layer)["w"]))
-        return
-
-    def fn():
-        l = next(layer)
-        with pyllmops.use_backend(backend):
-            return pyllmops.w8a16_matmul(x, l["q8"], l["s8"])
-    _run(benchmark, fn)
+    _bench_op(benchmark, layers, n_layers, m, backend, "w8a16_matmul",
+              lambda x, l: pyllmops.w8a16_matmul(x, l["q8"], l["s8"]))

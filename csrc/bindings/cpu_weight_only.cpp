@@ -8,32 +8,34 @@
 namespace py = pybind11;
 using namespace pyllmops::cpu;
 
+namespace {
+
+using Int4Gemm = void (*)(const float*, int64_t, int64_t, const uint8_t*, const float*, const uint8_t*, int64_t,
+                          int64_t, float*, int);
+
+// w4a16_gemm and w4a8_gemm take the same operands (the int4 layout, fp32 x and out).
+void bind_int4_gemm(py::module_& m, const char* name, Int4Gemm gemm) {
+  m.def(
+      name,
+      [gemm](uintptr_t x, int64_t M, int64_t K, uintptr_t qweight, uintptr_t scales, uintptr_t zeros, int64_t N,
+             int64_t group_size, uintptr_t out, int threads) {
+        py::gil_scoped_release release;
+        gemm(reinterpret_cast<const float*>(x), M, K, reinterpret_cast<const uint8_t*>(qweight),
+             reinterpret_cast<const float*>(scales), reinterpret_cast<const uint8_t*>(zeros), N, group_size,
+             reinterpret_cast<float*>(out), threads);
+      },
+      py::arg("x"), py::arg("M"), py::arg("K"), py::arg("qweight"), py::arg("scales"), py::arg("zeros"),
+      py::arg("N"), py::arg("group_size"), py::arg("out"), py::arg("threads") = 0);
+}
+
+}  // namespace
+
 void bind_weight_only(py::module_& m) {
   m.def("weight_only_simd", &weight_only_simd);
   m.def("weight_only_vnni", &weight_only_vnni);
   m.def("w4a16_kernel", &w4a16_kernel, py::arg("K"), py::arg("group_size"));
-  m.def(
-      "w4a16_gemm",
-      [](uintptr_t x, int64_t M, int64_t K, uintptr_t qweight, uintptr_t scales, uintptr_t zeros, int64_t N,
-         int64_t group_size, uintptr_t out, int threads) {
-        py::gil_scoped_release release;
-        w4a16_gemm(reinterpret_cast<const float*>(x), M, K, reinterpret_cast<const uint8_t*>(qweight),
-                   reinterpret_cast<const float*>(scales), reinterpret_cast<const uint8_t*>(zeros), N, group_size,
-                   reinterpret_cast<float*>(out), threads);
-      },
-      py::arg("x"), py::arg("M"), py::arg("K"), py::arg("qweight"), py::arg("scales"), py::arg("zeros"),
-      py::arg("N"), py::arg("group_size"), py::arg("out"), py::arg("threads") = 0);
-  m.def(
-      "w4a8_gemm",
-      [](uintptr_t x, int64_t M, int64_t K, uintptr_t qweight, uintptr_t scales, uintptr_t zeros, int64_t N,
-         int64_t group_size, uintptr_t out, int threads) {
-        py::gil_scoped_release release;
-        w4a8_gemm(reinterpret_cast<const float*>(x), M, K, reinterpret_cast<const uint8_t*>(qweight),
-                  reinterpret_cast<const float*>(scales), reinterpret_cast<const uint8_t*>(zeros), N, group_size,
-                  reinterpret_cast<float*>(out), threads);
-      },
-      py::arg("x"), py::arg("M"), py::arg("K"), py::arg("qweight"), py::arg("scales"), py::arg("zeros"),
-      py::arg("N"), py::arg("group_size"), py::arg("out"), py::arg("threads") = 0);
+  bind_int4_gemm(m, "w4a16_gemm", &w4a16_gemm);
+  bind_int4_gemm(m, "w4a8_gemm", &w4a8_gemm);
   m.def(
       "w4_dequantize",
       [](uintptr_t qweight, uintptr_t scales, uintptr_t zeros, int64_t N, int64_t K, int64_t group_size,

@@ -149,8 +149,7 @@ class WeightOnlyLinear(nn.Module):
         with the default backends, on a call that backend serves (its own `supports` check). A
         wrong width goes to the front door, which names it."""
         if not (x2.shape[1] == self.in_features and x2.device.type == "cpu" and self.qweight.device.type == "cpu"
-                and x2.dtype in FLOAT_DTYPES
-                and not x2.requires_grad and not torch.compiler.is_compiling() and forced_backends() is None
+                and x2.dtype in FLOAT_DTYPES and _dispatch.eager(x2) and forced_backends() is None
                 and _ext.has_cpp()):
             return False
         if self.int4:
