@@ -47,6 +47,9 @@ def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
                    help="extra keyword option for the quantization method(s), repeatable; VALUE is read as JSON "
                         "when it parses (4, 0.5, true, [\"q_proj\"]), else as a string, e.g. inspect=false")
     g.add_argument("--calib-file", type=Path, help="calibration text for calibrated methods (default: Python standard-library docstrings, not an eval text)")
+    g.add_argument("--calib-samples", type=int, default=None, metavar="N",
+                   help="calibration windows of 512 tokens, evenly spread over the calibration text (default "
+                        "128, as AutoAWQ; a shorter text gives fewer: the default text 57)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     g.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights and activations of the float model")
     g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -129,7 +132,8 @@ def quantize(model, tokenizer, method: str, args: argparse.Namespace):
     if method.endswith("-sq"):
         options.setdefault("alpha", "auto")  # the CLI's default for SmoothQuant (see --alpha)
     text = args.calib_file.read_text() if args.calib_file else None
-    calib = [b.to(args.device) for b in calibration_batches(tokenizer, text)]
+    samples = {} if getattr(args, "calib_samples", None) is None else {"n_samples": args.calib_samples}
+    calib = [b.to(args.device) for b in calibration_batches(tokenizer, text, **samples)]
     try:
         return pyllmops.quantize(model, method, calib=calib, **options)
     except TypeError as err:  # an option (e.g. from --quant-option) the method does not take

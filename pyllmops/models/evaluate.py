@@ -18,9 +18,17 @@ CALIBRATION_MODULES = (
     "bisect", "csv", "shutil", "tempfile", "subprocess", "threading", "zipfile", "unittest",
 )
 
+# Calibration windows by default: AutoAWQ's 128 samples of 512 tokens (a text yields fewer when it
+# is shorter; the default text gives 57). GPTQ needs the tokens: on SmolLM2-135M W4 g128,
+# perplexity on GPL-3 rose +25.9% with 8 windows of docstrings, +16.3% with this default, +15.0%
+# with 128 windows of a 4x longer docstring text; AWQ stayed within +21.9..+26.8% whatever the
+# text and size (bench/results/quality-smollm2-calibration-20261128.json).
+CALIB_SAMPLES = 128
 
-def default_calibration_text(max_chars: int = 60_000) -> str:
-    """Docstrings of CALIBRATION_MODULES (module, then its public classes and functions by name)."""
+
+def default_calibration_text(max_chars: int | None = None) -> str:
+    """Docstrings of CALIBRATION_MODULES (module, then its public classes and functions by name),
+    ~114k characters on Python 3.11, cut to max_chars when given."""
     parts: list[str] = []
     for name in CALIBRATION_MODULES:
         module = importlib.import_module(name)
@@ -30,10 +38,12 @@ def default_calibration_text(max_chars: int = 60_000) -> str:
             if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", None) == name:
                 docs.append(inspect.getdoc(obj))
         parts.extend(d for d in docs if d)
-    return "\n\n".join(parts)[:max_chars]
+    text = "\n\n".join(parts)
+    return text if max_chars is None else text[:max_chars]
 
 
-def calibration_batches(tokenizer, text: str | None = None, n_samples: int = 8, seq_len: int = 512) -> list[torch.Tensor]:
+def calibration_batches(tokenizer, text: str | None = None, n_samples: int = CALIB_SAMPLES,
+                        seq_len: int = 512) -> list[torch.Tensor]:
     """Up to `n_samples` token windows [1, seq_len] int64, evenly spread over `text` (default:
     default_calibration_text()); fewer when the text is short, one shorter window when it is
     shorter than seq_len. Each is a valid `model(batch)` input, as pyllmops.quantize expects."""

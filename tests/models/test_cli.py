@@ -85,10 +85,15 @@ def test_quant_option_parsing_and_unknown_option(monkeypatch):
     assert args.quant_option == [("symmetric", True), ("skip", ["0"]), ("note", "a=b")]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", "--text-file", "t", "--quant-option", "noequals"])
-    monkeypatch.setattr(evaluate, "calibration_batches", lambda tok, text: [torch.zeros(1, 4, dtype=torch.long)])
+    windows = []
+    monkeypatch.setattr(evaluate, "calibration_batches",
+                        lambda tok, text, **kw: windows.append(kw) or [torch.zeros(1, 4, dtype=torch.long)])
     args.quant_option = args.quant_option[:2]
     model = _model.quantize(nn.Sequential(nn.Linear(32, 8), nn.Linear(8, 8)), None, "w4a16-rtn", args)
     assert isinstance(model[0], nn.Linear) and type(model[1]).__name__ == "WeightOnlyLinear"  # "0" skipped
+    args.calib_samples = build_parser().parse_args(["eval", "--text-file", "t", "--calib-samples", "3"]).calib_samples
+    _model.quantize(nn.Sequential(nn.Linear(32, 8)), None, "w4a16-rtn", args)
+    assert windows == [{}, {"n_samples": 3}]  # the function's default (CALIB_SAMPLES) unless given
     args.quant_option = [("bogus", 1)]
     with pytest.raises(ValueError, match="w4a16-rtn: .*bogus"):
         _model.quantize(nn.Sequential(nn.Linear(32, 8)), None, "w4a16-rtn", args)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pyllmops.models.evaluate import calibration_batches, default_calibration_text, perplexity, windows
+from pyllmops.models.evaluate import CALIB_SAMPLES, calibration_batches, default_calibration_text, perplexity, windows
 from pyllmops.models.llama import Llama, LlamaConfig
 
 TINY = LlamaConfig(vocab_size=61, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=128)
@@ -63,9 +63,14 @@ class ByteTokenizer:
 
 def test_calibration_batches():
     text = default_calibration_text()
-    assert len(text) > 20_000 and "GNU" not in text  # prose, and not the GPL eval text
+    # prose, and not the GPL the README's quality numbers are evaluated on
+    assert len(text) > 100_000 and "General Public License" not in text
     batches = calibration_batches(ByteTokenizer(), text, n_samples=5, seq_len=100)
     assert len(batches) == 5 and all(b.shape == (1, 100) and b.dtype == torch.long for b in batches)
     assert len(calibration_batches(ByteTokenizer(), "short text", seq_len=100)) == 1
+    # the default: up to CALIB_SAMPLES evenly spread windows, as many as the text holds
+    assert len(calibration_batches(ByteTokenizer(), "ab" * 1000, seq_len=100)) == 20
+    assert len(calibration_batches(ByteTokenizer(), "ab" * 10**5, seq_len=100)) == CALIB_SAMPLES
+    assert len(default_calibration_text(1000)) == 1000 and len(text) > 60_000  # no cut by default
     with pytest.raises(ValueError, match="2 tokens"):
         calibration_batches(ByteTokenizer(), "x")
