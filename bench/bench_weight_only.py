@@ -12,6 +12,11 @@ On a shared CPU the numbers move with the other processes' load; compare ratios 
 weights, as a decode step through a 10-layer model does: 640 MB of fp32 no longer fits the
 cache, while the 84 MB of int4 weights do; that difference is the point of the compression.
 w4a8 (CPU only): the opt-in int8-activation mode on the same int4 weights, same baseline.
+
+Every row's throughput is the bytes the call must read (x, and the weight with its scales and
+zeros) over its median time, in GB/s. test_copy_bandwidth measures the reference for it: a
+device-to-device copy_ of a 1 GiB buffer, counted as bytes read + written (as CUDA's
+bandwidthTest reports it). The issue's GPU bar is M=1 W4A16 at >= 80% of that.
 """
 import itertools
 
@@ -63,29 +68,49 @@ def _shape(m, n_layers):
     return f"M={m} K={K} N={N} {str(ACT)[6:]}" + (f" layers={n_layers}" if len(LAYERS) > 1 else "")
 
 
-def _bench_op(benchmark, layers, n_layers, m, backend, op, call):
+def _bench_op(benchmark, layers, n_layers, m, backend, op, call, weight_keys):
     """One row: `call(x, layer)` on `backend` (each call takes the next of n_layers layers), or the
-    float F.linear baseline on the same layers."""
+    float F.linear baseline on the same layers; weight_keys name the layer tensors the op reads."""
     x = torch.randn(m, K, device=DEV, dtype=ACT)
     base = backend == "baseline"
     record(benchmark, op=op, shape=_shape(m, n_layers),
-           backend=f"F.linear {str(ACT)[6:]}" if base else backend, baseline=base)
+           backend=f"F.linear {str(ACT)[6:]}" if base else backend, baseline=base, unit="GB/s read")
     layer = itertools.cycle(layers[:n_layers])
     if base:
         _run(benchmark, lambda: F.linear(x, next(layer)["w"]))
-        return
+    else:
+        def fn():
+            with pyllmops.use_backend(backend):
+                return call(x, next(layer))
+        _run(benchmark, fn)
+    read = _nbytes(x) + sum(_nbytes(layers[0][k]) for k in (("w",) if base else weight_keys))
+    benchmark.extra_info["throughput"] = read / benchmark.stats.stats.median / 1e9
 
-    def fn():
-        with pyllmops.use_backend(backend):
-            return call(x, next(layer))
-    _run(benchmark, fn)
+
+def _nbytes(t) -> int:
+    """Bytes of a tensor, or of an Int4Weight's qweight + zeros (its scales are counted apart)."""
+    if isinstance(t, torch.Tensor):
+        return t.numel() * t.element_size()
+    return _nbytes(t.qweight) + _nbytes(t.zeros)
+
+
+def test_copy_bandwidth(benchmark):
+    """The bandwidth reference: copy_ between two 1 GiB device buffers, (read + written) / time."""
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.uint8, device=DEV).random_(0, 255)
+    dst = torch.empty_like(src)
+    record(benchmark, op="device copy_ (bandwidth reference)", shape="1 GiB", backend="torch",
+           unit="GB/s read+written")
+    _run(benchmark, lambda: dst.copy_(src))
+    benchmark.extra_info["throughput"] = 2 * n / benchmark.stats.stats.median / 1e9
 
 
 @pytest.mark.parametrize("n_layers", LAYERS, ids=lambda n: f"layers{n}")
 @pytest.mark.parametrize("m, backend", _cases("w4a16_matmul"), ids=lambda v: str(v))
 def test_w4a16(benchmark, layers, n_layers, m, backend):
     _bench_op(benchmark, layers, n_layers, m, backend, "w4a16_matmul g128",
-              lambda x, l: pyllmops.w4a16_matmul(x, l["q4"].qweight, l["s4"], l["q4"].zeros, l["q4"].group_size))
+              lambda x, l: pyllmops.w4a16_matmul(x, l["q4"].qweight, l["s4"], l["q4"].zeros, l["q4"].group_size),
+              ("q4", "s4"))
 
 
 @pytest.mark.parametrize("n_layers", LAYERS, ids=lambda n: f"layers{n}")
@@ -94,11 +119,12 @@ def test_w4a8(benchmark, layers, n_layers, m, backend):
     """The opt-in int8-activation mode (pyllmops/ops/w4a8.py) on the same int4 weights: an
     approximation of w4a16, timed against the same float32 baseline."""
     _bench_op(benchmark, layers, n_layers, m, backend, "w4a8_matmul g128",
-              lambda x, l: pyllmops.w4a8_matmul(x, l["q4"].qweight, l["s4"], l["q4"].zeros, l["q4"].group_size))
+              lambda x, l: pyllmops.w4a8_matmul(x, l["q4"].qweight, l["s4"], l["q4"].zeros, l["q4"].group_size),
+              ("q4", "s4"))
 
 
 @pytest.mark.parametrize("n_layers", LAYERS, ids=lambda n: f"layers{n}")
 @pytest.mark.parametrize("m, backend", _cases("w8a16_matmul"), ids=lambda v: str(v))
 def test_w8a16(benchmark, layers, n_layers, m, backend):
     _bench_op(benchmark, layers, n_layers, m, backend, "w8a16_matmul",
-              lambda x, l: pyllmops.w8a16_matmul(x, l["q8"], l["s8"]))
+              lambda x, l: pyllmops.w8a16_matmul(x, l["q8"], l["s8"]), ("q8", "s8"))
