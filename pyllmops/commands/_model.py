@@ -19,6 +19,16 @@ def _alpha(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _option(text: str) -> tuple[str, object]:
     import json
 
@@ -47,7 +57,7 @@ def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
                    help="extra keyword option for the quantization method(s), repeatable; VALUE is read as JSON "
                         "when it parses (4, 0.5, true, [\"q_proj\"]), else as a string, e.g. inspect=false")
     g.add_argument("--calib-file", type=Path, help="calibration text for calibrated methods (default: Python standard-library docstrings, not an eval text)")
-    g.add_argument("--calib-samples", type=int, default=None, metavar="N",
+    g.add_argument("--calib-samples", type=_positive, default=None, metavar="N",
                    help="calibration windows of 512 tokens, evenly spread over the calibration text (default "
                         "128, as AutoAWQ; a shorter text gives fewer: the default text 57)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

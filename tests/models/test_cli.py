@@ -94,6 +94,9 @@ def test_quant_option_parsing_and_unknown_option(monkeypatch):
     args.calib_samples = build_parser().parse_args(["eval", "--text-file", "t", "--calib-samples", "3"]).calib_samples
     _model.quantize(nn.Sequential(nn.Linear(32, 8)), None, "w4a16-rtn", args)
     assert windows == [{}, {"n_samples": 3}]  # the function's default (CALIB_SAMPLES) unless given
+    for bad in ("0", "-2", "many"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["eval", "--text-file", "t", "--calib-samples", bad])
     args.quant_option = [("bogus", 1)]
     with pytest.raises(ValueError, match="w4a16-rtn: .*bogus"):
         _model.quantize(nn.Sequential(nn.Linear(32, 8)), None, "w4a16-rtn", args)
