@@ -142,7 +142,7 @@ def quantize(model, tokenizer, method: str, args: argparse.Namespace):
     if method.endswith("-sq"):
         options.setdefault("alpha", "auto")  # the CLI's default for SmoothQuant (see --alpha)
     text = args.calib_file.read_text() if args.calib_file else None
-    samples = {} if getattr(args, "calib_samples", None) is None else {"n_samples": args.calib_samples}
+    samples = {} if args.calib_samples is None else {"n_samples": args.calib_samples}
     calib = [b.to(args.device) for b in calibration_batches(tokenizer, text, **samples)]
     try:
         return pyllmops.quantize(model, method, calib=calib, **options)
