@@ -67,8 +67,8 @@ if _want_cuda():
 
 setup(
     packages=[
-        "pyllmops", "pyllmops.ops", "pyllmops.quant", "pyllmops.nn", "pyllmops.parallel",
-        "pyllmops.tokenizer", "pyllmops.models", "pyllmops.quantization", "pyllmops.commands", "pyllmops.kernels",
+        "pyllmops", "pyllmops.ops", "pyllmops.quant", "pyllmops.quant.methods", "pyllmops.nn", "pyllmops.parallel",
+        "pyllmops.tokenizer", "pyllmops.models", "pyllmops.commands", "pyllmops.kernels",
     ],
     package_dir={"pyllmops.kernels": "kernels"},
     ext_modules=ext_modules,

@@ -27,8 +27,8 @@ from pyllmops.models import load_smollm2
 from pyllmops.models.evaluate import calibration_batches, perplexity
 from pyllmops.quant.awq import awq_clip
 from pyllmops.quant.rtn import rtn_int4
-from pyllmops.quantization import weight_only as wo
-from pyllmops.quantization._blocks import resolve_spec
+from pyllmops.quant.methods import weight_only as wo
+from pyllmops.quant.methods._blocks import resolve_spec
 
 
 class KeptChannels(nn.Module):

@@ -19,7 +19,7 @@ from pyllmops.ops import (
     w8a16_matmul,
 )
 
-from pyllmops.quantization import quantize
+from pyllmops.quant.methods import available_methods, quantize
 
 __version__ = "0.1.0"
 
@@ -41,7 +41,7 @@ def build_info() -> dict:
 
 
 __all__ = [
-    "available_backends", "build_info", "dequantize_int4_grouped", "dequantize_int8", "ops",
+    "available_backends", "available_methods", "build_info", "dequantize_int4_grouped", "dequantize_int8", "ops",
     "pack_w8a8_weight", "quantize", "quantize_int4_grouped", "quantize_int8", "sample", "top_k_top_p_filter",
     "use_backend", "w4a8_matmul", "w4a16_matmul", "w8a16_matmul", "w8a8_matmul",
 ]

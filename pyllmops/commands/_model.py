@@ -46,7 +46,7 @@ def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
     if quant_list:
         g.add_argument("--quant", default="", help="comma-separated quantization methods to compare with fp (see --quant help in `generate`)")
     else:
-        g.add_argument("--quant", default="fp", help="fp (no quantization) or a method of pyllmops.quantization.available_methods()")
+        g.add_argument("--quant", default="fp", help="fp (no quantization) or a method of pyllmops.quant.methods.available_methods()")
     g.add_argument("--group-size", type=int, help="quantization group size (methods that group weights)")
     g.add_argument("--bits", type=int, help="quantization bits (methods that take it)")
     g.add_argument("--alpha", type=_alpha, help="SmoothQuant migration strength for the *-sq methods: a number in "
@@ -70,7 +70,7 @@ def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
 
 def check_methods(names: list[str]) -> list[str]:
     """`names` with 'fp' accepted; raises ValueError listing the valid choices for any other."""
-    from pyllmops.quantization import available_methods
+    from pyllmops.quant.methods import available_methods
 
     known = available_methods()
     bad = [n for n in names if n != "fp" and n not in known]

@@ -5,7 +5,7 @@ from torch import nn
 
 import pyllmops
 from pyllmops.nn.w8a8 import W8A8Linear
-from pyllmops.quantization.w8a8 import prepare_for_load
+from pyllmops.quant.methods.w8a8 import prepare_for_load
 
 from ..conftest import cpu_backends
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import pyllmops
 from pyllmops.nn import WeightOnlyLinear
-from pyllmops.quantization._blocks import BlockSpec, ScaleGroup, llama_spec
+from pyllmops.quant.methods._blocks import BlockSpec, ScaleGroup, llama_spec
 from tests.quant.toy import toy_model
 
 
@@ -199,7 +199,7 @@ def test_awq_inspected_search_scales_attention(seed):
     weights as they were, and folding the scales into the norm keeps the float model's output."""
     from pyllmops.quant.awq import awq_search_scale
     from pyllmops.quant.rtn import rtn_int4
-    from pyllmops.quantization.weight_only import _Inspected
+    from pyllmops.quant.methods.weight_only import _Inspected
 
     model = _tiny_llama()
     attn, norm = model.layers[0].self_attn, model.layers[0].input_layernorm
@@ -232,7 +232,7 @@ def test_awq_inspects_the_module_each_group_feeds(seed, monkeypatch):
     outputs (each token's error weighted by its residual stream's norm with "sink"); down_proj
     (and everything with inspect=False) scores its own output; o_proj is not scaled under GQA.
     Every way the model beats RTN."""
-    from pyllmops.quantization import weight_only
+    from pyllmops.quant.methods import weight_only
 
     model = _tiny_llama()
     calib = [torch.randint(0, 97, (2, 24)) for _ in range(4)]

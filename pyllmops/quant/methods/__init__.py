@@ -1,10 +1,10 @@
-"""The one verb: `pyllmops.quantize(model, method, **options)` (defined here, exported at the top level) quantizes a model in place and
-returns it.
+"""The one verb: `pyllmops.quantize(model, method, **options)` (defined here, exported at the top
+level) quantizes a model in place and returns it.
 
-It sits above quant/ (algorithms on tensors) and nn/ (modules): a method walks the model, runs an
-algorithm on each nn.Linear's weight (and, for calibrated methods, its recorded inputs), and swaps
-in the matching module. Methods register themselves under their CLI names from the modules in this
-package (w8a8.py, weight_only.py); `available_methods()` lists them.
+It sits above its parent quant/ (algorithms on tensors) and nn/ (modules): a method walks the
+model, runs an algorithm on each nn.Linear's weight (and, for calibrated methods, its recorded
+inputs), and swaps in the matching module. Methods register themselves under their CLI names
+from the modules in this package (w8a8.py, weight_only.py); `available_methods()` lists them.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 from torch import nn
 
-from pyllmops.quantization._walk import linear_layers, replace_module
+from pyllmops.quant.methods._walk import linear_layers, replace_module
 
 QuantizeFn = Callable[..., nn.Module]
 _METHODS: dict[str, tuple[QuantizeFn, bool]] = {}

@@ -32,8 +32,8 @@ from torch import nn
 from pyllmops.nn.w8a8 import W8A8Linear
 from pyllmops.quant.calibration import input_absmax, input_samples
 from pyllmops.quant.smoothquant import SmoothGroup, auto_alpha, llama_smooth_groups, smooth_
-from pyllmops.quantization import register_method
-from pyllmops.quantization._walk import linear_layers, replace_module
+from pyllmops.quant.methods import register_method
+from pyllmops.quant.methods._walk import linear_layers, replace_module
 
 METHODS = {"w8a8": (False, False), "w8a8-sq": (False, True), "w8a8-static": (True, False), "w8a8-static-sq": (True, True)}
 GroupsSpec = Sequence[SmoothGroup | tuple[str, Sequence[str]]] | Callable[[nn.Module], Sequence[SmoothGroup]] | None

@@ -59,9 +59,9 @@ from pyllmops.quant.gptq import WEIGHTINGS, Hessian, gptq_int4
 from pyllmops.quant.packing import Int4Weight
 from pyllmops.quant.rtn import rtn_int4
 from pyllmops.quant.token_weights import token_weights
-from pyllmops.quantization import register_method
-from pyllmops.quantization._blocks import BlockSpec, ScaleGroup, resolve_spec
-from pyllmops.quantization._walk import linear_layers, replace_module
+from pyllmops.quant.methods import register_method
+from pyllmops.quant.methods._blocks import BlockSpec, ScaleGroup, resolve_spec
+from pyllmops.quant.methods._walk import linear_layers, replace_module
 
 
 def _check_bits(bits: int) -> None:
