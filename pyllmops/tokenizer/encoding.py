@@ -200,6 +200,15 @@ class Encoding:
         idx = self._special_index
         return [idx[s] for s in allowed if s in idx]
 
+    def _text_then_allowed(self, text: str, allowed: AbstractSet[str]) -> list[int]:
+        """_allowed_indices, but a text with lone surrogates raises UnicodeEncodeError first (the
+        order in which tiktoken's core converts its arguments, where no repair comes first)."""
+        try:
+            return self._allowed_indices(allowed)
+        except TypeError:
+            text.encode("utf-8")
+            raise
+
     def _check_disallowed(self, text: str, disallowed: frozenset) -> None:
         """DisallowedSpecialTokenError if `text` holds any string of `disallowed` (special or not)."""
         if not disallowed:
@@ -251,7 +260,7 @@ class Encoding:
         _check_str(text)
         allowed, disallowed = self._policy(allowed_special, disallowed_special)
         self._check_disallowed(text, disallowed)
-        return np.array(self._encode(text, self._allowed_indices(allowed)), dtype=np.uint32)
+        return np.array(self._encode(text, self._text_then_allowed(text, allowed)), dtype=np.uint32)
 
     def encode_batch(self, text: Sequence[str], *, num_threads: int = 8,
                      allowed_special: Literal["all"] | AbstractSet[str] = set(),  # noqa: B006
@@ -261,9 +270,12 @@ class Encoding:
         texts = self._batch_texts(text)
         threads = _check_threads(num_threads)
         allowed, disallowed = self._policy(allowed_special, disallowed_special)
-        which = self._allowed_indices(allowed)
-        if self._splitter is not None:
-            return [self._encode_checked(t, which, disallowed) for t in texts]
+        try:
+            which = self._allowed_indices(allowed)
+        except TypeError:
+            which = None  # raised text by text below, after each text's disallowed check, as tiktoken
+        if self._splitter is not None or which is None:
+            return [self._encode_checked(t, allowed, disallowed) for t in texts]
         idx = self._special_index
         extra = frozenset(s for s in disallowed if s not in idx)
         if extra:
@@ -294,6 +306,7 @@ class Encoding:
         _check_str(text)
         allowed, disallowed = self._policy(allowed_special, disallowed_special)
         self._check_disallowed(text, disallowed)
+        self._text_then_allowed(text, allowed)
         tokens, last = self._encode_with_last(text, allowed)
         if last == 0:
             return tokens, []
@@ -364,9 +377,10 @@ class Encoding:
                 out.append(special)
         return out
 
-    def _encode_checked(self, text: str, which: list[int], disallowed: frozenset) -> list[int]:
+    def _encode_checked(self, text: str, allowed: AbstractSet[str], disallowed: frozenset) -> list[int]:
         _check_str(text, "each text")
         self._check_disallowed(text, disallowed)
+        which = self._allowed_indices(allowed)
         try:
             return self._encode(text, which)
         except UnicodeEncodeError:
