@@ -111,14 +111,14 @@ class Encoding:
 
     @classmethod
     def _from_core(cls, name: str, core, special_tokens: dict[str, int], split: str, *,
-                   eot_token: int | None, recipe) -> "Encoding":
-        """An Encoding over a core built by the HF/GGUF merges rule (pyllmops.tokenizer.loaders).
-        It has no mergeable ranks; `recipe` (function, args, kwargs[, attributes]) rebuilds it
-        when unpickled."""
+                   eot_token: int | None, recipe, mergeable_ranks: dict[bytes, int] | None = None) -> "Encoding":
+        """An Encoding over a core built another way: by the HF/GGUF merges rule
+        (pyllmops.tokenizer.loaders; no mergeable ranks), or with a split that is no single regex
+        (gpt2_digits). `recipe` (function, args, kwargs[, attributes]) rebuilds it when unpickled."""
         self = cls.__new__(cls)
         self.name = name
         self._pat_str = PATTERNS.get(split)
-        self._mergeable_ranks = None
+        self._mergeable_ranks = mergeable_ranks
         self._special_tokens = dict(special_tokens)
         self.max_token_value = core.n_vocab - 1
         self._setup(core, split, None, eot_token)
@@ -540,7 +540,7 @@ class Encoding:
     def mergeable_ranks(self) -> dict[bytes, int]:
         """bytes -> rank of the ordinary tokens (what tiktoken.Encoding takes); only for encodings
         with the tiktoken merge rule."""
-        if self._recipe is not None:
+        if self._mergeable_ranks is None:
             raise ValueError(f"encoding {self.name!r} merges by an explicit merges list (HF/GGUF), not by rank")
         return dict(self._bytes_to_id)
 

@@ -14,9 +14,7 @@ from tests.tokenizer._dropin import SETTINGS, same, texts  # noqa: E402
 import pyllmops.tokenizer as tk  # noqa: E402
 from pyllmops.tokenizer._splits import PATTERNS  # noqa: E402
 
-# Qwen2's pre-tokenizer regex (single digits); cl100k's without the `\s++$` alternative.
-QWEN2 = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
-         r"""|\s+(?!\S)|\s+""")
+QWEN2 = _data.QWEN2_PATTERN
 CL100K_CUT = PATTERNS["cl100k"].replace(r"|\s++$", "")
 _ASSIGNED = st.characters(exclude_categories=("Cs", "Cn"))  # see test_splits.py
 
