@@ -19,21 +19,21 @@ enum class Split : uint8_t {
   // gpt2 / r50k_base / p50k_base, and HF ByteLevel(use_regex=True):
   //   '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s
   kR50k,
-  // cl100k_base (and Llama 3):
+  // cl100k_base (tiktoken >= 0.7):
   //   '(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+
   //   |\s++$|\s*[\r\n]|\s+(?!\S)|\s
   kCl100k,
+  // o200k_base: case-aware words with optional contraction suffixes, see next_o200k.
+  kO200k,
+  // HF Sequence[Digits(individual_digits=True), ByteLevel(use_regex=True)] (SmolLM2, "smollm"
+  // in GGUF): every \p{N} character is a piece of its own; the text between is split by kR50k.
+  kGpt2Digits,
   // Llama 3 (and tiktoken's cl100k pattern before 0.7): cl100k without the \s++$ alternative,
   //   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*
   //   |\s*[\r\n]+|\s+(?!\S)|\s+
   // It differs from kCl100k only on a whitespace run that ends the text and holds a newline
   // followed by more whitespace: "\n  " at the end is "\n" + "  " here, one piece in cl100k.
   kLlama3,
-  // o200k_base: case-aware words with optional contraction suffixes, see next_o200k.
-  kO200k,
-  // HF Sequence[Digits(individual_digits=True), ByteLevel(use_regex=True)] (SmolLM2, "smollm"
-  // in GGUF): every \p{N} character is a piece of its own; the text between is split by kR50k.
-  kGpt2Digits,
   // No pre-tokenization: the whole text is one piece. pyllmops.tokenizer uses it under a regex
   // pre-tokenizer written in Python (a pattern none of the scanners above implements).
   kNone,

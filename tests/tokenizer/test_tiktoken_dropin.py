@@ -75,8 +75,9 @@ def test_encode_variants(pair, text):
     for kw in [{}, {"allowed_special": "all"}, {"disallowed_special": ()}]:
         same(lambda: ours.encode(text, **kw), lambda: ref.encode(text, **kw), f"encode {kw}")
         same(lambda: ours.encode_to_numpy(text, **kw), lambda: ref.encode_to_numpy(text, **kw), f"encode_to_numpy {kw}")
-        same(lambda: ours.encode_with_unstable(text, **kw), lambda: ref.encode_with_unstable(text, **kw),
-             f"encode_with_unstable {kw}")
+    # The completions of a trailing space are most of the vocabulary (~1 s each); the other
+    # policies go through encode_with_unstable in test_special_token_matrix.
+    same(lambda: ours.encode_with_unstable(text), lambda: ref.encode_with_unstable(text), "encode_with_unstable")
     same(lambda: ours.encode_ordinary(text), lambda: ref.encode_ordinary(text), "encode_ordinary")
     raw = text.encode("utf-8", "surrogatepass")
     same(lambda: ours._encode_bytes(raw), lambda: ref._encode_bytes(raw), "_encode_bytes")
