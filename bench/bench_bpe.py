@@ -42,6 +42,18 @@ def test_encode_single_thread(benchmark, name, impl):
     _run(benchmark, lambda: enc.encode(TEXT))
 
 
+SHORT = "Hello, how are you doing today?"
+
+
+@pytest.mark.parametrize("impl", ["tiktoken", "pyllmops"])
+def test_encode_short(benchmark, impl):
+    """One chat-message-sized text per call: mostly the cost of the Python layer, not of BPE."""
+    enc = _ref("cl100k_base") if impl == "tiktoken" else _ours("cl100k_base")
+    record(benchmark, op="bpe encode cl100k_base", shape=f"one {len(SHORT)}-character text per call", backend=impl,
+           baseline=impl == "tiktoken")
+    _run(benchmark, lambda: enc.encode(SHORT), nbytes=len(SHORT))
+
+
 @pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("impl", ["tiktoken", "pyllmops"])

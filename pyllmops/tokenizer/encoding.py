@@ -108,6 +108,7 @@ class Encoding:
         self._eot = eot_token
         self._special_token_values = set(self._special_tokens.values())
         self._special_index = {s: i for i, s in enumerate(self._special_tokens)}
+        self._all_specials = list(range(len(self._special_tokens)))
 
     @classmethod
     def _from_core(cls, name: str, core, special_tokens: dict[str, int], split: str, *,
@@ -244,6 +245,17 @@ class Encoding:
         """Token ids of `text`. Special-token text: allowed -> its id; disallowed (by default, all
         that are not allowed) -> DisallowedSpecialTokenError (a ValueError); otherwise ordinary text."""
         _check_str(text)
+        if (disallowed_special == "all" and not allowed_special and isinstance(allowed_special, (set, frozenset))
+                and self._splitter is None):
+            # The default policy (every special disallowed, none allowed), the common call: one scan.
+            try:
+                k = self._core.find_special(text, self._all_specials)
+            except UnicodeEncodeError:
+                pass  # lone surrogates: the general path below
+            else:
+                if k >= 0:
+                    _raise_disallowed(list(self._special_tokens)[k])
+                return self._core.encode_ordinary(text)
         allowed, disallowed = self._policy(allowed_special, disallowed_special)
         self._check_disallowed(text, disallowed)
         which = self._allowed_indices(allowed)
