@@ -22,9 +22,10 @@ def _ref(name):
 
 
 def _ours(name):
-    from pyllmops.tokenizer import Encoding
+    import pyllmops.tokenizer as tiktoken  # the drop-in, as a user swaps it in
 
-    return Encoding.from_tiktoken(_ref(name))
+    _ref(name)
+    return tiktoken.get_encoding(name)
 
 
 def _run(benchmark, fn, nbytes=NBYTES):
@@ -41,20 +42,47 @@ def test_encode_single_thread(benchmark, name, impl):
     _run(benchmark, lambda: enc.encode(TEXT))
 
 
+SHORT = "Hello, how are you doing today?"
+
+
+@pytest.mark.parametrize("impl", ["tiktoken", "pyllmops"])
+def test_encode_short(benchmark, impl):
+    """One chat-message-sized text per call: mostly the cost of the Python layer, not of BPE."""
+    enc = _ref("cl100k_base") if impl == "tiktoken" else _ours("cl100k_base")
+    record(benchmark, op="bpe encode cl100k_base", shape=f"one {len(SHORT)}-character text per call", backend=impl,
+           baseline=impl == "tiktoken")
+    _run(benchmark, lambda: enc.encode(SHORT), nbytes=len(SHORT))
+
+
 @pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
-@pytest.mark.parametrize("impl", ["pyllmops 1 thread", "pyllmops batch 2 threads", "tiktoken batch 2 threads"])
-def test_encode_batch(benchmark, name, impl):
-    """Baseline: our own single thread over the same 8 KB documents (the goal is >= 1.8x)."""
-    if impl.startswith("tiktoken"):
-        enc = _ref(name)
-        fn = lambda: enc.encode_batch(CHUNKS, num_threads=2)  # noqa: E731
-    else:
-        enc = _ours(name)
-        threads = 2 if "2" in impl else 1
-        fn = lambda: enc.encode_batch(CHUNKS, num_threads=threads)  # noqa: E731
-    record(benchmark, op=f"bpe encode_batch {name}", shape=f"{len(CHUNKS)} x 8 KB real text", backend=impl,
-           baseline=impl == "pyllmops 1 thread")
-    _run(benchmark, fn)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("impl", ["tiktoken", "pyllmops"])
+def test_encode_batch(benchmark, name, threads, impl):
+    """encode_batch over the same 8 KB documents at num_threads 1 and 2, tiktoken the baseline."""
+    enc = _ref(name) if impl == "tiktoken" else _ours(name)
+    record(benchmark, op=f"bpe encode_batch {name}", shape=f"{len(CHUNKS)} x 8 KB real text, {threads} thread(s)",
+           backend=impl, baseline=impl == "tiktoken")
+    _run(benchmark, lambda: enc.encode_batch(CHUNKS, num_threads=threads))
+
+
+@pytest.mark.parametrize("impl", ["tiktoken", "pyllmops"])
+def test_encode_regex_fallback(benchmark, impl):
+    """A pattern outside the known splits (Qwen2's, on cl100k's ranks): pyllmops' regex fallback
+    against tiktoken running the same pattern."""
+    import warnings
+
+    import tiktoken
+
+    import pyllmops.tokenizer as ours
+
+    ref = _ref("cl100k_base")
+    kw = {"pat_str": _data.QWEN2_PATTERN, "mergeable_ranks": ref._mergeable_ranks, "special_tokens": ref._special_tokens}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ours.RegexFallbackWarning)
+        enc = tiktoken.Encoding("qwen2-like", **kw) if impl == "tiktoken" else ours.Encoding("qwen2-like", **kw)
+    record(benchmark, op="bpe encode, regex fallback (Qwen2 pattern)", shape="1 MB real text, 1 thread", backend=impl,
+           baseline=impl == "tiktoken")
+    _run(benchmark, lambda: enc.encode(TEXT))
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ mkdir -p "$CORPUS"
 i=0
 for text in "Hello world, it's 2024!" $'a  \r\n\tb \xc5\xbf\'S x\'ll' $'\xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9 e\xcc\x81' \
             "HTTPServer's ABC<|endoftext|>def" $'\xff\xfe\xc0\x80 invalid \xed\xa0\x80'; do
-  for mode in 0 1 2 3 7 11 63; do
+  for mode in 0 1 2 3 7 11 63 128 129; do
     printf "\\x$(printf %02x $mode)%s" "$text" > "$CORPUS/seed-$i"
     i=$((i + 1))
   done

@@ -20,9 +20,11 @@ namespace {
 Split parse_split(const std::string& name) {
   if (name == "r50k") return Split::kR50k;
   if (name == "cl100k") return Split::kCl100k;
+  if (name == "llama3") return Split::kLlama3;
   if (name == "o200k") return Split::kO200k;
   if (name == "gpt2_digits") return Split::kGpt2Digits;
-  throw py::value_error("unknown split '" + name + "' (r50k, cl100k, o200k, gpt2_digits)");
+  if (name == "none") return Split::kNone;
+  throw py::value_error("unknown split '" + name + "' (r50k, cl100k, llama3, o200k, gpt2_digits, none)");
 }
 
 // UTF-8 view of a str (valid while the str lives). Raises UnicodeEncodeError for lone surrogates;
@@ -103,7 +105,12 @@ std::vector<uint32_t> to_ids(py::handle seq, const Encoder& e) {
       throw py::type_error(std::string("token ids must be int, not ") + Py_TYPE(o.ptr())->tp_name);
     int overflow = 0;
     const long long v = PyLong_AsLongLongAndOverflow(py::reinterpret_steal<py::object>(PyNumber_Index(o.ptr())).ptr(), &overflow);
-    if (overflow || v < 0 || v > 0xFFFFFFFFll || !e.valid(static_cast<uint32_t>(v)))
+    if (overflow || v < 0 || v > 0xFFFFFFFFll) {  // OverflowError, as tiktoken's u32 conversion
+      PyErr_SetString(PyExc_OverflowError, ("token id " + std::string(py::str(o)) + " at position " +
+                                            std::to_string(i) + " is outside 0..2**32-1").c_str());
+      throw py::error_already_set();
+    }
+    if (!e.valid(static_cast<uint32_t>(v)))
       throw py::key_error("invalid token id " + std::string(py::str(o)) + " at position " + std::to_string(i) +
                           " (vocabulary has ids 0.." + std::to_string(e.n_vocab() - 1) + ")");
     ids[i] = static_cast<uint32_t>(v);
@@ -159,6 +166,22 @@ void bind_bpe(py::module_& m) {
             return pe.to_list(out);
           },
           py::arg("text"))
+      .def(
+          "encode_concat",
+          [](const PyEncoder& pe, const py::list& texts) {
+            const Encoder& e = *pe.core;
+            std::vector<std::string_view> views;
+            views.reserve(texts.size());
+            for (py::handle t : texts) views.push_back(utf8(t, "each text"));
+            std::vector<uint32_t> out;
+            without_gil([&] {
+              for (const std::string_view s : views) e.encode_ordinary(u8(s), s.size(), out);
+            });
+            return pe.to_list(out);
+          },
+          py::arg("texts"),
+          "encode_ordinary of each text, concatenated (with split 'none': the BPE of each piece that a "
+          "Python pre-tokenizer produced, in one call).")
       .def(
           "encode_ordinary_bytes",
           [](const PyEncoder& pe, const py::bytes& data) {

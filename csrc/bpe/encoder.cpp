@@ -60,9 +60,12 @@ void Encoder::init_tokens(const std::vector<std::string>& tokens, const std::vec
     if (by_id[ids[i]]) throw std::invalid_argument("id " + std::to_string(ids[i]) + " given twice");
     by_id[ids[i]] = &tokens[i];
   }
+  const std::vector<const std::string*> ordinary = by_id;
   for (const auto& sp : specials) {
-    if (by_id[sp.id]) throw std::invalid_argument("special token id " + std::to_string(sp.id) + " is also an ordinary token");
-    by_id[sp.id] = &sp.bytes;
+    if (ordinary[sp.id]) throw std::invalid_argument("special token id " + std::to_string(sp.id) + " is also an ordinary token");
+    // Two specials may share an id (o200k_harmony: <|endofprompt|> and <|reserved_200018|>); both
+    // encode to it, and it decodes to the first given.
+    if (!by_id[sp.id]) by_id[sp.id] = &sp.bytes;
   }
   blob_.reserve(total);
   off_.assign(n_ids + 1, 0);

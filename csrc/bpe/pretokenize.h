@@ -19,7 +19,7 @@ enum class Split : uint8_t {
   // gpt2 / r50k_base / p50k_base, and HF ByteLevel(use_regex=True):
   //   '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s
   kR50k,
-  // cl100k_base (and Llama 3):
+  // cl100k_base (tiktoken >= 0.7):
   //   '(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+
   //   |\s++$|\s*[\r\n]|\s+(?!\S)|\s
   kCl100k,
@@ -28,6 +28,15 @@ enum class Split : uint8_t {
   // HF Sequence[Digits(individual_digits=True), ByteLevel(use_regex=True)] (SmolLM2, "smollm"
   // in GGUF): every \p{N} character is a piece of its own; the text between is split by kR50k.
   kGpt2Digits,
+  // Llama 3 (and tiktoken's cl100k pattern before 0.7): cl100k without the \s++$ alternative,
+  //   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*
+  //   |\s*[\r\n]+|\s+(?!\S)|\s+
+  // It differs from kCl100k only on a whitespace run that ends the text and holds a newline
+  // followed by more whitespace: "\n  " at the end is "\n" + "  " here, one piece in cl100k.
+  kLlama3,
+  // No pre-tokenization: the whole text is one piece. pyllmops.tokenizer uses it under a regex
+  // pre-tokenizer written in Python (a pattern none of the scanners above implements).
+  kNone,
 };
 
 // Class bits of unicode_class.h.
@@ -99,7 +108,8 @@ class Scanner {
   // for_each_piece, which calls next_r50k on the digit-free stretches).
   size_t next(Split split, size_t i) const {
     switch (split) {
-      case Split::kCl100k: return next_cl100k(i);
+      case Split::kCl100k: return next_cl100k(i, false);
+      case Split::kLlama3: return next_cl100k(i, true);
       case Split::kO200k: return next_o200k(i);
       default: return next_r50k(i);
     }
@@ -136,7 +146,8 @@ class Scanner {
     return last_start > i ? last_start : e;
   }
 
-  size_t next_cl100k(size_t i) const {
+  // legacy: the Llama 3 form (no \s++$, so a trailing run still splits after its last newline).
+  size_t next_cl100k(size_t i, bool legacy) const {
     if (s_[i] == '\'') {
       const size_t k = contraction_ci(i);
       if (k) return k;
@@ -167,8 +178,9 @@ class Scanner {
     // \s++$ | \s*[\r\n] | \s+(?!\S) | \s
     size_t last_start, last_nl_end;
     const size_t e = run_ws(i, &last_start, &last_nl_end);
-    if (e == n_) return e;
+    if (e == n_ && !legacy) return e;
     if (last_nl_end) return last_nl_end;
+    if (e == n_) return e;
     return last_start > i ? last_start : e;
   }
 
@@ -324,6 +336,10 @@ class Scanner {
 // Calls fn(begin, end) for each piece of s[0, n) in order; the pieces tile the text.
 template <class Fn>
 inline void for_each_piece(Split split, const uint8_t* s, size_t n, Fn&& fn) {
+  if (split == Split::kNone) {
+    if (n) fn(size_t{0}, n);
+    return;
+  }
   if (split == Split::kGpt2Digits) {
     // Digits first: each \p{N} character alone, the stretches between split by the GPT-2 regex
     // with the stretch end as end of text.

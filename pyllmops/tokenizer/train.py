@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from pyllmops import _ext
-from pyllmops.tokenizer._splits import split_of
+from pyllmops.tokenizer._splits import GPT2_DIGITS, split_of
 from pyllmops.tokenizer.encoding import Encoding
 
 
@@ -30,4 +30,14 @@ def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str = "cl100k_base
     split = split_of(pattern)
     tokens = _ext.cpp().bpe_train(texts, vocab_size - len(specials), split)
     ranks = {t: i for i, t in enumerate(tokens)}
-    return Encoding.from_ranks(ranks, split, {s: len(tokens) + k for k, s in enumerate(specials)}, name=name)
+    return ranks_encoding(name, ranks, split, {s: len(tokens) + k for k, s in enumerate(specials)})
+
+
+def ranks_encoding(name: str, ranks: dict[bytes, int], split: str, special_tokens: dict[str, int]) -> Encoding:
+    """An Encoding with tiktoken's rank rule on a split name, gpt2_digits (no single regex) included."""
+    if split != GPT2_DIGITS:
+        return Encoding.from_ranks(ranks, split, special_tokens, name=name)
+    core = _ext.cpp().BpeEncoder.from_ranks(list(ranks), list(ranks.values()), split,
+                                            [(s.encode("utf-8"), i) for s, i in special_tokens.items()])
+    return Encoding._from_core(name, core, special_tokens, split, eot_token=None, mergeable_ranks=ranks,
+                               recipe=(ranks_encoding, (name, ranks, split, special_tokens), {}))

@@ -13,6 +13,9 @@ import unicodedata
 from pathlib import Path
 
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+# Qwen2's pre-tokenizer regex (single digits): no C++ scanner implements it (the regex fallback).
+QWEN2_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
 
 def real_text(limit: int = 1 << 20) -> str:

@@ -66,3 +66,19 @@ def test_bad_arguments():
         train_bpe(["abc", b"x"], vocab_size=300)
     with pytest.raises(ValueError, match="unsupported pre-tokenizer"):
         train_bpe(["abc"], vocab_size=300, pattern=r"\w+")
+
+
+def test_gpt2_digits_split_trains_pickles_and_saves(corpus, tmp_path):
+    """gpt2_digits (no single regex) still trains; the Encoding pickles and exports its ranks."""
+    import pickle
+
+    from pyllmops.tokenizer import train_bpe
+
+    enc = train_bpe(corpus[:3], vocab_size=400, pattern="gpt2_digits")
+    assert enc.split == "gpt2_digits"
+    text = "year 2024 <|endoftext|>" + corpus[3][:2000]
+    ids = enc.encode(text, allowed_special="all")
+    assert [enc.decode([t]) for t in enc.encode_ordinary("x 2024")][-4:] == ["2", "0", "2", "4"]
+    assert pickle.loads(pickle.dumps(enc)).encode(text, allowed_special="all") == ids
+    enc.save_tiktoken(tmp_path / "d.tiktoken")
+    assert len((tmp_path / "d.tiktoken").read_text().splitlines()) == len(enc.mergeable_ranks()) == 399
