@@ -73,7 +73,8 @@ def _run_rank(tp, args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     print(
         f"[{args.quant}, {args.dtype}, {args.device}, tp={tp.world}] prefill: {stats.prompt_tokens} tokens in {stats.prefill_s:.3f} s "
-        f"({stats.prefill_tok_s:.1f} tok/s); decode: {stats.new_tokens} tokens, {stats.decode_tok_s:.1f} tok/s",
+        f"({stats.prefill_tok_s:.1f} tok/s); decode: {stats.new_tokens} tokens, {stats.decode_tok_s:.1f} tok/s "
+        f"({stats.decode_path})",
         file=sys.stderr,
     )
     return 0
