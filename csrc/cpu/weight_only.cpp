@@ -1,7 +1,7 @@
 // Weight-only GEMM for decode-sized M. The weight is read once and each value is used for up to
 // kTileM rows of x: int4 reads 1/8 of the bytes of an fp32 weight, so at M = 1 the kernel should
 // run at the speed 8 MB (4096 x 4096) can be read from L3: 277 us on 1 Sapphire Rapids core of
-// this VM, 147 us on 2. Two int4 kernels for w4a16_gemm, plus w4a8_gemm:
+// this VM, 147 us on 2. Three int4 kernels for w4a16_gemm, plus w4a8_gemm:
 //
 // vnni_digits (group size a multiple of 128 or K, CPUs with AVX-512 VNNI): x is split per call, per
 // 128-channel block, into 3 signed-byte digits, x ~= step * (a 2^16 + b 2^8 + c), |x - that| <=
@@ -19,6 +19,9 @@
 // avx512_fma (everything else: group sizes 32/64/96...): per 32 channels and row, widen 16
 // packed bytes to int32, mask/shift out the two nibbles, convert to float, FMA against x
 // de-interleaved into even/odd halves; the zero point as above.
+//
+// avx2_fma (CPUs without AVX-512, any group size the others take): the avx512_fma kernel on
+// 8-lane vectors. The int8 kernel and the prefill dequantization have AVX2 versions too.
 //
 // w4a8_gemm: the digit kernel with one digit, x quantized per 32 channels like llama.cpp's Q8_0
 // (pyllmops/ops/w4a8.py): 2 vpdpbusd per 128 weights of a row, then convert, times the weight
