@@ -1,14 +1,31 @@
-"""SmolLM2-135M-Instruct end to end on CPU: pyllmops' Llama (float32, batch 1) against llama.cpp
-(through llama-cpp-python) on the same GGUF, both on 2 threads, measured in the same run:
-decode tokens/s, 512-token prefill tokens/s, and perplexity on the same text with the same
-512-token windows (disjoint windows; each scores its tokens after the first).
+"""SmolLM2-135M-Instruct end to end on CPU: pyllmops' Llama against llama.cpp (through
+llama-cpp-python) on the same GGUF, on the same cores, measured in the same run:
 
-llama.cpp runs the GGUF's Q4_1 weights directly (4.5 bits per weight, ~98 MB read per token);
-pyllmops runs them dequantized to float32 (~540 MB per token), so on a memory-bound decode the
-baseline has a ~5x head start in bytes; --quant methods are how pyllmops closes that gap.
+- decode tokens/s at batch 1, on 1 and on 2 threads: greedy, DECODE_TOKENS new tokens from the
+  chat prompt, timed after the first token (whose cost is the prefill) as `pyllmops generate`
+  reports it; pyllmops through `generate()` (its fused C++ decode step), llama.cpp through
+  `Llama.eval` one token at a time with the argmax taken in Python, as llama-cpp-python users do;
+- batched decode: B = 1..16 prompts of different lengths decoding together (pyllmops int4), total
+  tokens/s and the ratio to batch 1 (llama-cpp-python has no batched decode to compare with);
+- 512-token prefill tokens/s;
+- perplexity on the same text with the same 512-token windows.
+
+pyllmops runs three weight formats: "int4" is what `pyllmops generate --quant w4a16-rtn` builds
+(decoder linears int4 RTN group 128, the LM head int8 per channel like the GGUF's Q8_0 output
+layer), "w8a16" every linear int8 per channel, "fp32" the GGUF's Q4_1 weights dequantized to
+float32 (~5x the bytes per token of llama.cpp's Q4_1). llama.cpp runs the GGUF's Q4_1 weights.
+
+The llama.cpp build matters: the baseline should be llama.cpp at its best on this CPU. Build
+llama-cpp-python from source with the CPU's vector extensions on and GGML_NATIVE off, e.g. on an
+AVX2 CPU `CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+-DGGML_BMI2=ON" pip install llama-cpp-python`, plus -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON
+-DGGML_AVX512_BF16=ON on an AVX-512 one (GGML_NATIVE=ON crashed on an AMX CPU). The rows name the
+instruction sets llama.cpp reports (llama_print_system_info).
 """
+import copy
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +34,21 @@ import torch
 
 from bench.conftest import record
 
-# 2 threads, as the issue compares; PYLLMOPS_BENCH_THREADS overrides it (on a loaded machine,
-# OpenMP barriers with 2 threads stall badly on both sides: 1 thread gives saner relative numbers).
-THREADS = int(os.environ.get("PYLLMOPS_BENCH_THREADS", "2"))
-DECODE_STEPS = 32
+THREADS = [int(t) for t in os.environ.get("PYLLMOPS_BENCH_THREADS", "1,2").split(",")]
+DECODE_TOKENS = 100
+BATCHES = [1, 2, 4, 8, 16]
+BATCH_TOKENS = 32
 PREFILL = 512
 EVAL_TEXT = Path("/usr/share/common-licenses/GPL-3")
-QUESTION = "What is the capital of France?"
+QUESTION = "Write a short story about a robot who learns to paint."
 MODEL = "SmolLM2-135M-Instruct Q4_1 gguf"
+FORMATS = ["int4", "w8a16", "fp32"]
 
 
 @pytest.fixture(scope="module")
-def ours():
+def smollm2():
     from pyllmops.models import ModelNotInstalledError, load_smollm2
 
-    torch.set_num_threads(THREADS)
     try:
         return load_smollm2()
     except ModelNotInstalledError as err:
@@ -39,24 +56,44 @@ def ours():
 
 
 @pytest.fixture(scope="module")
-def llama_cpp(ours):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="baseline needs llama-cpp-python (pip install llama-cpp-python)")
-    from pyllmops.models import smollm2_path
-
-    return llama_cpp.Llama(str(smollm2_path()), n_ctx=1024, n_batch=PREFILL, n_threads=THREADS, n_threads_batch=THREADS, logits_all=True, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def ours_w4a16(ours):
-    """The same model with its decoder linears in int4 (w4a16-rtn, group 128; the decode kernels do
-    not depend on which quantizer chose the int4 values) and the LM head in int8, as the GGUF's
-    Q8_0 output layer is for llama.cpp."""
-    import copy
-
+def models(smollm2):
+    """format -> (model, tokenizer), quantized as described in the module docstring."""
     import pyllmops
 
-    model, tok = ours
-    return pyllmops.quantize(copy.deepcopy(model), "w4a16-rtn", group_size=128, int8=("lm_head",), progress=False), tok
+    model, tok = smollm2
+    quantized = {
+        "int4": pyllmops.quantize(copy.deepcopy(model), "w4a16-rtn", group_size=128, int8=("lm_head",), progress=False),
+        "w8a16": pyllmops.quantize(copy.deepcopy(model), "w8a16", skip=(), progress=False),
+        "fp32": model,
+    }
+    return {k: (m, tok) for k, m in quantized.items()}
+
+
+_LLAMAS: dict = {}
+
+
+def _llama_cpp(threads: int, logits_all: bool = False):
+    """One llama_cpp.Llama per (threads, logits_all), loaded once per run."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="baseline needs llama-cpp-python (see the module docstring)")
+    from pyllmops.models import smollm2_path
+
+    key = (threads, logits_all)
+    if key not in _LLAMAS:
+        _LLAMAS[key] = llama_cpp.Llama(str(smollm2_path()), n_ctx=1024, n_batch=PREFILL, n_threads=threads,
+                                       n_threads_batch=threads, logits_all=logits_all, verbose=False)
+    return _LLAMAS[key]
+
+
+def _llama_cpp_build() -> str:
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()  # "CPU : SSE3 = 1 | AVX2 = 1 | ..."
+    isa = re.findall(r"(\w+) = 1", info)
+    return f"llama.cpp Q4_1 ({llama_cpp.__version__}: {' '.join(isa) or info.strip()})"
+
+
+def _backend(fmt: str) -> str:
+    return {"int4": "pyllmops int4 g128, int8 head", "w8a16": "pyllmops w8a16", "fp32": "pyllmops fp32"}[fmt]
 
 
 def _prompt(tok) -> list[int]:
@@ -72,19 +109,41 @@ def _text_ids(tok, n: int | None = None) -> list[int]:
     return ids if n is None else ids[:n]
 
 
-# -- decode -----------------------------------------------------------------------------------
+def _greedy(logits: torch.Tensor, step: int) -> torch.Tensor:
+    return logits.argmax(-1)
 
-BACKENDS = {"llama.cpp": "llama.cpp Q4_1", "pyllmops": "pyllmops fp32", "pyllmops-w4a16": "pyllmops w4a16 g128, int8 head"}
+
+def _ours_decode(model, prompts: list[list[int]], new_tokens: int):
+    """setup, run for benchmark.pedantic: setup runs the prefill and the first token of generate(),
+    run the other new_tokens - 1 steps (no stop tokens: every step decodes)."""
+    from pyllmops.models.generate import generate
+
+    state = {}
+
+    def setup():
+        steps = generate(model, prompts, max_new_tokens=new_tokens, sampler=_greedy)
+        next(steps)
+        state["steps"] = steps
+        return (), {}
+
+    def run():
+        for _ in state["steps"]:
+            pass
+
+    return setup, run
 
 
-@pytest.mark.parametrize("impl", list(BACKENDS))
-def test_decode(benchmark, impl, ours, request):
-    model, tok = request.getfixturevalue("ours_w4a16") if impl == "pyllmops-w4a16" else ours
+# -- decode, batch 1 ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("impl", ["llama.cpp", *FORMATS])
+def test_decode(benchmark, impl, threads, smollm2, request):
+    tok = smollm2[1]
     prompt = _prompt(tok)
-    record(benchmark, op="generate decode (greedy, 32 tokens)", shape=f"{MODEL} b1 {THREADS} threads",
-           backend=BACKENDS[impl], baseline=impl == "llama.cpp", unit="tok/s")
+    torch.set_num_threads(threads)
     if impl == "llama.cpp":
-        llm = request.getfixturevalue("llama_cpp")
+        llm = _llama_cpp(threads)
+        backend = _llama_cpp_build()
 
         def setup():
             llm.reset()
@@ -92,51 +151,63 @@ def test_decode(benchmark, impl, ours, request):
             return (), {}
 
         def run():
-            for _ in range(DECODE_STEPS):
+            for _ in range(DECODE_TOKENS - 1):
                 llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
     else:
-        state = {}
+        backend = _backend(impl)
+        setup, run = _ours_decode(request.getfixturevalue("models")[impl][0], [prompt], DECODE_TOKENS)
+    record(benchmark, op=f"decode (greedy, {DECODE_TOKENS} new tokens, batch 1)", shape=f"{MODEL} {threads} threads",
+           backend=backend, baseline=impl == "llama.cpp", unit="tok/s")
+    benchmark.pedantic(run, setup=setup, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["throughput"] = (DECODE_TOKENS - 1) / benchmark.stats.stats.median
 
-        def setup():
-            state["cache"] = model.new_cache(1, len(prompt) + DECODE_STEPS)
-            with torch.inference_mode():
-                state["logits"] = model(torch.tensor([prompt]), cache=state["cache"], last_only=True)[:, -1]
-            return (), {}
 
-        @torch.inference_mode()
-        def run():
-            logits, cache = state["logits"], state["cache"]
-            for _ in range(DECODE_STEPS):
-                logits = model(logits.argmax(-1, keepdim=True), cache=cache)[:, -1]
+# -- batched decode ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_batched_decode(benchmark, batch, threads, models):
+    """B prompts of lengths 20, 27, 34, ... tokens (left-padded together), BATCH_TOKENS steps each."""
+    model, tok = models["int4"]
+    text = _text_ids(tok)
+    prompts = [text[50 * i: 50 * i + 20 + 7 * i] for i in range(batch)]
+    torch.set_num_threads(threads)
+    setup, run = _ours_decode(model, prompts, BATCH_TOKENS)
+    record(benchmark, op=f"batched decode (greedy, {BATCH_TOKENS} new tokens per row)",
+           shape=f"{MODEL} B={batch:>2} {threads} threads", backend=_backend("int4"), unit="tok/s")
     benchmark.pedantic(run, setup=setup, rounds=3, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["throughput"] = DECODE_STEPS / benchmark.stats.stats.median
+    benchmark.extra_info["throughput"] = batch * (BATCH_TOKENS - 1) / benchmark.stats.stats.median
 
 
-# -- prefill ----------------------------------------------------------------------------------
+# -- prefill -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("impl", list(BACKENDS))
-def test_prefill(benchmark, impl, ours, request):
-    model, tok = request.getfixturevalue("ours_w4a16") if impl == "pyllmops-w4a16" else ours
-    ids = _text_ids(tok, PREFILL)
-    record(benchmark, op=f"generate prefill ({PREFILL} tokens)", shape=f"{MODEL} b1 {THREADS} threads",
-           backend=BACKENDS[impl], baseline=impl == "llama.cpp", unit="tok/s")
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("impl", ["llama.cpp", *FORMATS])
+def test_prefill(benchmark, impl, threads, smollm2, request):
+    ids = _text_ids(smollm2[1], PREFILL)
+    torch.set_num_threads(threads)
     if impl == "llama.cpp":
-        llm = request.getfixturevalue("llama_cpp")
+        llm = _llama_cpp(threads)
+        backend = _llama_cpp_build()
 
         def run():
             llm.reset()
             llm.eval(ids)
     else:
+        model = request.getfixturevalue("models")[impl][0]
+        backend = _backend(impl)
+
         @torch.inference_mode()
         def run():
             model(torch.tensor([ids]), cache=model.new_cache(1, PREFILL), last_only=True)
 
+    record(benchmark, op=f"prefill ({PREFILL} tokens)", shape=f"{MODEL} {threads} threads", backend=backend,
+           baseline=impl == "llama.cpp", unit="tok/s")
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
     benchmark.extra_info["throughput"] = PREFILL / benchmark.stats.stats.median
 
 
-# -- perplexity -------------------------------------------------------------------------------
+# -- perplexity --------------------------------------------------------------------------------
 
 def _llama_cpp_perplexity(llm, ids: list[int], window: int) -> float:
     """Same windows and scoring as pyllmops.models.evaluate.perplexity, from llama.cpp's logits."""
@@ -154,19 +225,23 @@ def _llama_cpp_perplexity(llm, ids: list[int], window: int) -> float:
     return math.exp(nll / count)
 
 
-@pytest.mark.parametrize("impl", ["llama.cpp", "pyllmops"])
-def test_perplexity(benchmark, impl, ours, request):
+@pytest.mark.parametrize("impl", ["llama.cpp", "fp32"])
+def test_perplexity(benchmark, impl, smollm2):
     from pyllmops.models.evaluate import perplexity
 
-    model, tok = ours
+    model, tok = smollm2
     ids = _text_ids(tok)
-    record(benchmark, op="perplexity GPL-3 (window 512, disjoint)", shape=f"{MODEL} {len(ids)} tokens {THREADS} threads",
-           backend="llama.cpp Q4_1" if impl == "llama.cpp" else "pyllmops fp32", baseline=impl == "llama.cpp")
+    threads = max(THREADS)
+    torch.set_num_threads(threads)
     if impl == "llama.cpp":
-        llm = request.getfixturevalue("llama_cpp")
+        llm = _llama_cpp(threads, logits_all=True)
+        backend = _llama_cpp_build()
         run = lambda: _llama_cpp_perplexity(llm, ids, PREFILL)  # noqa: E731
     else:
+        backend = _backend(impl)
         run = lambda: perplexity(model, ids, window=PREFILL, batch_size=1)  # noqa: E731
+    record(benchmark, op="perplexity GPL-3 (window 512, disjoint)", shape=f"{MODEL} {len(ids)} tokens {threads} threads",
+           backend=backend, baseline=impl == "llama.cpp")
     ppl = benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info["ppl"] = ppl
     benchmark.extra_info["throughput"] = len(ids) / benchmark.stats.stats.median

@@ -15,4 +15,14 @@ inline bool has_avx512_bw_vl() {
 #endif
 }
 
+// AVX2 + FMA: the 8-lane paths of the weight-only and decode kernels (CPUs without AVX-512).
+inline bool has_avx2_fma() {
+#if defined(__x86_64__)
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
 }  // namespace pyllmops::cpu

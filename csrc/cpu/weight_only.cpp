@@ -1,7 +1,7 @@
 // Weight-only GEMM for decode-sized M. The weight is read once and each value is used for up to
 // kTileM rows of x: int4 reads 1/8 of the bytes of an fp32 weight, so at M = 1 the kernel should
 // run at the speed 8 MB (4096 x 4096) can be read from L3: 277 us on 1 Sapphire Rapids core of
-// this VM, 147 us on 2. Two int4 kernels for w4a16_gemm, plus w4a8_gemm:
+// this VM, 147 us on 2. Three int4 kernels for w4a16_gemm, plus w4a8_gemm:
 //
 // vnni_digits (group size a multiple of 128 or K, CPUs with AVX-512 VNNI): x is split per call, per
 // 128-channel block, into 3 signed-byte digits, x ~= step * (a 2^16 + b 2^8 + c), |x - that| <=
@@ -19,6 +19,9 @@
 // avx512_fma (everything else: group sizes 32/64/96...): per 32 channels and row, widen 16
 // packed bytes to int32, mask/shift out the two nibbles, convert to float, FMA against x
 // de-interleaved into even/odd halves; the zero point as above.
+//
+// avx2_fma (CPUs without AVX-512, any group size the others take): the avx512_fma kernel on
+// 8-lane vectors. The int8 kernel and the prefill dequantization have AVX2 versions too.
 //
 // w4a8_gemm: the digit kernel with one digit, x quantized per 32 channels like llama.cpp's Q8_0
 // (pyllmops/ops/w4a8.py): 2 vpdpbusd per 128 weights of a row, then convert, times the weight
@@ -50,6 +53,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/cpu_features.h"
 #include "cpu/parallel.h"
 
 namespace pyllmops::cpu {
@@ -170,6 +174,79 @@ __attribute__((target("avx512f,avx512bw"))) void w4_rows_avx512(
   int64_t n = n0;
   for (; n + NT <= n1; n += NT) w4_tile_avx512<MT, NT>(xd, xs, K, qw, scales, zeros, gs, G, out, N, n);
   for (; n < n1; ++n) w4_tile_avx512<MT, 1>(xd, xs, K, qw, scales, zeros, gs, G, out, N, n);
+}
+
+// ---------------------------------------------------------------- int4, AVX2 + FMA
+// The avx512_fma tile on 8-lane vectors, for CPUs without AVX-512 (AMD Zen 2/3, client Intel):
+// per 32 channels of a row, bytes 0-7 and 8-15 widened to int32 give the low nibbles (x channels
+// [0, 16) of the de-interleaved unit) and the high ones ([16, 32)); 4 FMAs per row of x, into two
+// accumulators per (m, row) so that NT rows keep both FMA ports busy.
+__attribute__((target("avx2,fma"))) inline float hsum_avx2(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+__attribute__((target("avx2,fma"))) inline __m256i widen8_avx2(const uint8_t* p) {
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+
+template <int MT, int NT>
+__attribute__((target("avx2,fma"))) inline void w4_tile_avx2(
+    const float* xd, const double* xs, int64_t K, const uint8_t* qw, const float* scales,
+    const uint8_t* zeros, int64_t gs, int64_t G, float* out, int64_t N, int64_t n) {
+  const __m256i low4 = _mm256_set1_epi32(0xF);
+  __m256 total[MT][NT];
+  double corr[MT][NT];
+  for (int m = 0; m < MT; ++m)
+    for (int j = 0; j < NT; ++j) total[m][j] = _mm256_setzero_ps(), corr[m][j] = 0.0;
+  for (int64_t g = 0; g < G; ++g) {
+    __m256 acc0[MT][NT], acc1[MT][NT];
+    for (int m = 0; m < MT; ++m)
+      for (int j = 0; j < NT; ++j) acc0[m][j] = acc1[m][j] = _mm256_setzero_ps();
+    const int64_t u1 = std::min(K, (g + 1) * gs) / 32;
+    for (int64_t u = g * gs / 32; u < u1; ++u) {
+      for (int j = 0; j < NT; ++j) {
+        const uint8_t* row = qw + (n + j) * (K / 2) + u * 16;
+        const __m256i b0 = widen8_avx2(row), b1 = widen8_avx2(row + 8);
+        const __m256 lo0 = _mm256_cvtepi32_ps(_mm256_and_si256(b0, low4));
+        const __m256 lo1 = _mm256_cvtepi32_ps(_mm256_and_si256(b1, low4));
+        const __m256 hi0 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4));
+        const __m256 hi1 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4));
+        for (int m = 0; m < MT; ++m) {
+          const float* xu = xd + m * K + u * 32;
+          acc0[m][j] = _mm256_fmadd_ps(lo0, _mm256_loadu_ps(xu), acc0[m][j]);
+          acc1[m][j] = _mm256_fmadd_ps(lo1, _mm256_loadu_ps(xu + 8), acc1[m][j]);
+          acc0[m][j] = _mm256_fmadd_ps(hi0, _mm256_loadu_ps(xu + 16), acc0[m][j]);
+          acc1[m][j] = _mm256_fmadd_ps(hi1, _mm256_loadu_ps(xu + 24), acc1[m][j]);
+        }
+      }
+    }
+    for (int j = 0; j < NT; ++j) {
+      const float s = scales[(n + j) * G + g];
+      const double sz = static_cast<double>(s) * zeros[(n + j) * G + g];
+      for (int m = 0; m < MT; ++m) {
+        total[m][j] = _mm256_fmadd_ps(_mm256_add_ps(acc0[m][j], acc1[m][j]), _mm256_set1_ps(s), total[m][j]);
+        corr[m][j] += sz * xs[m * G + g];
+      }
+    }
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int j = 0; j < NT; ++j) out[m * N + n + j] = static_cast<float>(hsum_avx2(total[m][j]) - corr[m][j]);
+}
+
+// Output rows per AVX2 tile: 3 * MT * NT accumulators plus 4 weight vectors within 16 registers.
+template <int MT>
+constexpr int kTileN2 = MT == 1 ? 4 : MT == 2 ? 2 : 1;
+
+template <int MT>
+__attribute__((target("avx2,fma"))) void w4_rows_avx2(
+    const float* xd, const double* xs, int64_t K, const uint8_t* qw, const float* scales,
+    const uint8_t* zeros, int64_t gs, int64_t G, float* out, int64_t N, int64_t n0, int64_t n1) {
+  constexpr int NT = kTileN2<MT>;
+  int64_t n = n0;
+  for (; n + NT <= n1; n += NT) w4_tile_avx2<MT, NT>(xd, xs, K, qw, scales, zeros, gs, G, out, N, n);
+  for (; n < n1; ++n) w4_tile_avx2<MT, 1>(xd, xs, K, qw, scales, zeros, gs, G, out, N, n);
 }
 
 // ---------------------------------------------------------------- int4 x int8 digits, AVX-512 VNNI
@@ -512,6 +589,41 @@ __attribute__((target("avx512f,avx512bw"))) void w8_rows_avx512(
   for (; n < n1; ++n) w8_tile_avx512<MT, 1>(x, K, qw, scales, out, N, n);
 }
 
+template <int MT, int NT>
+__attribute__((target("avx2,fma"))) inline void w8_step_avx2(
+    const float* x, int64_t K, const int8_t* qw, int64_t n, int64_t k, __m256 (&acc)[MT][NT]) {
+  __m256 w[NT];
+  for (int j = 0; j < NT; ++j)
+    w[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qw + (n + j) * K + k))));
+  for (int m = 0; m < MT; ++m) {
+    const __m256 xv = _mm256_loadu_ps(x + m * K + k);
+    for (int j = 0; j < NT; ++j) acc[m][j] = _mm256_fmadd_ps(w[j], xv, acc[m][j]);
+  }
+}
+
+template <int MT, int NT>
+__attribute__((target("avx2,fma"))) inline void w8_tile_avx2(
+    const float* x, int64_t K, const int8_t* qw, const float* scales, float* out, int64_t N, int64_t n) {
+  __m256 even[MT][NT], odd[MT][NT];
+  for (int m = 0; m < MT; ++m)
+    for (int j = 0; j < NT; ++j) even[m][j] = odd[m][j] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {  // K % 16 == 0
+    w8_step_avx2<MT, NT>(x, K, qw, n, k, even);
+    w8_step_avx2<MT, NT>(x, K, qw, n, k + 8, odd);
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int j = 0; j < NT; ++j) out[m * N + n + j] = hsum_avx2(_mm256_add_ps(even[m][j], odd[m][j])) * scales[n + j];
+}
+
+template <int MT>
+__attribute__((target("avx2,fma"))) void w8_rows_avx2(
+    const float* x, int64_t K, const int8_t* qw, const float* scales, float* out, int64_t N, int64_t n0, int64_t n1) {
+  constexpr int NT = kTileN2<MT>;  // 2 * MT * NT accumulators and NT weight vectors
+  int64_t n = n0;
+  for (; n + NT <= n1; n += NT) w8_tile_avx2<MT, NT>(x, K, qw, scales, out, N, n);
+  for (; n < n1; ++n) w8_tile_avx2<MT, 1>(x, K, qw, scales, out, N, n);
+}
+
 // Runs fn<MT>(row offset) over x in tiles of up to kTileM rows.
 template <typename F>
 void for_row_tiles(int64_t M, F&& fn) {
@@ -527,18 +639,26 @@ void for_row_tiles(int64_t M, F&& fn) {
 
 }  // namespace
 
-bool weight_only_simd() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+namespace {
+
+bool has_avx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return ok;
 }
 
+}  // namespace
+
+bool weight_only_simd() { return has_avx512() || has_avx2_fma(); }
+
 bool weight_only_vnni() {
-  static const bool ok = weight_only_simd() && __builtin_cpu_supports("avx512vl") &&
+  static const bool ok = has_avx512() && __builtin_cpu_supports("avx512vl") &&
                          __builtin_cpu_supports("avx512vnni");
   return ok;
 }
 
 const char* w4a16_kernel(int64_t K, int64_t group_size) {
   if (!weight_only_simd()) return "scalar";
+  if (!has_avx512()) return "avx2_fma";
   // each 128-channel block in one group; the last block may be short (K % 32 == 0 always)
   return weight_only_vnni() && (group_size % kBlock == 0 || group_size == K) ? "vnni_digits" : "avx512_fma";
 }
@@ -561,15 +681,20 @@ void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, co
     return;
   }
   const std::vector<float> xd = deinterleave(x, M, K);
-  const bool simd = kernel == "avx512_fma";
+  const bool avx512 = kernel == "avx512_fma", avx2 = kernel == "avx2_fma";
   parallel_for(N, threads, kGrainN, [&](int64_t n0, int64_t n1) {
-    if (!simd) {
+    if (!avx512 && !avx2) {
       w4_rows_scalar(xd.data(), xs.data(), M, K, qweight, scales, zeros, group_size, G, out, N, n0, n1);
       return;
     }
     for_row_tiles(M, [&](auto mt, int64_t m0) {
-      w4_rows_avx512<decltype(mt)::value>(xd.data() + m0 * K, xs.data() + m0 * G, K, qweight, scales, zeros,
-                                          group_size, G, out + m0 * N, N, n0, n1);
+      constexpr int MT = decltype(mt)::value;
+      const float* xm = xd.data() + m0 * K;
+      const double* sm = xs.data() + m0 * G;
+      if (avx512)
+        w4_rows_avx512<MT>(xm, sm, K, qweight, scales, zeros, group_size, G, out + m0 * N, N, n0, n1);
+      else
+        w4_rows_avx2<MT>(xm, sm, K, qweight, scales, zeros, group_size, G, out + m0 * N, N, n0, n1);
     });
   });
 }
@@ -622,19 +747,38 @@ __attribute__((target("avx512f,avx512bw"))) int64_t dequant_span_avx512(const ui
   return k;
 }
 
+// The same on 8-lane vectors: bytes e..e+7 give channels 2e..2e+15, the low and high nibbles
+// interleaved back into k order with unpack (within 128-bit lanes) and a lane permute.
+__attribute__((target("avx2,fma"))) int64_t dequant_span_avx2(const uint8_t* row, float s, float z, int64_t k,
+                                                              int64_t k1, float* w) {
+  const __m256i low4 = _mm256_set1_epi32(0xF);
+  const __m256 sv = _mm256_set1_ps(s), zv = _mm256_set1_ps(z);
+  for (; k + 16 <= k1; k += 16) {
+    const __m256i b = widen8_avx2(row + k / 2);
+    const __m256 lo = _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b, low4)), zv), sv);
+    const __m256 hi = _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)), zv), sv);
+    const __m256 a = _mm256_unpacklo_ps(lo, hi), c = _mm256_unpackhi_ps(lo, hi);
+    _mm256_storeu_ps(w + k, _mm256_permute2f128_ps(a, c, 0x20));
+    _mm256_storeu_ps(w + k + 8, _mm256_permute2f128_ps(a, c, 0x31));
+  }
+  return k;
+}
+
 }  // namespace
 
 void w4_dequantize(const uint8_t* qweight, const float* scales, const uint8_t* zeros, int64_t N, int64_t K,
                    int64_t group_size, float* out, int threads) {
   const int64_t G = (K + group_size - 1) / group_size;
-  const bool simd = weight_only_simd();
+  const bool avx512 = has_avx512(), avx2 = has_avx2_fma();
   parallel_for(N, threads, kGrainN, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t g = 0; g < G; ++g) {
         const int64_t k0 = g * group_size, k1 = std::min(K, k0 + group_size);
         const float s = scales[n * G + g], z = zeros[n * G + g];
         const uint8_t* row = qweight + n * (K / 2);
-        const int64_t k = simd && k0 % 2 == 0 ? dequant_span_avx512(row, s, z, k0, k1, out + n * K) : k0;
+        int64_t k = k0;
+        if (k0 % 2 == 0 && avx512) k = dequant_span_avx512(row, s, z, k0, k1, out + n * K);
+        else if (k0 % 2 == 0 && avx2) k = dequant_span_avx2(row, s, z, k0, k1, out + n * K);
         dequant_span_scalar(row, s, z, k, k1, out + n * K);
       }
   });
@@ -642,14 +786,18 @@ void w4_dequantize(const uint8_t* qweight, const float* scales, const uint8_t* z
 
 void w8a16_gemm(const float* x, int64_t M, int64_t K, const int8_t* qweight, const float* scales,
                 int64_t N, float* out, int threads) {
-  const bool simd = weight_only_simd();
+  const bool avx512 = has_avx512(), avx2 = has_avx2_fma();
   parallel_for(N, threads, kGrainN, [&](int64_t n0, int64_t n1) {
-    if (!simd) {
+    if (!avx512 && !avx2) {
       w8_rows_scalar(x, M, K, qweight, scales, out, N, n0, n1);
       return;
     }
     for_row_tiles(M, [&](auto mt, int64_t m0) {
-      w8_rows_avx512<decltype(mt)::value>(x + m0 * K, K, qweight, scales, out + m0 * N, N, n0, n1);
+      constexpr int MT = decltype(mt)::value;
+      if (avx512)
+        w8_rows_avx512<MT>(x + m0 * K, K, qweight, scales, out + m0 * N, N, n0, n1);
+      else
+        w8_rows_avx2<MT>(x + m0 * K, K, qweight, scales, out + m0 * N, N, n0, n1);
     });
   });
 }

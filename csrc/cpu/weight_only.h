@@ -6,14 +6,14 @@
 
 namespace pyllmops::cpu {
 
-// True when the vectorized (AVX-512) kernels can run on this CPU; the scalar path is correct
-// everywhere but slow, and the Python side only picks this backend when this is true.
+// True when vectorized kernels (AVX-512, or AVX2 + FMA) can run on this CPU; the scalar path is
+// correct everywhere but slow, and the Python side only picks this backend when this is true.
 bool weight_only_simd();
 
 // True when the AVX-512 VNNI kernels (w4a16's digit kernel, w4a8_gemm) can run on this CPU.
 bool weight_only_vnni();
 
-// Which int4 kernel w4a16_gemm runs for this call: "vnni_digits", "avx512_fma" or "scalar" (for
+// Which int4 kernel w4a16_gemm runs for this call: "vnni_digits", "avx512_fma", "avx2_fma" or "scalar" (for
 // tests that must reach each one, and for benchmarks to name it).
 const char* w4a16_kernel(int64_t K, int64_t group_size);
 

@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=0.9, help="1 = off (default 0.9)")
     p.add_argument("--seed", type=int, help="sampling seed (default: random)")
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.epilog = ("With a weight-only --quant (w4a16-*, w8a16) the LM head is int8 per channel, as in llama.cpp's "
+                "Q4 GGUFs; --quant-option int8=[] (w4a16-*) or skip='[\"lm_head\"]' (w8a16) keeps it float.")
     _model.add_model_args(p, quant_list=False)
     p.set_defaults(func=run)
 
@@ -50,6 +52,7 @@ def _run_rank(tp, args: argparse.Namespace) -> int:
         torch.distributed.broadcast(seed, torch.distributed.get_global_rank(tp.group, 0) if tp.group else 0, group=tp.group)
         args.seed = int(seed)
     model, tok = _model.load(args)
+    args.quant_option = _int8_head(args.quant, args.quant_option)
     model = _model.quantize(model, tok, args.quant, args)
     if tp.world > 1:
         model = parallelize_llama(model, tp)
@@ -73,7 +76,21 @@ def _run_rank(tp, args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     print(
         f"[{args.quant}, {args.dtype}, {args.device}, tp={tp.world}] prefill: {stats.prompt_tokens} tokens in {stats.prefill_s:.3f} s "
-        f"({stats.prefill_tok_s:.1f} tok/s); decode: {stats.new_tokens} tokens, {stats.decode_tok_s:.1f} tok/s",
+        f"({stats.prefill_tok_s:.1f} tok/s); decode: {stats.new_tokens} tokens, {stats.decode_tok_s:.1f} tok/s "
+        f"({stats.decode_path})",
         file=sys.stderr,
     )
     return 0
+
+
+def _int8_head(method: str, options: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    """--quant options with the LM head made int8 per channel for the weight-only methods, unless
+    the user set int8= (w4a16-*) or skip= (w8a16) itself: llama.cpp's Q4 GGUFs keep the output
+    layer in Q8_0 too, and in float32 the head is over half the bytes a SmolLM2 int4 decode step
+    reads. Greedy answers are unchanged on the chat prompts tested (tests/models/test_cli.py)."""
+    given = {k for k, _ in options}
+    if method.startswith("w4a16-") and "int8" not in given:
+        return [*options, ("int8", ["lm_head"])]
+    if method == "w8a16" and "skip" not in given:
+        return [*options, ("skip", [])]
+    return options

@@ -13,6 +13,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from pyllmops.models.fused_decode import FusedDecoder
+
 Sampler = Callable[[torch.Tensor, int], torch.Tensor]
 FINISHED = -1  # what a row that has already stopped yields
 
@@ -24,6 +26,7 @@ class GenerationStats:
     new_tokens: int = 0  # generated tokens over the batch
     prefill_s: float = 0.0  # prompt forward + first token
     decode_s: float = 0.0  # the steps after the first token
+    decode_path: str = ""  # "fused" (one C++ call per step) or "modules: <why not fused>"
 
     @property
     def prefill_tok_s(self) -> float:
@@ -49,10 +52,14 @@ def pad_left(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.T
 
 
 @torch.inference_mode()
-def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, sampler: Sampler, stop_ids: Iterable[int] = (), stats: GenerationStats | None = None) -> Iterator[torch.Tensor]:
+def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, sampler: Sampler, stop_ids: Iterable[int] = (), stats: GenerationStats | None = None, fused: bool = True) -> Iterator[torch.Tensor]:
     """Yield the next token of every prompt, one step at a time: [B] int64 (on CPU), FINISHED for
     rows that already produced a stop token (which is yielded once). Ends after max_new_tokens
-    steps or when every row has stopped. `stats`, when given, is filled in as it runs."""
+    steps or when every row has stopped. `stats`, when given, is filled in as it runs.
+
+    The prompt runs through the model's modules; the decode steps through FusedDecoder (one C++
+    call per step, pyllmops/models/fused_decode.py) when `fused` and the model allows it, else
+    through the modules (stats.decode_path says which, and why)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     ids, mask = pad_left(prompts)
@@ -63,6 +70,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, sa
     stats = stats if stats is not None else GenerationStats()
     stats.batch, stats.prompt_tokens = b, int(mask.sum())
 
+    decoder = FusedDecoder.build(model) if fused else None
+    stats.decode_path = "fused" if decoder else f"modules: {FusedDecoder.unsupported(model) if fused else 'fused=False'}"
     cache = model.new_cache(b, t + max_new_tokens)
     begin = time.perf_counter()
     logits = model(ids, mask=None if bool(mask.all()) else mask, cache=cache, last_only=True)[:, -1]
@@ -82,15 +91,16 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, sa
         if bool(done.all()) or step == max_new_tokens - 1:
             return
         # Stopped rows keep computing on a dummy token: their outputs are never used.
-        logits = model(nxt.clamp(min=0)[:, None], cache=cache)[:, -1]
+        ids = nxt.clamp(min=0)
+        logits = decoder.step(ids, cache) if decoder else model(ids[:, None], cache=cache)[:, -1]
 
 
-def generate_ids(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, sampler: Sampler, stop_ids: Iterable[int] = ()) -> list[list[int]]:
+def generate_ids(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, sampler: Sampler, stop_ids: Iterable[int] = (), fused: bool = True) -> list[list[int]]:
     """The generated ids of each prompt, stop token excluded."""
     stops = set(stop_ids)
     out: list[list[int]] = [[] for _ in prompts]
     ended = [False] * len(prompts)
-    for step_ids in generate(model, prompts, max_new_tokens=max_new_tokens, sampler=sampler, stop_ids=stops):
+    for step_ids in generate(model, prompts, max_new_tokens=max_new_tokens, sampler=sampler, stop_ids=stops, fused=fused):
         for row, tok in enumerate(step_ids.tolist()):
             if not ended[row] and tok != FINISHED:
                 ended[row] = tok in stops

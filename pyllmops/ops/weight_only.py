@@ -12,7 +12,7 @@ pyllmops/quant/packing.py. W8A16: W[n, k] = q[n, k] * scales[n].
 Backends:
   reference  dequantize in float64, matmul, cast (the oracle).
   torch      dequantize to float32, F.linear in float32, cast; any shape, any device.
-  cpp        csrc/cpu/weight_only.cpp, AVX-512. Decode-sized M (int4: M <= 32, int8: M <= 16): the
+  cpp        csrc/cpu/weight_only.cpp, AVX-512 (AVX2 + FMA kernels on CPUs without it). Decode-sized M (int4: M <= 32, int8: M <= 16): the
              kernels read the packed bytes directly (int4: 1/8 of an fp32 weight's traffic); int4
              needs K % 32 == 0, group_size % 32 == 0 and no g_idx (nn.WeightOnlyLinear turns
              act-order into a column permutation, so the fast paths never see one), else the torch

@@ -50,7 +50,40 @@ def test_generate_greedy_answers_paris(cli_model, capsys):
     assert main(["generate", "What is the capital of France?", "--temperature", "0", "--max-new-tokens", "12"]) == 0
     out = capsys.readouterr()
     assert out.out == "The capital of France is Paris.\n"
-    assert "prefill: 37 tokens" in out.err and "tok/s" in out.err
+    assert "prefill: 37 tokens" in out.err and "tok/s" in out.err and "(fused)" in out.err
+
+
+@pytest.mark.slow
+def test_generate_w4a16_int8_head_fused(smollm2, monkeypatch, capsys):
+    """--quant w4a16-rtn decodes on the fused path with the LM head int8 (the CLI default for the
+    weight-only methods) and gives the answer its modules give (the int8 head does not change it)."""
+    import copy
+
+    from pyllmops.commands import _model
+    from pyllmops.nn import WeightOnlyLinear
+
+    built = {}
+    quantize = _model.quantize
+    monkeypatch.setattr(_model, "load", lambda args: (copy.deepcopy(smollm2[0]), smollm2[1]))
+    monkeypatch.setattr(_model, "quantize", lambda *a: built.setdefault("model", quantize(*a)))
+    assert main(["generate", "What is the capital of France?", "--temperature", "0", "--max-new-tokens", "12",
+                 "--quant", "w4a16-rtn"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "The capital of France is Paris, France.\n"
+    assert "(fused)" in out.err
+    head = built["model"].lm_head
+    assert isinstance(head, WeightOnlyLinear) and head.bits == 8
+
+
+def test_int8_head_default_only_when_not_given():
+    from pyllmops.commands.generate import _int8_head
+
+    assert _int8_head("w4a16-rtn", []) == [("int8", ["lm_head"])]
+    assert _int8_head("w4a16-awq", [("int8", [])]) == [("int8", [])]
+    assert _int8_head("w8a16", []) == [("skip", [])]
+    assert _int8_head("w8a16", [("skip", ["lm_head"])]) == [("skip", ["lm_head"])]
+    assert _int8_head("w8a8-sq", [("alpha", 0.5)]) == [("alpha", 0.5)]
+    assert _int8_head("fp", []) == []
 
 
 @pytest.mark.slow

@@ -1,0 +1,157 @@
+"""The fused C++ decode step against the Llama modules it replaces (the specification): same
+logits within float tolerance and the same greedy tokens, step after step, for float32, int4 and
+int8 projections, batches of left-padded prompts, and models it must refuse by name."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import pyllmops
+from pyllmops import _ext
+from pyllmops.models.fused_decode import FusedDecoder
+from pyllmops.models.generate import generate_ids, pad_left
+from pyllmops.models.llama import Llama, LlamaConfig
+
+pytestmark = pytest.mark.skipif(not _ext.has_cpp(), reason="needs the C++ extension")
+
+# head_dim 32 (the AVX2 paths) and 40 (not a multiple of 8: the scalar attention loops)
+SMALL = LlamaConfig(vocab_size=211, dim=128, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=320, rope_theta=1e4, max_seq_len=96)
+ODD_HEAD = LlamaConfig(vocab_size=101, dim=160, n_layers=2, n_heads=4, n_kv_heads=1, ffn_dim=192, rope_theta=1e4, max_seq_len=64)
+
+
+def _model(cfg: LlamaConfig, quant: str) -> Llama:
+    m = Llama(cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.15)
+        for layer in m.layers:  # norms away from 1, so a wrong norm weight shows
+            layer.input_layernorm.weight.uniform_(0.5, 1.5)
+            layer.post_attention_layernorm.weight.uniform_(0.5, 1.5)
+    if quant == "w4a16":
+        return pyllmops.quantize(m, "w4a16-rtn", group_size=32, progress=False)
+    if quant == "w4a16-int8-head":
+        return pyllmops.quantize(m, "w4a16-rtn", group_size=-1, int8=("down_proj", "lm_head"), progress=False)
+    if quant == "w8a16":
+        return pyllmops.quantize(m, "w8a16", progress=False)
+    return m
+
+
+def _prefill(model, prompts):
+    ids, mask = pad_left(prompts)
+    cache = model.new_cache(len(prompts), ids.shape[1] + 12)
+    with torch.inference_mode():
+        logits = model(ids, mask=None if bool(mask.all()) else mask, cache=cache, last_only=True)[:, -1]
+    return logits, cache
+
+
+def _same_cache(a, b):
+    assert a.length == b.length and torch.equal(a.n_real, b.n_real) and torch.equal(a.key_mask, b.key_mask)
+    for ka, kb in zip(a.k + a.v, b.k + b.v):
+        torch.testing.assert_close(ka, kb, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("quant", ["fp32", "w4a16", "w4a16-int8-head", "w8a16"])
+@pytest.mark.parametrize("cfg", [SMALL, ODD_HEAD], ids=["head_dim32", "head_dim40"])
+@pytest.mark.parametrize("lengths", [[7], [5, 11, 1]], ids=["b1", "b3_padded"])
+def test_fused_steps_match_modules(cfg, quant, lengths, seed):
+    """Ten steps of module decode and fused decode from one prefill, fed the same (module-greedy)
+    tokens: logits agree at every step, so do the argmax tokens and the KV caches."""
+    model = _model(cfg, quant)
+    prompts = [torch.randint(0, cfg.vocab_size, (n,)).tolist() for n in lengths]
+    logits, cache = _prefill(model, prompts)
+    fused_cache = copy.deepcopy(cache)
+    decoder = FusedDecoder.build(model)
+    assert decoder is not None, FusedDecoder.unsupported(model)
+    nxt = logits.argmax(-1)
+    for _ in range(10):
+        with torch.inference_mode():
+            want = model(nxt[:, None], cache=cache)[:, -1]
+        got = decoder.step(nxt, fused_cache)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+        assert torch.equal(got.argmax(-1), want.argmax(-1))
+        nxt = want.argmax(-1)
+    _same_cache(cache, fused_cache)
+
+
+def test_fused_matches_modules_at_long_context(seed):
+    """A cache long enough that the fused attention splits its (row, KV head) tasks across
+    threads, with rows of very different lengths (left padding over most of the short one)."""
+    cfg = LlamaConfig(vocab_size=64, dim=256, n_layers=1, n_heads=8, n_kv_heads=2, ffn_dim=256, rope_theta=1e4, max_seq_len=2048)
+    model = _model(cfg, "fp32")
+    logits, cache = _prefill(model, [torch.randint(0, 64, (1500,)).tolist(), torch.randint(0, 64, (300,)).tolist()])
+    fused_cache = copy.deepcopy(cache)
+    ids = logits.argmax(-1)
+    with torch.inference_mode():
+        want = model(ids[:, None], cache=cache)[:, -1]
+    got = FusedDecoder.build(model).step(ids, fused_cache)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    _same_cache(cache, fused_cache)
+
+
+@pytest.mark.parametrize("quant", ["fp32", "w4a16"])
+def test_generate_uses_fused_path_with_same_greedy_tokens(quant, seed):
+    """generate() takes the fused path by default; fused=False (the modules) yields the same ids."""
+    model = _model(SMALL, quant)
+    prompts = [torch.randint(0, SMALL.vocab_size, (n,)).tolist() for n in (9, 3)]
+
+    def greedy(logits, step):
+        return logits.argmax(-1)
+
+    fused = generate_ids(model, prompts, max_new_tokens=15, sampler=greedy)
+    plain = generate_ids(model, prompts, max_new_tokens=15, sampler=greedy, fused=False)
+    assert fused == plain and all(len(r) == 15 for r in fused)
+
+
+def test_f32_gemm_matches_float64(seed):
+    from pyllmops import _ext
+
+    for m, n, k in [(1, 70, 48), (3, 9, 160), (6, 129, 32)]:
+        x, w = torch.randn(m, k), torch.randn(n, k)
+        out = torch.empty(m, n)
+        _ext.cpp().f32_gemm(x.data_ptr(), m, k, w.data_ptr(), n, out.data_ptr(), 2)
+        torch.testing.assert_close(out.double(), x.double() @ w.double().T, rtol=1e-5, atol=1e-4)
+
+
+def _with_bias(m):
+    m.layers[1].mlp.up_proj = nn.Linear(SMALL.dim, SMALL.ffn_dim, bias=True)
+    return m
+
+
+def _with_hook(m):
+    m.layers[0].self_attn.register_forward_hook(lambda *a: None)
+    return m
+
+
+@pytest.mark.parametrize("change, where", [
+    (_with_bias, "layers.1.mlp.up_proj"),
+    (_with_hook, "layers.0.self_attn"),
+    (lambda m: m.to(torch.bfloat16), "float32"),
+    (lambda m: nn.Sequential(m), "not pyllmops.models.Llama"),
+])
+def test_unsupported_model_is_reported_by_name(change, where, seed):
+    model = change(_model(SMALL, "fp32"))
+    assert FusedDecoder.build(model) is None
+    assert where in FusedDecoder.unsupported(model)
+
+
+def test_act_order_int4_is_refused():
+    model = _model(SMALL, "w4a16")
+    model.layers[2].self_attn.o_proj.register_buffer("perm", torch.arange(SMALL.dim))
+    assert "layers.2.self_attn.o_proj" in FusedDecoder.unsupported(model)
+
+
+def test_step_argument_errors(seed):
+    model = _model(SMALL, "fp32")
+    decoder = FusedDecoder.build(model)
+    with pytest.raises(ValueError, match="no keys yet"):
+        decoder.step(torch.tensor([1]), model.new_cache(1, 8))
+    _, cache = _prefill(model, [[1, 2, 3]])
+    with pytest.raises(ValueError, match="ids must be a \\[B\\] int64"):
+        decoder.step(torch.tensor([[1]]), cache)
+    with pytest.raises(ValueError, match="2 rows but the cache holds 1"):
+        decoder.step(torch.tensor([1, 2]), cache)
+    for _ in range(cache.capacity - cache.length):
+        decoder.step(torch.tensor([1]), cache)
+    with pytest.raises(ValueError, match="KV cache full"):
+        decoder.step(torch.tensor([1]), cache)
