@@ -18,16 +18,16 @@
 //                    by top-p (all of them together hold less than (1 - p) Z), one below min_p by
 //                    min-p, and Z >= Z_so_far * exp((m_so_far - m) / t) bounds that in x from
 //                    the blocks read so far. Then Z = sum z_b exp((m_b - m) / t) over the blocks in
-//                    order, exact weights for the candidates, a cut-off below which the mass
-//                    already reaches p Z (16 powers of two tried at once) to drop most of them, and
-//                    a mass histogram by the remaining weights' top 12 bits finds the top-p cut-off
-//                    (only its bucket is sorted).
-//  Sums of weights run in double in a fixed order (vocabulary order, or descending for the
-//  top-p walk), which decides the token where a sum meets a boundary. Where every sum of the
-//  candidates is exact (exact_total: the total stays below 2^53 units of the smallest weight's
-//  ulp, as on flat distributions with thousands of candidates) any order gives the same bits, so
-//  those sums run in parallel lanes or blocks, and a second histogram level narrows the cut-off
-//  bucket before its sort.
+//                    order, and the candidates' exact weights (a vectorised map, 0 for a cut one).
+//                    A mass histogram by their top 12 bits, then one by the next 10 bits inside
+//                    the bucket where the descending mass reaches p Z, finds the top-p cut-off
+//                    (only the last bucket is sorted). Every step is a fixed number of passes over
+//                    the candidates, whatever the number of tokens the nucleus keeps.
+//  Sums of weights run in double in a fixed order (kLanes lanes, added in lane order, per block
+//  of 64 weights in vocabulary order for the inverse CDF; bucket by bucket from the top for the
+//  top-p search, then descending inside the last bucket), which decides the token where a sum
+//  meets a boundary. Where the sums are exact (as on flat rows: thousands of weights of similar
+//  size) that is the bits of the sequential sums.
 //  (1 / t is applied as a multiplication by its float reciprocal.)
 //
 // Threads (parallel_tasks: torch's OpenMP team, whose threads are warm after the op that made the
@@ -39,7 +39,8 @@
 //
 // The block loops exist twice: AVX-512 intrinsics, and portable loops (compiled for x86-64-v3, i.e.
 // AVX2 + FMA, and baseline) doing the same float operations in the same order, so both give the
-// same bits (PYLLMOPS_NO_AVX512=1 selects the portable ones). Implicit floating-point contraction
+// same bits; without AVX-512 the compressions (candidates, bucket selection) use AVX2 permutes
+// (PYLLMOPS_NO_AVX512=1 selects the portable loops for all of it). Implicit floating-point contraction
 // is off (FMAs are explicit, std::fma in the portable code); no-trapping-math lets the portable
 // loops vectorise.
 #if defined(__clang__)
@@ -251,49 +252,44 @@ PYLLMOPS_SIMD int64_t count_at_least_portable(const uint32_t* keys, int64_t n, u
   return c;
 }
 
-// Returns sum over x >= kth of exp((x - m) * inv_t) and appends the values >= thr to c.
-PYLLMOPS_SIMD float block_mass_portable(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth,
-                                        float thr, Cands& c) {
+// Returns sum over x >= kth of exp((x - m) * inv_t) (block_mass appends the candidates).
+PYLLMOPS_SIMD float block_mass_portable(const float* x, int64_t n, float m, float inv_t, float kth) {
   float acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j] >= kth ? exp_nonpos((x[i + j] - m) * inv_t) : 0.0f;
   for (; i < n; ++i) acc[i % kLanes] += x[i] >= kth ? exp_nonpos((x[i] - m) * inv_t) : 0.0f;
-  append_at_least(x, n, base, thr, c);
   return lane_sum(acc);
 }
 
-// Weights w = exp((x - m) * inv_t) of the candidates; keeps (w, index) where x >= kth and w >= eps.
-PYLLMOPS_SIMD int64_t weigh_portable(const float* x, const int32_t* idx, int64_t n, float m, float inv_t, float kth,
-                                     float eps, float* w, int32_t* wi) {
-  int64_t count = 0;
+// Weights of the candidates x[0, n) (w may be x): w[i] = exp((x[i] - m) * inv_t) where x[i] >= kth
+// and that is >= eps, else 0 (a cut weight: every sum skips it and no cut-off keeps it).
+PYLLMOPS_SIMD void weigh(const float* x, int64_t n, float m, float inv_t, float kth, float eps, float* w) {
   for (int64_t i = 0; i < n; ++i) {
-    const float v = exp_nonpos((x[i] - m) * inv_t);
-    w[count] = v;
-    wi[count] = idx[i];
-    count += (x[i] >= kth) & (v >= eps);
+    const float e = exp_nonpos((x[i] - m) * inv_t);
+    w[i] = x[i] >= kth && e >= eps ? e : 0.0f;
   }
-  return count;
 }
 
-// Sum (double) and smallest positive value of the weights w[0, n) >= tau, in lanes (the order of
-// the sum only matters where exact_total says so).
-struct KeptSum {
-  double sum;
-  float low;
-};
-
-KeptSum kept_sum_portable(const float* w, int64_t n, float tau) {
-  double acc[8] = {};
-  float low = std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = w[i] >= tau ? w[i] : 0.0f;
-    acc[i % 8] += double(v);
-    low = v > 0.0f ? std::min(low, v) : low;
-  }
+// Sum (double, kLanes lanes added in lane order) of the weights w[0, n) >= tau.
+PYLLMOPS_INLINE double kept_sum_inline(const float* w, int64_t n, float tau) {
+  double acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += double(w[i + j] >= tau ? w[i + j] : 0.0f);
+  for (; i < n; ++i) acc[i % kLanes] += double(w[i] >= tau ? w[i] : 0.0f);
   double sum = 0.0;
-  for (int j = 0; j < 8; ++j) sum += acc[j];
-  return {sum, low};
+  for (int j = 0; j < kLanes; ++j) sum += acc[j];
+  return sum;
+}
+
+PYLLMOPS_SIMD double kept_sum(const float* w, int64_t n, float tau) { return kept_sum_inline(w, n, tau); }
+
+// kept_sum of each block of kSumBlock weights of w[0, n) into sums[0, ceil(n / kSumBlock)).
+constexpr int64_t kSumBlock = 64;
+PYLLMOPS_SIMD void block_sums(const float* w, int64_t n, float tau, double* sums) {
+  for (int64_t b = 0; b * kSumBlock < n; ++b)
+    sums[b] = kept_sum_inline(w + b * kSumBlock, std::min(kSumBlock, n - b * kSumBlock), tau);
 }
 
 // Copies the weights w[0, n) with (bits >> shift) & mask == key to out (kLanes of slack); returns
@@ -485,38 +481,6 @@ PYLLMOPS_AVX512 float block_mass_avx512(const float* x, int64_t n, int32_t base,
   return lane_sum(lanes);
 }
 
-PYLLMOPS_AVX512 int64_t weigh_avx512(const float* x, const int32_t* idx, int64_t n, float m, float inv_t, float kth,
-                                     float eps, float* w, int32_t* wi) {
-  const __m512 vm = _mm512_set1_ps(m), vit = _mm512_set1_ps(inv_t), vk = _mm512_set1_ps(kth),
-               veps = _mm512_set1_ps(eps);
-  int64_t count = 0;
-  for (int64_t i = 0; i < n; i += kLanes) {
-    const __mmask16 live = live_mask(i, n);
-    const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
-    const __m512 e = exp_nonpos16(_mm512_mul_ps(_mm512_sub_ps(v, vm), vit));
-    const __mmask16 keep = _mm512_mask_cmp_ps_mask(_mm512_mask_cmp_ps_mask(live, v, vk, _CMP_GE_OQ), e, veps, _CMP_GE_OQ);
-    _mm512_storeu_ps(w + count, _mm512_maskz_compress_ps(keep, e));
-    _mm512_storeu_si512(wi + count, _mm512_maskz_compress_epi32(keep, _mm512_maskz_loadu_epi32(live, idx + i)));
-    count += __builtin_popcount(keep);
-  }
-  return count;
-}
-
-PYLLMOPS_AVX512 KeptSum kept_sum_avx512(const float* w, int64_t n, float tau) {
-  const __m512 vtau = _mm512_set1_ps(tau), zero = _mm512_setzero_ps();
-  __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
-  __m512 low = _mm512_set1_ps(std::numeric_limits<float>::infinity());
-  for (int64_t i = 0; i < n; i += kLanes) {
-    const __mmask16 live = live_mask(i, n);
-    const __m512 v = _mm512_maskz_loadu_ps(live, w + i);
-    const __m512 kept = _mm512_maskz_mov_ps(_mm512_mask_cmp_ps_mask(live, v, vtau, _CMP_GE_OQ), v);
-    lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(kept)));
-    hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(kept), 1))));
-    low = _mm512_mask_min_ps(low, _mm512_cmp_ps_mask(kept, zero, _CMP_GT_OQ), low, kept);
-  }
-  return {_mm512_reduce_add_pd(_mm512_add_pd(lo, hi)), _mm512_reduce_min_ps(low)};
-}
-
 PYLLMOPS_AVX512 int64_t select_bits_avx512(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key,
                                            float* out) {
   const __m512i vmask = _mm512_set1_epi32(int32_t(mask)), vkey = _mm512_set1_epi32(int32_t(key));
@@ -530,17 +494,6 @@ PYLLMOPS_AVX512 int64_t select_bits_avx512(const float* w, int64_t n, int shift,
     c += __builtin_popcount(hit);
   }
   return c;
-}
-
-// Masses of the weights >= each of 16 cut-offs c[j] (float sums: an estimate, see coarse_cut).
-PYLLMOPS_AVX512 void masses_above_avx512(const float* w, int64_t n, const float* c, float* mass) {
-  __m512 acc[kLanes], cut[kLanes];
-  for (int j = 0; j < kLanes; ++j) acc[j] = _mm512_setzero_ps(), cut[j] = _mm512_set1_ps(c[j]);
-  for (int64_t i = 0; i < n; i += kLanes) {
-    const __m512 v = _mm512_maskz_loadu_ps(live_mask(i, n), w + i);
-    for (int j = 0; j < kLanes; ++j) acc[j] = _mm512_mask_add_ps(acc[j], _mm512_cmp_ps_mask(v, cut[j], _CMP_GE_OQ), acc[j], v);
-  }
-  for (int j = 0; j < kLanes; ++j) mass[j] = _mm512_reduce_add_ps(acc[j]);
 }
 
 PYLLMOPS_AVX512 int64_t keep_at_least_avx512(float* w, int32_t* wi, int64_t n, float c) {
@@ -558,12 +511,6 @@ PYLLMOPS_AVX512 int64_t keep_at_least_avx512(float* w, int32_t* wi, int64_t n, f
   return count;
 }
 
-void masses_above_portable(const float* w, int64_t n, const float* c, float* mass) {
-  for (int j = 0; j < kLanes; ++j) mass[j] = 0.0f;
-  for (int64_t i = 0; i < n; ++i)
-    for (int j = 0; j < kLanes; ++j) mass[j] += w[i] >= c[j] ? w[i] : 0.0f;
-}
-
 int64_t keep_at_least_portable(float* w, int32_t* wi, int64_t n, float c) {
   int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -574,11 +521,87 @@ int64_t keep_at_least_portable(float* w, int32_t* wi, int64_t n, float c) {
   return count;
 }
 
+// ------------------------------------------------------------------ AVX2 compress
+// Without AVX-512's compress instructions the portable loops copy candidates one at a time, a
+// cost per element when most of a row survives (flat distributions). With AVX2, 8 lanes are
+// left-packed at once by the permutation their 8-bit mask selects.
+#define PYLLMOPS_AVX2 __attribute__((target("avx2")))
+
+struct PackTable {  // lanes[mask]: the set lanes of mask, in order, then zeros
+  alignas(32) int32_t lanes[256][8];
+  PackTable() {
+    for (int m = 0; m < 256; ++m) {
+      int c = 0;
+      for (int j = 0; j < 8; ++j)
+        if (m >> j & 1) lanes[m][c++] = j;
+      for (; c < 8; ++c) lanes[m][c] = 0;
+    }
+  }
+};
+const PackTable kPack;
+
+PYLLMOPS_AVX2 PYLLMOPS_INLINE __m256i pack_lanes(int mask) {
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[mask]));
+}
+
+// append_at_least: four groups of 8 share one test, as top-k gathers find few candidates.
+PYLLMOPS_AVX2 void append_at_least_avx2(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
+  const __m256 vthr = _mm256_set1_ps(thr);
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  float* cx = c.x.data();
+  int32_t* ci = c.idx.data();
+  int64_t cn = c.n, i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m256 v[4];
+    int hit[4];
+    for (int g = 0; g < 4; ++g) {
+      v[g] = _mm256_loadu_ps(x + i + 8 * g);
+      hit[g] = _mm256_movemask_ps(_mm256_cmp_ps(v[g], vthr, _CMP_GE_OQ));
+    }
+    if (!(hit[0] | hit[1] | hit[2] | hit[3])) continue;
+    for (int g = 0; g < 4; ++g) {
+      const __m256i perm = pack_lanes(hit[g]);
+      const __m256i ids = _mm256_add_epi32(_mm256_set1_epi32(base + int32_t(i + 8 * g)), iota);
+      _mm256_storeu_ps(cx + cn, _mm256_permutevar8x32_ps(v[g], perm));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ci + cn), _mm256_permutevar8x32_epi32(ids, perm));
+      cn += __builtin_popcount(hit[g]);
+    }
+  }
+  for (; i < n; ++i) {
+    cx[cn] = x[i];
+    ci[cn] = base + int32_t(i);
+    cn += x[i] >= thr;
+  }
+  c.n = cn;
+}
+
+PYLLMOPS_AVX2 int64_t select_bits_avx2(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key,
+                                       float* out) {
+  const __m256i vmask = _mm256_set1_epi32(int32_t(mask)), vkey = _mm256_set1_epi32(int32_t(key));
+  const __m128i count = _mm_cvtsi32_si128(shift);
+  int64_t c = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i));
+    const __m256i eq = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_srl_epi32(v, count), vmask), vkey);
+    const int hit = _mm256_movemask_ps(_mm256_castsi256_ps(eq));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), _mm256_permutevar8x32_epi32(v, pack_lanes(hit)));
+    c += __builtin_popcount(hit);
+  }
+  return c + select_bits_portable(w + i, n - i, shift, mask, key, out + c);
+}
+
 // ------------------------------------------------------------------ dispatch
-// PYLLMOPS_NO_AVX512=1 forces the portable loops (tests compare both).
+// PYLLMOPS_NO_AVX512=1 forces the portable loops, without the AVX2 compress too (tests compare).
 bool use_avx512() {
   static const bool yes = __builtin_cpu_supports("avx512f") && !std::getenv("PYLLMOPS_NO_AVX512");
   return yes;
+}
+bool use_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && !std::getenv("PYLLMOPS_NO_AVX512");
+  return yes;
+}
+void append_candidates(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
+  use_avx2() ? append_at_least_avx2(x, n, base, thr, c) : append_at_least(x, n, base, thr, c);
 }
 BlockMax block_max(const float* x, int64_t n) {
   return use_avx512() ? block_max_avx512(x, n) : block_max_portable(x, n);
@@ -588,48 +611,26 @@ BlockMax chunk_max(const float* x, int64_t n, int64_t s, float* acc) {
 }
 void gather_at_least(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
   c.room_for(n);
-  use_avx512() ? gather_at_least_avx512(x, n, base, thr, c) : append_at_least(x, n, base, thr, c);
+  use_avx512() ? gather_at_least_avx512(x, n, base, thr, c) : append_candidates(x, n, base, thr, c);
 }
 int64_t count_at_least(const uint32_t* keys, int64_t n, uint32_t t) {
   return use_avx512() ? count_at_least_avx512(keys, n, t) : count_at_least_portable(keys, n, t);
 }
 float block_mass(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth, float thr, Cands& c) {
   c.room_for(n);
-  return use_avx512() ? block_mass_avx512(x, n, base, m, inv_t, kth, thr, c)
-                      : block_mass_portable(x, n, base, m, inv_t, kth, thr, c);
-}
-int64_t weigh(const float* x, const int32_t* idx, int64_t n, float m, float inv_t, float kth, float eps, float* w,
-              int32_t* wi) {
-  return use_avx512() ? weigh_avx512(x, idx, n, m, inv_t, kth, eps, w, wi)
-                      : weigh_portable(x, idx, n, m, inv_t, kth, eps, w, wi);
-}
-
-void masses_above(const float* w, int64_t n, const float* c, float* mass) {
-  use_avx512() ? masses_above_avx512(w, n, c, mass) : masses_above_portable(w, n, c, mass);
+  if (use_avx512()) return block_mass_avx512(x, n, base, m, inv_t, kth, thr, c);
+  const float z = block_mass_portable(x, n, m, inv_t, kth);
+  append_candidates(x, n, base, thr, c);
+  return z;
 }
 int64_t keep_at_least(float* w, int32_t* wi, int64_t n, float c) {
   return use_avx512() ? keep_at_least_avx512(w, wi, n, c) : keep_at_least_portable(w, wi, n, c);
 }
 int64_t select_bits(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key, float* out) {
   return use_avx512() ? select_bits_avx512(w, n, shift, mask, key, out)
+         : use_avx2() ? select_bits_avx2(w, n, shift, mask, key, out)
                       : select_bits_portable(w, n, shift, mask, key, out);
 }
-KeptSum kept_sum(const float* w, int64_t n, float tau) {
-  return use_avx512() ? kept_sum_avx512(w, n, tau) : kept_sum_portable(w, n, tau);
-}
-
-// The total of the weights w[0, n) >= tau when every sum of them is exact in double, whatever its
-// order; else -1. That holds when the total is below 2^53 units of the smallest positive kept
-// weight's float ulp (every kept weight is a multiple of that unit); a factor 2 covers the
-// rounding of the total computed here. Then sums in any order have the bits of the sequential sum.
-double exact_total(const float* w, int64_t n, float tau) {
-  const KeptSum k = kept_sum(w, n, tau);
-  if (k.sum == 0.0) return 0.0;
-  int e;
-  std::frexp(k.low, &e);  // low in [2^(e-1), 2^e): every kept weight is a multiple of 2^(e-24)
-  return k.sum < std::ldexp(1.0, e + 28) ? k.sum : -1.0;
-}
-
 // ------------------------------------------------------------------ branch-free selection
 // On fresh logits every data-dependent branch of a selection (nth_element, a sort) mispredicts
 // about half the time, which cost more than reading the row; these count instead of branching.
@@ -702,9 +703,8 @@ struct Scratch {
   std::vector<float> row;   // fp16/bf16 block converted to float; a row copy for a large k
   std::vector<float> tmp;   // nth_element copies
   std::vector<float> bmax, bz;  // per block of the row (single-segment rows)
-  std::vector<float> w;
-  std::vector<int32_t> wi;
   std::vector<float> bucket;
+  std::vector<double> sums;  // draw: block sums
   std::vector<uint32_t> keys;
   std::vector<float> chunks;  // top-k: chunk maxima
   Segment seg;  // single-segment rows
@@ -889,19 +889,17 @@ void select_bucket(const float* w, int64_t n, int shift, uint32_t mask, uint32_t
   vals.resize(select_bits(w, n, shift, mask, key, vals.data()));
 }
 
-// The top-p cut-off (smallest kept weight) among w[0, n), the weights that can matter: a mass
-// histogram by their top 12 bits finds the bucket where the descending mass reaches the target;
-// only that bucket is sorted. When every sum of these weights is exact (exact_total), the order of
-// the additions does not matter, and a second histogram by the next 10 bits narrows the bucket
-// first (a flat distribution puts thousands of weights in one bucket).
+// The top-p cut-off (smallest kept weight) among w[0, n) (0 = cut): a mass histogram by the
+// weights' top 12 bits finds the bucket where the descending mass reaches the target, a second one
+// by the next 10 bits narrows it (a flat distribution puts thousands of weights in one bucket), and
+// only what is left is sorted. 0 when rounding keeps the target out of reach (everything is kept).
 float top_p_threshold(const float* w, int64_t n, double target, std::vector<float>& vals) {
-  double hist[kBuckets] = {};
+  double hist[kBuckets] = {}, above = 0.0;
   mass_histogram(w, n, kBucketShift, ~0u, hist, kBuckets);
-  double above = 0.0;
   const int b = reach(hist, kBuckets, above, target);
-  if (b < 0) return 0.0f;  // rounding kept the target out of reach: keep everything
+  if (b < 0) return 0.0f;
   select_bucket(w, n, kBucketShift, ~0u, uint32_t(b), vals);
-  if (vals.size() > 64 && exact_total(w, n, 0.0f) >= 0.0) {
+  if (vals.size() > 64) {
     constexpr int kSubShift = kBucketShift - 10;
     double sub[1 << 10] = {}, sub_above = above;
     mass_histogram(vals.data(), int64_t(vals.size()), kSubShift, 0x3FFu, sub, 1 << 10);
@@ -915,34 +913,18 @@ float top_p_threshold(const float* w, int64_t n, double target, std::vector<floa
   return top_p_walk(vals.data(), vals.size(), above, target);
 }
 
-// A weight c such that every w < c is cut by top-p: the weights >= c hold at least the target
-// mass, so each smaller weight has at least the target above it. Among 16 cut-offs spaced by
-// powers of 2 down to eps, the largest whose (float) mass clears the target with a 1e-3 margin
-// (far above the float rounding of the sums); eps when none does.
-float coarse_cut(const float* w, int64_t n, float eps, double target) {
-  const int step = std::max(1, (std::ilogb(1.0f / eps) + kLanes - 1) / kLanes);  // octaves per cut-off
-  float c[kLanes], mass[kLanes];
-  for (int j = 0; j < kLanes; ++j) c[j] = std::max(eps, std::ldexp(1.0f, -(j + 1) * step));
-  masses_above(w, n, c, mass);
-  for (int j = 0; j < kLanes; ++j)
-    if (double(mass[j]) >= target * (1.0 + 1e-3)) return c[j];
-  return eps;
-}
-
 // The draw from weights w[0, n) at vocabulary ids wi (ascending): min-p / top-p cut at tau, the
 // inverse CDF of u, and the renormalised distribution into probs (when set). The sums run in
-// vocabulary order in double; when they are exact (exact_total) whole blocks of 64 are added at
-// once, which gives the same bits.
-int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, float* probs, int64_t V) {
-  constexpr int64_t kSumBlock = 64;
-  const double exact = exact_total(w, n, tau);
-  double total = exact;
-  if (exact < 0.0) {
-    // Adding 0 for a cut weight leaves a sum as it is, so the loops need no branch per weight
-    // (the running sum can only pass the target at a kept weight).
-    total = 0.0;
-    for (int64_t i = 0; i < n; ++i) total += w[i] >= tau ? double(w[i]) : 0.0;
-  }
+// double in one fixed order: blocks of 64 weights in vocabulary order (block_sums);
+// the running sum adds whole blocks, then the weights of the block where it passes u * W one by
+// one. (Where the sums are exact, as on flat rows, this gives the bits of the sequential sums.)
+int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, float* probs, int64_t V,
+             std::vector<double>& sums) {
+  const int64_t nb = (n + kSumBlock - 1) / kSumBlock;
+  sums.resize(nb);
+  block_sums(w, n, tau, sums.data());
+  double total = 0.0;
+  for (int64_t b = 0; b < nb; ++b) total += sums[b];
   if (probs) {
     std::fill(probs, probs + V, 0.0f);
     for (int64_t i = 0; i < n; ++i)
@@ -950,17 +932,18 @@ int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, 
   }
   const double target = u * total;
   double run = 0.0;
-  int64_t i = 0;
-  if (exact >= 0.0) {
-    for (; i + kSumBlock <= n; i += kSumBlock) {
-      const double block = kept_sum(w + i, kSumBlock, tau).sum;
-      if (run + block > target) break;
-      run += block;
+  for (int64_t b = 0; b < nb; ++b) {
+    if (run + sums[b] > target) {  // the block holds a kept weight
+      int64_t last = -1;
+      for (int64_t i = b * kSumBlock; i < std::min(n, (b + 1) * kSumBlock); ++i) {
+        if (!(w[i] >= tau && w[i] > 0.0f)) continue;
+        last = i;
+        run += double(w[i]);
+        if (run > target) return wi[i];
+      }
+      return wi[last];  // rounding: the block's last kept token
     }
-  }
-  for (; i < n; ++i) {
-    run += w[i] >= tau ? double(w[i]) : 0.0;
-    if (run > target) return wi[i];
+    run += sums[b];
   }
   for (int64_t j = n - 1; j >= 0; --j)  // rounding left u * W out of reach: the last kept token
     if (w[j] >= tau && w[j] > 0.0f) return wi[j];
@@ -986,33 +969,37 @@ int64_t finish_greedy(const Row& row, int64_t V, float* probs) {
   return id;
 }
 
+// The row's candidates in vocabulary order: its segment's, or a multi-segment row's gathered into
+// the scratch segment (free then: such a row's segments live in the workspace).
+Cands& row_candidates(const Row& row, Scratch& s) {
+  if (row.nseg == 1) return row.segs[0]->cand;
+  Cands& all = s.seg.cand;
+  all.n = 0;
+  for (int i = 0; i < row.nseg; ++i) {
+    const Cands& c = row.segs[i]->cand;
+    all.room_for(c.n);
+    std::copy(c.x.begin(), c.x.begin() + c.n, all.x.begin() + all.n);
+    std::copy(c.idx.begin(), c.idx.begin() + c.n, all.idx.begin() + all.n);
+    all.n += c.n;
+  }
+  return all;
+}
+
 int64_t finish_top_k(const Row& row, const RowPlan& pl, double u, float* probs, int64_t V, Scratch& s) {
   float m = kNegInf;
-  Cands& all = s.seg.cand;  // free here: a multi-segment row's candidates live in the workspace
-  if (row.nseg > 1) {
-    all.n = 0;
-    for (int i = 0; i < row.nseg; ++i) {
-      const Cands& c = row.segs[i]->cand;
-      all.room_for(c.n);
-      std::copy(c.x.begin(), c.x.begin() + c.n, all.x.begin() + all.n);
-      std::copy(c.idx.begin(), c.idx.begin() + c.n, all.idx.begin() + all.n);
-      all.n += c.n;
-    }
-  }
   for (int i = 0; i < row.nseg; ++i) m = std::max(m, row.segs[i]->max);
   if (m == kNegInf) return kAllNegInf;
+  Cands& all = row_candidates(row, s);
   // Candidates in vocabulary order (at least k: all values >= the k-th largest); keep the top k.
   const int64_t n = keep_at_least(all.x.data(), all.idx.data(), all.n, kth_largest(all.x.data(), all.n, pl.k, 32, s.keys));
-  s.w.resize(n + kLanes), s.wi.resize(n + kLanes);
-  const int64_t kept = weigh(all.x.data(), all.idx.data(), n, m, pl.inv_t, kNegInf, 0.0f, s.w.data(), s.wi.data());
+  float* w = all.x.data();
+  weigh(w, n, m, pl.inv_t, kNegInf, 0.0f, w);
   float tau = pl.q;
   if (pl.p < 1.0f) {
-    double z = 0.0;
-    for (int64_t i = 0; i < kept; ++i) z += s.w[i];
-    sort_descending(s.w.data(), kept, s.bucket);
-    tau = std::max(tau, top_p_walk(s.bucket.data(), kept, 0.0, double(pl.p) * z));
+    sort_descending(w, n, s.bucket);
+    tau = std::max(tau, top_p_walk(s.bucket.data(), n, 0.0, double(pl.p) * kept_sum(w, n, 0.0f)));
   }
-  return draw(s.w.data(), s.wi.data(), kept, tau, u, probs, V);
+  return draw(w, all.idx.data(), n, tau, u, probs, V, s.sums);
 }
 
 int64_t finish_full(const Row& row, const RowPlan& pl, const float* bmax, const float* bz, double u, float* probs,
@@ -1026,20 +1013,12 @@ int64_t finish_full(const Row& row, const RowPlan& pl, const float* bmax, const 
     if (bmax[b] != kNegInf) z += double(bz[b]) * double(exp_nonpos((bmax[b] - m) * pl.inv_t));
   float eps = std::max(pl.q, std::numeric_limits<float>::min());
   if (pl.p < 1.0f) eps = std::max(eps, float(kEpsShare * (1.0 - double(pl.p)) * z / double(V)));
-  int64_t total = 0;
-  for (int i = 0; i < row.nseg; ++i) total += row.segs[i]->cand.n;
-  s.w.resize(total + kLanes), s.wi.resize(total + kLanes);
-  int64_t n = 0;
-  for (int i = 0; i < row.nseg; ++i) {
-    const Cands& c = row.segs[i]->cand;
-    n += weigh(c.x.data(), c.idx.data(), c.n, m, pl.inv_t, pl.kth, eps, s.w.data() + n, s.wi.data() + n);
-  }
+  Cands& c = row_candidates(row, s);
+  float* w = c.x.data();  // weighed in place
+  weigh(w, c.n, m, pl.inv_t, pl.kth, eps, w);
   float tau = pl.q;
-  if (pl.p < 1.0f) {
-    n = keep_at_least(s.w.data(), s.wi.data(), n, coarse_cut(s.w.data(), n, eps, double(pl.p) * z));
-    tau = std::max(tau, top_p_threshold(s.w.data(), n, double(pl.p) * z, s.bucket));
-  }
-  return draw(s.w.data(), s.wi.data(), n, tau, u, probs, V);
+  if (pl.p < 1.0f) tau = std::max(tau, top_p_threshold(w, c.n, double(pl.p) * z, s.bucket));
+  return draw(w, c.idx.data(), c.n, tau, u, probs, V, s.sums);
 }
 
 // The k-th largest of the row (large-k rows, before their scan).
