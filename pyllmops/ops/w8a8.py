@@ -176,7 +176,12 @@ def _cuda_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
     sb = scale_b.float().contiguous()
     bf = bias.float().contiguous() if bias is not None else None
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
-    kernel = _ext.cuda().w8a8_matmul_sm90 if cuda_w8a8_kernel(a, b)[0] == "sm90_wgmma" else _ext.cuda().w8a8_matmul
+    kernel = _ext.cuda().w8a8_matmul
+    if cuda_w8a8_kernel(a, b)[0] == "sm90_wgmma":
+        # its row broadcasts (scale_b, bias) copy 16-byte vectors: realign a view that is not
+        kernel = _ext.cuda().w8a8_matmul_sm90
+        sb = sb if sb.data_ptr() % 16 == 0 else sb.clone()
+        bf = bf if bf is None or bf.data_ptr() % 16 == 0 else bf.clone()
     kernel(a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(1), m, n, k,
            sa.data_ptr(), sa.numel() != 1, sb.data_ptr(), sb.numel() != 1,
            bf.data_ptr() if bf is not None else 0, out.data_ptr(), _CUDA_DTYPES[out_dtype],

@@ -6,7 +6,8 @@
 // scale_a: M floats (a_per_row) or 1; scale_b: N floats (b_per_col) or 1; bias: N floats or null.
 // Requirements (TMA: 16-byte aligned rows and pointers), checked by the caller in Python and again
 // here: K, N, lda, ldb multiples of 16; a, b, out 16-byte aligned. A call that breaks one returns
-// cudaErrorInvalidValue (nothing is launched).
+// cudaErrorInvalidValue (nothing is launched). scale_b and bias are read in 16-byte vectors, so
+// they must be 16-byte aligned too (the caller realigns them).
 #include "cuda/check.h"
 
 namespace pyllmops::cuda {
