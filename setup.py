@@ -5,8 +5,10 @@ CMakeLists.txt builds
   pyllmops._cuda  the CUDA kernels (pybind11 + nvcc, torch-free: tensors cross as raw pointers
                   and the current stream as an integer). When nvcc is found, or PYLLMOPS_CUDA=1.
 Environment: PYLLMOPS_CUDA=0/1 forces the CUDA target off/on; CMAKE_BUILD_TYPE (default Release);
-PYLLMOPS_CUDA_ARCHS (default "80;90a").
+PYLLMOPS_CUDA_ARCHS (default "80;90a"); PYLLMOPS_CUTLASS_INCLUDE: CUTLASS's include dir for the
+Hopper W8A8 kernel (default: the installed nvidia-cutlass wheel's, if any; empty: build without it).
 """
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -26,6 +28,16 @@ def _want_cuda() -> bool:
     if os.environ.get("CUDA_HOME") and Path(os.environ["CUDA_HOME"], "bin", "nvcc").exists():
         return True
     return shutil.which("nvcc") is not None
+
+
+def _cutlass_include() -> str:
+    """CUTLASS's include dir (cutlass/, cute/): PYLLMOPS_CUTLASS_INCLUDE, else the nvidia-cutlass
+    wheel's (cutlass_library/source/include); "" when there is none."""
+    path = os.environ.get("PYLLMOPS_CUTLASS_INCLUDE")
+    if path is None:
+        spec = importlib.util.find_spec("cutlass_library")
+        path = str(Path(spec.origin).parent / "source" / "include") if spec and spec.origin else ""
+    return path if path and Path(path, "cutlass", "cutlass.h").exists() else ""
 
 
 class CMakeExtension(Extension):
@@ -51,6 +63,7 @@ class CMakeBuild(build_ext):
         ]
         if target == "_cuda":
             args.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ.get('PYLLMOPS_CUDA_ARCHS', '80;90a')}")
+            args.append(f"-DPYLLMOPS_CUTLASS_INCLUDE={_cutlass_include()}")
             cuda_home = os.environ.get("CUDA_HOME")
             if cuda_home:
                 args.append(f"-DCMAKE_CUDA_COMPILER={Path(cuda_home, 'bin', 'nvcc')}")

@@ -21,7 +21,10 @@ Backends: reference (exact int64 product, float64 epilogue), cpp (the CPU defaul
 pyllmops/ops/w8a8_cpp.py: oneDNN int8 linear for packed b, torch._int_mm otherwise, each with a
 one-pass C++ epilogue where oneDNN cannot fuse it), torch (pure torch: the same GEMMs with a torch
 epilogue; torch._int_mm on the CPU accepts any M, K, N, on CUDA only M > 16 with K, N multiples of 8),
-triton (kernels/w8a8.py, any shape), cuda (csrc/cuda/w8a8.cu: K-major b, K % 16 == 0).
+triton (kernels/w8a8.py, any shape), cuda (csrc/cuda/w8a8.cu: K-major b, K % 16 == 0; mma.sync on
+sm_80+. On sm_90 devices, for M >= SM90_MIN_M and N % 16 == 0, csrc/cuda/sm90/w8a8_sm90.cu:
+CUTLASS 3.x TMA + wgmma with the same epilogue, built when the nvidia-cutlass headers are present;
+`cuda_w8a8_kernel(a, b)` names the kernel a call gets and why).
 """
 from __future__ import annotations
 
@@ -133,6 +136,36 @@ def _cuda_supports(a, b, *rest):
             and a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0)
 
 
+# The Hopper kernel (csrc/cuda/sm90/w8a8_sm90.cu, CUTLASS wgmma) tiles the output 128 x 128:
+# decode-sized M stays on the mma.sync kernel's 16-row tiles.
+SM90_MIN_M = 65
+
+
+def sm90_decline_reason(m: int, n: int, capability: tuple[int, int], built: bool) -> str | None:
+    """Why a call that the CUDA backend serves does not run on the Hopper wgmma kernel (None: it
+    does). On top of _cuda_supports (K, strides multiples of 16, aligned pointers), the kernel's
+    TMA store needs N % 16 == 0."""
+    if not built:
+        return "pyllmops._cuda was built without CUTLASS (pip install nvidia-cutlass, then rebuild)"
+    if capability[0] != 9:
+        return f"the device is sm_{capability[0]}{capability[1]}, the kernel is sm_90a only"
+    if m < SM90_MIN_M:
+        return f"M = {m} < {SM90_MIN_M}: decode sizes run on the mma.sync kernel's 16-row tiles"
+    if n % 16:
+        return f"N = {n} is not a multiple of 16 (the kernel's TMA store)"
+    return None
+
+
+def cuda_w8a8_kernel(a: torch.Tensor, b: torch.Tensor) -> tuple[str, str | None]:
+    """(kernel, why not the Hopper one) for a call the cuda backend serves: ("sm90_wgmma", None) or
+    ("mma_sync", reason)."""
+    from pyllmops import _ext
+
+    reason = sm90_decline_reason(a.shape[0], b.shape[1], torch.cuda.get_device_capability(a.device),
+                                 bool(getattr(_ext.cuda(), "has_w8a8_sm90", False)))
+    return ("mma_sync", reason) if reason else ("sm90_wgmma", None)
+
+
 @_dispatch.register("w8a8_matmul", "cuda", devices=("cuda",), supports=_cuda_supports)
 def _cuda_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
     from pyllmops import _ext
@@ -143,11 +176,16 @@ def _cuda_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
     sb = scale_b.float().contiguous()
     bf = bias.float().contiguous() if bias is not None else None
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
-    _ext.cuda().w8a8_matmul(
-        a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(1), m, n, k,
-        sa.data_ptr(), sa.numel() != 1, sb.data_ptr(), sb.numel() != 1,
-        bf.data_ptr() if bf is not None else 0, out.data_ptr(), _CUDA_DTYPES[out_dtype],
-        torch.cuda.current_stream(a.device).cuda_stream)
+    kernel = _ext.cuda().w8a8_matmul
+    if cuda_w8a8_kernel(a, b)[0] == "sm90_wgmma":
+        # its row broadcasts (scale_b, bias) copy 16-byte vectors: realign a view that is not
+        kernel = _ext.cuda().w8a8_matmul_sm90
+        sb = sb if sb.data_ptr() % 16 == 0 else sb.clone()
+        bf = bf if bf is None or bf.data_ptr() % 16 == 0 else bf.clone()
+    kernel(a.data_ptr(), a.stride(0), b.data_ptr(), b.stride(1), m, n, k,
+           sa.data_ptr(), sa.numel() != 1, sb.data_ptr(), sb.numel() != 1,
+           bf.data_ptr() if bf is not None else 0, out.data_ptr(), _CUDA_DTYPES[out_dtype],
+           torch.cuda.current_stream(a.device).cuda_stream)
     return out
 
 

@@ -23,8 +23,19 @@ Backends:
              names the kernel a call gets). Larger M (prefill), any K and group size: blocks of 4 MB
              of the weight made float32 (int4: a C++ loop, the torch fallback's values) and
              F.linear on each (_blocked_linear), without the fallback's 64 MB buffer per call.
-  triton     kernels/weight_only.py: dequantize in registers; split-K for small M.
-  cuda       csrc/cuda/w4a16.cu: decode (M <= 16), int4 -> half with magic-number bit tricks.
+  triton     int4: kernels/w4a16.py, tensor cores (mma.sync on sm_80, wgmma on sm_90a) with the
+             weight dequantized in registers as the MMA's A operand, every weight byte read once,
+             a fixed tile / split-K / pipeline-depth table per M bucket; any M, K, group, g_idx.
+             int8: kernels/weight_only.py, split-K for small M.
+  cuda       csrc/cuda/w4a16.cu: a CUDA-core GEMV (one warp per output row, an FMA per weight and
+             row of x), int4 -> half with magic-number bit tricks.
+Dispatch on CUDA (int4): the GEMV serves M <= CUDA_GEMV_MAX_M (= 4), where its FMAs still hide
+behind the weight stream (M FMAs per 4-bit weight); from M = 5 on, and for every call the GEMV
+cannot take (fp32 x, g_idx, K or group not a multiple of 32), the Triton tensor-core kernel. At
+M = 16, K = N = 8192 the GEMV would do 2.1 GFLOP on CUDA cores (~35 us on an H100) to read 32 MB
+(~11 us): the tensor-core kernel's products cost ~nothing beside that read. The bound is a
+datasheet estimate, not a measurement (no GPU has run these kernels yet): bench/gpu_check.sh's
+w4a16 rows at M = 1..16 decide it on the first GPU session.
 torch.ops.aten._weight_int4pack_mm_for_cpu was measured and not used: it needs its own prepacked
 weight (a per-call conversion), and on this CPU at M=1, K=N=4096 it is slower than float32
 F.linear (32 ms vs 20 ms for bf16 x); its zero point convention is a float offset,
@@ -47,6 +58,9 @@ DECODE_MAX_M = 16
 # at 4096 x 4096 on 2 cores: M = 32: 5.9 ms (float32 F.linear alone takes 6.3); M = 64: 12.3 ms
 # against 10.4 for the prefill path.
 CPU_DECODE_MAX_M = 32
+# On CUDA, int4 calls up to this M go to the CUDA-core GEMV, larger ones to the Triton tensor-core
+# kernel (module docstring: the rule and why).
+CUDA_GEMV_MAX_M = 4
 
 
 # ----------------------------------------------------------------------------- validation
@@ -191,15 +205,18 @@ def _f32_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 @_dispatch.register("w4a16_matmul", "triton")
 def _triton_w4(x, qweight, scales, zeros, group_size, g_idx):
-    from pyllmops.kernels.weight_only import w4a16_matmul as kernel
+    from pyllmops.kernels.w4a16 import w4a16_matmul as kernel
 
     return kernel(x, qweight, scales, zeros, x.shape[1] if group_size == -1 else group_size, g_idx)
 
 
 def _cuda_w4_supported(x, qweight, scales, zeros, group_size, g_idx):
+    # The GEMV runs any M <= DECODE_MAX_M when forced (benchmarks compare it with the tensor-core
+    # kernel there); by default it takes only M <= CUDA_GEMV_MAX_M.
     k = x.shape[1]
     gs = k if group_size == -1 else group_size
-    return (g_idx is None and x.shape[0] <= DECODE_MAX_M and x.dtype in (torch.float16, torch.bfloat16)
+    max_m = DECODE_MAX_M if _dispatch.forced_backends() is not None else CUDA_GEMV_MAX_M
+    return (g_idx is None and x.shape[0] <= max_m and x.dtype in (torch.float16, torch.bfloat16)
             and k % 32 == 0 and gs % 32 == 0)
 
 
