@@ -8,8 +8,8 @@ cannot fuse it.
     per-token scale_a is then applied by the C++ epilogue in one pass (in place for float32 out).
   strided b: torch._int_mm (int32 out), then the C++ epilogue for all scales, bias and the cast.
 
-Measured on a 2-core Sapphire Rapids (bench/bench_w8a8.py): oneDNN on the packed weight is 2-4x
-faster than torch._int_mm, which reorders the weight on every call. The C++ passes run on torch's
+oneDNN on the packed weight beats torch._int_mm, which reorders the weight on every call
+(bench/bench_w8a8.py; docs/cpu-kernels.md). The C++ passes run on torch's
 OpenMP threads (csrc/cpu/parallel.h), which are still spinning from the GEMM next to them. Kept
 apart from w8a8.py (which defines the op) like quant_int8_cpp.py.
 """

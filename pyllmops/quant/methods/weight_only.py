@@ -8,7 +8,7 @@
                   paper's H = 2 X X^T). act_order costs the kernels nothing: WeightOnlyLinear
                   permutes its input instead of gathering groups. awq_scale=False: True runs
                   AWQ's scale search and fold first (awq_tokens rows) and GPTQ on the scaled
-                  layers (the AWQ paper's AWQ + GPTQ combination; see the README's quality table).
+                  layers (the AWQ paper's AWQ + GPTQ combination; see docs/quality.md).
     "w4a16-awq"   AWQ (quant/awq.py): clip=True, cv_folds=2 (the scale and clip searches are
                   cross-validated over the calibration batches: batch i is in fold i % cv_folds,
                   each fold's error is measured with what was fitted on the other folds, so "no
@@ -27,8 +27,8 @@
 Common options: group_size (default 128, -1 per-channel; a ragged last group is fine), bits
 (4 or 3; stored in the int4 container), skip (linear names to leave in float, default the LM head:
 ("lm_head",)), int8 (linear names to make int8 per-channel instead, e.g. ("lm_head",) as
-llama.cpp's Q4 files keep the output layer in Q8_0: on SmolLM2 it raises perplexity by 0.1% (GPTQ)
-to 0.2% (RTN) and cuts a decode step's largest GEMM, the fp32 head, by 4x in bytes), progress
+llama.cpp's Q4 files keep the output layer in Q8_0: it cuts a decode step's largest GEMM, the
+fp32 head, by 4x in bytes for a small loss, docs/quality.md), progress
 (tqdm bar per block, default True), block_spec (see _blocks.py).
 
 Every eligible nn.Linear becomes a pyllmops.nn.WeightOnlyLinear. The calibrated methods walk the
