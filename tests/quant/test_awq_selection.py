@@ -81,28 +81,41 @@ def test_scales_that_carry_over_are_kept(bits, seed):
 
 
 def test_clipping_that_does_not_carry_over_is_rejected(seed):
-    """Each window reads a different half of every group's channels: a clip ratio fitted on the
-    rows of some windows is scored on other windows' channels. Groups where the fitted clip loses
-    there keep the full range, and on fresh windows the cross-validated weight is no worse."""
-    n, k, tokens, windows = 64, 128, 32, 8
+    """One heavy weight per row in channel 0, whose input is non-zero only in the windows of fold
+    0. Fitted on fold 1's rows, clipping that weight away costs nothing and every group clips it;
+    scored on fold 0's rows that clip is a large error, so every group keeps its full range,
+    which is right: on rows where channel 0 is active the unclipped weight is far better."""
+    n, k, tokens, windows = 32, 64, 32, 6
     w = torch.randn(n, k) * 0.05
-    w[:, torch.randperm(k)[:6]] *= 6  # a few heavy-tailed weights: clipping them is a gamble
-    masks = torch.rand(windows + 4, k) < 0.5
-    x = torch.randn((windows + 4) * tokens, k) * masks.repeat_interleave(tokens, 0)
-    x, fresh = x[:windows * tokens], x[windows * tokens:]
-    folds = (torch.arange(windows * tokens) // tokens) % 2
+    w[:, 0] = 2.0
+    x, folds = _windows(windows, tokens, k)
+    x[folds == 1, 0] = 0.0
+    x[folds == 0, 0] *= 3
+    fit_on_fold_1 = awq_clip(w, x[folds == 1], GS, 4, max_tokens=10**6)
+    assert bool((fit_on_fold_1[:, 0] < 1.8).all())  # the heavy weight is clipped where it is never used
+    cv = awq_clip(w, x, GS, 4, max_tokens=10**6, folds=folds)
+    assert torch.equal(cv, w)
+    active = x[folds == 0]
+    assert _err(rtn_int4(fit_on_fold_1, GS, 4).dequantize(torch.float32), w, active) > \
+        10 * _err(rtn_int4(cv, GS, 4).dequantize(torch.float32), w, active)
+
+
+def test_cross_validation_only_restores_full_ranges(seed):
+    """Every (row, group) of the cross-validated clip is either the plain search's clip or the
+    unclipped weight."""
+    n, k = 48, 160
+    w = torch.randn(n, k) * 0.05
+    w[:, torch.randperm(k)[:6]] *= 6
+    x, folds = _windows(8, 32, k)
+    x = x * (torch.rand(8, k) < 0.5).repeat_interleave(32, 0)  # each window reads half the channels
     plain = awq_clip(w, x, GS, 4, max_tokens=10**6)
     cv = awq_clip(w, x, GS, 4, max_tokens=10**6, folds=folds)
-    groups_kept = (cv.reshape(n, -1, GS) == w.reshape(n, -1, GS)).all(-1)
-    groups_clipped_plain = ~(plain.reshape(n, -1, GS) == w.reshape(n, -1, GS)).all(-1)
-    # cross-validation only ever moves a group back to the full range
-    assert bool((groups_kept | (cv.reshape(n, -1, GS) == plain.reshape(n, -1, GS)).all(-1)).all())
-    assert int((groups_kept & groups_clipped_plain).sum()) > 0
-
-    def fresh_err(wc):
-        return _err(rtn_int4(wc, GS, 4).dequantize(torch.float32), w, fresh)
-
-    assert fresh_err(cv) <= fresh_err(plain) * 1.02
+    pad = (0, -k % GS)
+    groups = [torch.nn.functional.pad(t, pad).reshape(n, -1, GS) for t in (plain, cv, w)]
+    same_as_plain = (groups[1] == groups[0]).all(-1)
+    full_range = (groups[1] == groups[2]).all(-1)
+    assert bool((same_as_plain | full_range).all())
+    assert int((full_range & ~(groups[0] == groups[2]).all(-1)).sum()) > 0  # some clips were rejected
 
 
 def test_bad_folds(seed):
