@@ -106,11 +106,3 @@ def test_group_params_mse_never_worse_than_full_range(bits, seed):
     full, mse = err(*group_params(w, bits)), err(*group_params_mse(w, bits))
     assert bool((mse <= full * (1 + 1e-6)).all())  # the full range is one of the candidates
     assert float(mse.sum()) < 0.95 * float(full.sum())
-
-
-def test_awq_duo_scaling_beats_rtn(seed):
-    w, x = _layer()
-    s = awq_search_scale(x, [w], 128, 4, duo=True)
-    assert bool(torch.isfinite(s).all()) and bool((s > 0).all())
-    rtn = _out_err(rtn_int4(w, 128, 4).dequantize(), w, x)
-    assert _out_err(rtn_int4(w * s, 128, 4).dequantize() / s, w, x) < 0.6 * rtn

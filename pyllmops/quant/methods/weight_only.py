@@ -9,17 +9,20 @@
                   permutes its input instead of gathering groups. awq_scale=False: True runs
                   AWQ's scale search and fold first (awq_tokens rows) and GPTQ on the scaled
                   layers (the AWQ paper's AWQ + GPTQ combination; see docs/quality.md).
-    "w4a16-awq"   AWQ (quant/awq.py): clip=True, awq_tokens=2048 (rows kept for the scale search;
-                  the clip search uses CLIP_TOKENS of them), weighting="uniform" ("sink" weighs
-                  each token's output error as GPTQ's Hessian does), duo=False (divide the scales
-                  by the weights' salience^(1-alpha)), no_clip=() (layer names to leave unclipped),
-                  inspect=False (True, or names such as ("self_attn",): score the scales of the
-                  groups whose ScaleGroup names an `inspect` module on that module's output, e.g.
-                  the whole attention for q/k/v and the MLP for gate/up, as llm-awq/AutoAWQ do),
-                  inspect_weighting="uniform" ("sink": each token's error in that output divided
-                  by the squared norm of the residual stream it is added to, first tokens given
-                  sink_share).
-                  The variants' measurements are in docs/quality.md.
+    "w4a16-awq"   AWQ (quant/awq.py): clip=True, cv_folds=2 (the scale and clip searches are
+                  cross-validated over the calibration batches: batch i is in fold i % cv_folds,
+                  each fold's error is measured with what was fitted on the other folds, so "no
+                  scaling" and "no clipping" win where the fit does not carry over; 1: fit and
+                  score on the same rows, as llm-awq/AutoAWQ do), awq_tokens=2048 (rows kept for
+                  the scale search; the clip search uses CLIP_TOKENS of them), weighting="uniform"
+                  ("sink" weighs each token's output error as GPTQ's Hessian does), no_clip=()
+                  (layer names to leave unclipped), inspect=False (True, or names such as
+                  ("self_attn",): score the scales of the groups whose ScaleGroup names an
+                  `inspect` module on that module's output, e.g. the whole attention for q/k/v and
+                  the MLP for gate/up, as llm-awq/AutoAWQ do), inspect_weighting="uniform"
+                  ("sink": each token's error in that output divided by the squared norm of the
+                  residual stream it is added to, first tokens given sink_share). Measurements
+                  of these options on SmolLM2 are in docs/quality.md.
 
 Common options: group_size (default 128, -1 per-channel; a ragged last group is fine), bits
 (4 or 3; stored in the int4 container), skip (linear names to leave in float, default the LM head:
@@ -174,39 +177,47 @@ CLIP_TOKENS = 512
 
 class _TokenSample:
     """Keeps up to `limit` input rows [T, K] for AWQ's searches, with their loss weights
-    (pyllmops.quant.token_weights) unless weighting is "uniform". Thinning is even over the
-    tokens; with "sink" it keeps every sequence's first token and rescales the others' weights
-    so the first tokens keep their share."""
+    (pyllmops.quant.token_weights) unless weighting is "uniform", and each row's fold: the
+    index of the forward call (calibration batch) it came from modulo n_folds, for the
+    searches' cross-validation. Thinning is even over the tokens; with "sink" it keeps every
+    sequence's first token and rescales the others' weights so the first tokens keep their share."""
 
-    def __init__(self, limit: int, weighting: str = "sink", sink_share: float = 0.1):
+    def __init__(self, limit: int, weighting: str = "sink", sink_share: float = 0.1, n_folds: int = 2):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        self.limit, self.weighting, self.sink_share = limit, weighting, sink_share
-        self.rows, self.weights, self.first = [], [], []
+        self.limit, self.weighting, self.sink_share, self.n_folds = limit, weighting, sink_share, max(n_folds, 1)
+        self.rows, self.weights, self.first, self.folds = [], [], [], []
 
     def __call__(self, x: torch.Tensor) -> None:
         rows = x.reshape(-1, x.shape[-1]).float()
         t = x.shape[-2] if x.dim() >= 3 else 1
+        self.folds.append(torch.full((rows.shape[0],), len(self.rows) % self.n_folds))
         self.rows.append(rows)
         self.first.append((torch.arange(rows.shape[0]) % t == 0) if t > 1 else torch.zeros(rows.shape[0], dtype=torch.bool))
         self.weights.append(token_weights(x, self.sink_share) if self.weighting == "sink" else torch.ones(rows.shape[0], dtype=torch.float64))
 
-    def tensor(self, limit: Optional[int] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(x [T', K] fp32, row weights [T'] or None for uniform), T' <= limit (default self.limit)."""
+    def tensor(self, limit: Optional[int] = None) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(x [T', K] fp32, row weights [T'] or None for uniform, folds [T'] or None when every
+        row is in one fold), T' <= limit (default self.limit)."""
         x, c, first = torch.cat(self.rows), torch.cat(self.weights), torch.cat(self.first)
+        folds = torch.cat(self.folds)
         limit = self.limit if limit is None else limit
         if self.weighting == "uniform":  # plain even thinning (first tokens not singled out)
-            return (x[torch.linspace(0, x.shape[0] - 1, limit).long()] if x.shape[0] > limit else x), None
-        if x.shape[0] > limit:
-            heads, others = first.nonzero()[:, 0], (~first).nonzero()[:, 0]
-            room = max(limit - heads.numel(), 1)
-            kept = others[torch.linspace(0, others.numel() - 1, min(room, others.numel())).long()] if others.numel() else others
-            c = c.clone()
-            if kept.numel():
-                c[kept] *= c[others].sum() / c[kept].sum()
-            idx = torch.cat((heads, kept)).sort().values
-            x, c = x[idx], c[idx]
-        return x, (None if self.weighting == "uniform" else c)
+            idx = torch.linspace(0, x.shape[0] - 1, limit).long() if x.shape[0] > limit else torch.arange(x.shape[0])
+            c = None
+        else:
+            idx = torch.arange(x.shape[0])
+            if x.shape[0] > limit:
+                heads, others = first.nonzero()[:, 0], (~first).nonzero()[:, 0]
+                room = max(limit - heads.numel(), 1)
+                kept = others[torch.linspace(0, others.numel() - 1, min(room, others.numel())).long()] if others.numel() else others
+                c = c.clone()
+                if kept.numel():
+                    c[kept] *= c[others].sum() / c[kept].sum()
+                idx = torch.cat((heads, kept)).sort().values
+            c = c[idx]
+        folds = folds[idx]
+        return x[idx], c, (folds if folds.unique().numel() > 1 else None)
 
 
 def _groups_of(block: nn.Module, spec: BlockSpec, skip) -> list[ScaleGroup]:
@@ -276,18 +287,21 @@ class _Inspected:
         return [token_weights(h, sink_share).float() for h in self.residuals]
 
     @contextlib.contextmanager
-    def scoring(self, lins: list[nn.Linear], weights: Optional[list[torch.Tensor]] = None):
-        """Yields output_error(candidates) -> float: the module's squared output error (per token
-        times weights [B*T] per call, when given) with the candidate weights in `lins` (tried in
-        place; the weights are restored on exit)."""
+    def scoring(self, lins: list[nn.Linear], weights: Optional[list[torch.Tensor]] = None, n_folds: int = 1):
+        """Yields output_error(candidates, fold) -> float: the module's squared output error (per
+        token times weights [B*T] per call, when given) with the candidate weights in `lins` (tried
+        in place; the weights are restored on exit), over the calls whose index modulo n_folds is
+        `fold` (all calls for fold None), the folds _TokenSample gives the rows of those calls."""
         originals = [lin.weight.clone() for lin in lins]
         weights = weights or [None] * len(self.calls)
 
-        def output_error(candidates: list[torch.Tensor]) -> float:
+        def output_error(candidates: list[torch.Tensor], fold: Optional[int] = None) -> float:
             for lin, w in zip(lins, candidates):
                 lin.weight.copy_(w.to(lin.weight.dtype))
             err = 0.0
-            for (args, kwargs), ref, c in zip(self.calls, self.ref, weights):
+            for i, ((args, kwargs), ref, c) in enumerate(zip(self.calls, self.ref, weights)):
+                if fold is not None and i % n_folds != fold:
+                    continue
                 e = (_first(self.module(*args, **kwargs)).float() - ref).pow(2).reshape(-1, ref.shape[-1]).sum(-1)
                 err += float(e.sum() if c is None else (e * c).sum())
             return err
@@ -319,7 +333,7 @@ def quantize_gptq(model: nn.Module, *, calib, group_size: int = 128, bits: int =
         lins = [block.get_submodule(n) for n in group.linears]
         hessian, input_scale = sink.hessian.matrix, None
         if awq_scale:
-            s, input_scale = _scale_and_fold(block, group, lins, sink.sample.tensor()[0], None, done,
+            s, input_scale = _scale_and_fold(block, group, lins, sink.sample.tensor()[0], None, None, done,
                                              group_size, bits, symmetric)
             if s is not None:  # the scaled layers read x / s: H becomes diag(1/s) H diag(1/s)
                 inv = 1.0 / s.double()
@@ -341,7 +355,7 @@ class _GptqSink:
 
     def __init__(self, in_features: int, weighting: str, sink_share: float, sample_tokens: int):
         self.hessian = Hessian(in_features, weighting=weighting, sink_share=sink_share)
-        self.sample = _TokenSample(sample_tokens, "uniform") if sample_tokens else None
+        self.sample = _TokenSample(sample_tokens, "uniform", n_folds=1) if sample_tokens else None
 
     def __call__(self, x: torch.Tensor) -> None:
         self.hessian.add(x)
@@ -351,45 +365,48 @@ class _GptqSink:
 
 @register_method("w4a16-awq", needs_calib=True)
 def quantize_awq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 4, symmetric: bool = False,
-                 clip: bool = True, awq_tokens: int = 2048, weighting: str = "uniform", sink_share: float = 0.1,
-                 duo: bool = False, no_clip: Iterable[str] = (), inspect: bool | Iterable[str] = False,
+                 clip: bool = True, cv_folds: int = 2, awq_tokens: int = 2048, weighting: str = "uniform",
+                 sink_share: float = 0.1, no_clip: Iterable[str] = (), inspect: bool | Iterable[str] = False,
                  inspect_weighting: str = "uniform", skip: Iterable[str] = ("lm_head",), int8: Iterable[str] = (),
                  progress: bool = True, block_spec: Optional[BlockSpec] = None) -> nn.Module:
     _check_bits(bits)
     if inspect_weighting not in WEIGHTINGS:
         raise ValueError(f"inspect_weighting must be one of {WEIGHTINGS}, got {inspect_weighting!r}")
+    if not isinstance(cv_folds, int) or cv_folds < 1:
+        raise ValueError(f"cv_folds must be a positive integer (1: no cross-validation), got {cv_folds!r}")
 
     def quantize_group(block, group, sample, done, inspected):
-        x, c = sample.tensor()
+        x, c, folds = sample.tensor()
         # the clip search thins the scale search's rows further (uniform) or keeps the first tokens (sink)
-        x_clip, c_clip = (x, None) if c is None else sample.tensor(CLIP_TOKENS)
+        x_clip, c_clip, folds_clip = (x, None, folds) if c is None else sample.tensor(CLIP_TOKENS)
         lins = [block.get_submodule(n) for n in group.linears]
         scoring = None if inspected is None else lambda: inspected.scoring(
-            lins, None if inspect_weighting == "uniform" else inspected.token_weights(sink_share))
-        s, input_scale = _scale_and_fold(block, group, lins, x, c, done, group_size, bits, symmetric, duo, scoring)
+            lins, None if inspect_weighting == "uniform" else inspected.token_weights(sink_share), cv_folds)
+        s, input_scale = _scale_and_fold(block, group, lins, x, c, folds, done, group_size, bits, symmetric, scoring)
         if s is not None:
             x_clip = x_clip / s
         out = {}
         for lin, name in zip(lins, group.linears):
             w = lin.weight.float()
             if clip and not any(name == n or name.endswith("." + n) for n in no_clip):
-                w = awq_clip(w, x_clip, group_size, bits, symmetric, row_weight=c_clip)
+                w = awq_clip(w, x_clip, group_size, bits, symmetric, row_weight=c_clip, folds=folds_clip)
             q = rtn_int4(w, group_size, bits, symmetric)
             _write_back(lin, q, input_scale)
             out[name] = (q, input_scale)
         return out
 
     _calibrated(model, calib, resolve_spec(model, block_spec), tuple(skip) + tuple(int8), progress, "w4a16-awq",
-                lambda k: _TokenSample(awq_tokens, weighting, sink_share), quantize_group, inspect=inspect)
+                lambda k: _TokenSample(awq_tokens, weighting, sink_share, cv_folds), quantize_group, inspect=inspect)
     return _to_int8(model, int8)
 
 
 def _scale_and_fold(block: nn.Module, group: ScaleGroup, lins: list[nn.Linear], x: torch.Tensor,
-                    row_weight: Optional[torch.Tensor], done: dict, group_size: int, bits: int, symmetric: bool,
-                    duo: bool = False, scoring: Optional[Callable[[], Any]] = None
+                    row_weight: Optional[torch.Tensor], folds: Optional[torch.Tensor], done: dict, group_size: int,
+                    bits: int, symmetric: bool, scoring: Optional[Callable[[], Any]] = None
                     ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """AWQ's scale step for one group of linears reading x [T, K]: search s [K], multiply the
-    linears' weights by it and divide the producer of x by it (_fold). Returns (s, input_scale):
+    """AWQ's scale step for one group of linears reading x [T, K]: search s [K] (cross-validated
+    over folds [T] when given), multiply the linears' weights by it and divide the producer of x
+    by it (_fold). Returns (s, input_scale):
     s is None when the producer cannot absorb it (a linear of another width, e.g. v_proj ->
     o_proj under grouped-query attention: left unscaled); input_scale is s when there is no
     producer at all (the layer divides its input at run time), else None. scoring() opens a
@@ -399,7 +416,7 @@ def _scale_and_fold(block: nn.Module, group: ScaleGroup, lins: list[nn.Linear], 
         return None, None
     with (contextlib.nullcontext() if scoring is None else scoring()) as error:
         s = awq_search_scale(x, [lin.weight for lin in lins], group_size, bits, symmetric, row_weight=row_weight,
-                             duo=duo, output_error=error)
+                             output_error=error, folds=folds)
     _fold(prev, group.prev, s, done)
     for lin in lins:
         lin.weight.mul_(s.to(lin.weight.dtype))
