@@ -1,7 +1,8 @@
 """Sampling (temperature 0.7 + top-k 50 + top-p 0.9, and top-p 0.9 alone) against the HF
 transformers formulation (TopK/TopP logits warpers: sort + softmax + cumsum + scatter, then
 softmax + multinomial), and against reading the logits once (logits.max(-1), the floor for any
-sampler). Logits: randn * 3, fp32, new values (copied in, untimed) before every call."""
+sampler). Logits: randn * 3, fp32, new values (copied in, untimed) before every call. Roofline
+columns (GPU): the logits read once and the ids written, no tensor FLOPs."""
 import contextlib
 import itertools
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import pyllmops
-from bench.conftest import bench_device, perf_backends, record, sync
+from bench.conftest import bench_device, perf_backends, record, roofline_info, sync
 
 BATCHES = [1, 8, 64]
 VOCABS = [32000, 128256, 151936]
@@ -48,6 +49,7 @@ def test_sample(benchmark, device, backend, batch, vocab, config):
     record(benchmark, op=f"sample {config}", shape=f"{batch}x{vocab} f32",
            backend={"baseline": "HF-style torch", "read once": "logits.max(-1) (floor)"}.get(backend, backend),
            baseline=backend == "baseline")
+    roofline_info(benchmark, nbytes=x.numel() * x.element_size() + batch * 8)  # logits read once, ids written
     if backend == "baseline":
         fn = lambda: hf_style_sample(x, **params)  # noqa: E731
     elif backend == "read once":
