@@ -72,5 +72,6 @@ def quantize_int8_rows(x: torch.Tensor, static_scale: torch.Tensor | None = None
             x, q, scale, static, m, n, x.stride(0),
             HAS_STATIC=static_scale is not None,
             PER_TENSOR=static_scale is not None and static_scale.numel() == 1,
-            TINY=TINY_AMAX, ROWS=rows, BLOCK=block)
+            TINY=TINY_AMAX, ROWS=rows, BLOCK=block,
+            num_warps=8 if block >= 2048 else 4)  # 4096-wide chunks spill at 4 warps (sm_80)
     return q, scale

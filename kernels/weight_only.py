@@ -73,12 +73,17 @@ def _launch(x, qweight, scales, zeros, g_idx, group_size, n, int4):
     partial = torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
     xc = x.contiguous()
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), split_k)
+    dot_f32 = x.dtype == torch.float32 or _INTERPRETED
+    # Register budget (bench/kernel_report.py, sm_80 and sm_90a): the int4 dequantization (a byte,
+    # a scale and a zero gathered per weight) and the fp32 dot spill at 4 warps (255 registers);
+    # 8 warps hold them, with 2 stages (1 for the fp32 dot). The int8 half path fits 4 warps.
+    heavy = int4 or dot_f32
     _weight_only_matmul[grid](
         xc, qweight.contiguous(), scales.contiguous(), zeros.contiguous() if zeros is not None else scales,
         g_idx.contiguous() if g_idx is not None else scales, partial, m, n, k,
         scales.shape[1] if int4 else 1, group_size, k_per_split, xc.stride(0),
-        INT4=int4, HAS_GIDX=g_idx is not None, DOT_F32=x.dtype == torch.float32 or _INTERPRETED,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+        INT4=int4, HAS_GIDX=g_idx is not None, DOT_F32=dot_f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=8 if heavy else 4, num_stages=1 if dot_f32 else 2 if int4 else 3)
     return (partial[0] if split_k == 1 else partial.sum(0)).to(x.dtype)
 
 
