@@ -3,7 +3,10 @@
     python -m bench [-k EXPR] [--quick] [FILES...]
 
 ratio = the group's baseline time / this row's time (> 1 is faster than the baseline), both
-measured in this run. Results (rows, machine, commit, date) go to bench/results/<host>-<date>.json.
+measured in this run. On a GPU in bench/roofline.py's table, rows that declare the bytes they must
+move and the FLOPs they must do (extra_info "bytes", "flops", "flop_kind") also get the ideal time
+at the card's datasheet limits and the fraction of it reached ("of peak"; "of measured" against
+the limits this workplace measured, where known). Results (rows, machine, commit, date) go to bench/results/<host>-<date>.json.
 """
 from __future__ import annotations
 
@@ -31,9 +34,12 @@ def _commit() -> str:
 
 
 def _device_name() -> str:
+    """The benchmarked device (bench/conftest.py's choice): the GPU's name, else the CPU's."""
     import torch
 
-    if torch.cuda.is_available():
+    from bench.conftest import bench_device
+
+    if bench_device().type == "cuda":
         return torch.cuda.get_device_name()
     return platform.processor() or platform.machine()
 
@@ -64,13 +70,22 @@ def rows_from(data: dict) -> list[dict]:
             "group": b.get("group") or b["name"], "op": info.get("op", b["name"]), "shape": info.get("shape", ""),
             "backend": info.get("backend", ""), "baseline": bool(info.get("baseline")),
             "median_s": b["stats"]["median"], "mean_s": b["stats"]["mean"], "rounds": b["stats"]["rounds"],
-            **{k: info[k] for k in ("throughput", "unit") if k in info},
+            **{k: info[k] for k in ("throughput", "unit", "bytes", "flops", "flop_kind") if k in info},
         })
     rows.sort(key=lambda r: (r["group"], not r["baseline"], r["median_s"]))
     base = {r["group"]: r["median_s"] for r in rows if r["baseline"]}
     for r in rows:
         r["ratio"] = base[r["group"]] / r["median_s"] if r["group"] in base else None
     return rows
+
+
+def add_roofline(rows: list[dict], device_name: str) -> None:
+    """Roofline columns (bench/roofline.py) for the rows that declare their bytes."""
+    from bench.roofline import roofline
+
+    for r in rows:
+        if "bytes" in r:
+            r.update(roofline(device_name, r["median_s"], r["bytes"], r.get("flops", 0.0), r.get("flop_kind")))
 
 
 def _fmt_time(s: float) -> str:
@@ -82,9 +97,15 @@ def _fmt_time(s: float) -> str:
 
 def print_table(rows: list[dict]) -> None:
     header = ["op", "shape", "backend", "time (median)", "ratio vs baseline", "throughput"]
+    roof = any("ideal_s" in r for r in rows)
+    if roof:
+        header += ["ideal (peak)", "of peak", "of measured"]
     body = [[r["op"], r["shape"], r["backend"] + (" (baseline)" if r["baseline"] else ""), _fmt_time(r["median_s"]),
              "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
-             f"{r['throughput']:.4g} {r.get('unit', '')}" if "throughput" in r else ""] for r in rows]
+             f"{r['throughput']:.4g} {r.get('unit', '')}" if "throughput" in r else ""]
+            + ([_fmt_time(r["ideal_s"]) + f" ({r['bound']})" if "ideal_s" in r else "",
+                f"{r['of_peak']:.0%}" if "of_peak" in r else "",
+                f"{r['of_measured']:.0%}" if "of_measured" in r else ""] if roof else []) for r in rows]
     try:
         from rich.console import Console
         from rich.table import Table
@@ -109,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     files = args.files or sorted(str(f) for f in HERE.glob("bench_*.py"))
     data = run_pytest(files, args.keyword, args.quick)
     rows = rows_from(data)
+    device = _device_name()
+    add_roofline(rows, device)
     print_table(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc)
     dest = args.out / f"{socket.gethostname()}-{stamp:%Y%m%d-%H%M%S}.json"
     dest.write_text(json.dumps({
-        "date": stamp.isoformat(timespec="seconds"), "commit": _commit(), "device": _device_name(),
+        "date": stamp.isoformat(timespec="seconds"), "commit": _commit(), "device": device,
         "machine": data.get("machine_info", {}), "torch_threads": os.environ.get("OMP_NUM_THREADS"),
         "quick": args.quick, "rows": rows}, indent=1))
     print(f"wrote {dest}", file=sys.stderr)

@@ -6,7 +6,8 @@ untimed) before every call.
 Logits: peaky (randn x 3 at temperature 0.7: top-p 0.9 keeps a few hundred tokens) at every batch
 size and vocabulary; flat at B = 64 and the large vocabularies (randn at temperature 0.8 and 1.0,
 randn x 0.3 at 0.8: top-p 0.9 keeps half the vocabulary or more), where a sampler that sorts or
-materialises the kept set pays for its size."""
+materialises the kept set pays for its size. Roofline columns (GPU): the logits read once and the
+ids written, no tensor FLOPs."""
 import contextlib
 import itertools
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 import pyllmops
-from bench.conftest import bench_device, perf_backends, record, sync
+from bench.conftest import bench_device, perf_backends, record, roofline_info, sync
 
 # name -> (scale of randn, temperature)
 LOGITS = {"peaky": (3.0, 0.7), "flat T0.8": (1.0, 0.8), "flat T1.0": (1.0, 1.0), "flat x0.3 T0.8": (0.3, 0.8)}
@@ -66,6 +67,7 @@ def test_sample(benchmark, device, backend, kind, batch, vocab, config):
     record(benchmark, op=f"sample {config}", shape=shape,
            backend={"baseline": "HF-style torch", "read once": "logits.max(-1) (floor)"}.get(backend, backend),
            baseline=backend == "baseline")
+    roofline_info(benchmark, nbytes=x.numel() * x.element_size() + batch * 8)  # logits read once, ids written
     if backend == "baseline":
         fn = lambda: hf_style_sample(x, **params)  # noqa: E731
     elif backend == "read once":

@@ -9,7 +9,9 @@ each shape at 1 thread and at torch's default thread count (the "threads=" in th
 issue's goals: >= 4x the fp32 row and >= 1.3x the bf16 row). On a machine shared with other
 work, `OMP_NUM_THREADS=1 ... --benchmark-timer=time.process_time` times the 1-thread CPU cost,
 which preemption does not inflate.
-GPU: baseline bfloat16 F.linear (cuBLAS), the W8A8 rows per GPU backend (cuda, triton).
+GPU: baseline bfloat16 F.linear (cuBLAS), the W8A8 rows per GPU backend (cuda, triton). Roofline
+columns: x read in its dtype, the weight in its own, the output written; 2 M K N products on the
+weight's dtype (bf16 tensor FLOPs for the baseline, int8 OPs for W8A8).
 """
 import contextlib
 
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import pyllmops
-from bench.conftest import bench_device, perf_backends, record, sync
+from bench.conftest import bench_device, perf_backends, record, roofline_info, sync
 from pyllmops.nn.w8a8 import W8A8Linear
 
 CPU_SHAPES = [(m, k, k) for k in (2048, 4096) for m in (128, 256, 512)]
@@ -58,11 +60,15 @@ def _linear(shape, device):
     return lin, x
 
 
-def _group(benchmark, shape, threads, backend, baseline=False, **extra):
+def _group(benchmark, shape, threads, backend, x_bytes, w_dtype, out_bytes, baseline=False):
+    """Record a row; x_bytes / out_bytes: element sizes of its input and output, w_dtype: the
+    weight's (and the products') dtype, for the roofline columns."""
     m, k, n = shape
     where = f" threads={threads}" if threads else ""
     record(benchmark, op="w8a8 linear", shape=f"M={m} K={k} N={n}{where}", backend=backend, baseline=baseline,
-           throughput=2 * m * k * n, unit="op", **extra)
+           throughput=2 * m * k * n, unit="op")
+    roofline_info(benchmark, nbytes=m * k * x_bytes + k * n * w_dtype.itemsize + m * n * out_bytes,
+                  flops=2 * m * k * n, dtype=w_dtype)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)
@@ -71,7 +77,7 @@ def test_float_linear(benchmark, device, threads, shape, row):
     name, dtype = FLOAT_ROWS[row]
     lin, x = _linear(shape, device)
     x, w = x.to(dtype), lin.weight.detach().to(dtype)
-    _group(benchmark, shape, threads, name, baseline=row == 0)
+    _group(benchmark, shape, threads, name, dtype.itemsize, dtype, dtype.itemsize, baseline=row == 0)
     benchmark(lambda: (F.linear(x, w), sync(device)))
 
 
@@ -83,7 +89,8 @@ def test_w8a8_linear(benchmark, device, threads, shape, act, dtype, backend):
     lin, x = _linear(shape, device)
     mod = W8A8Linear.from_linear(lin, act, x.abs().amax() / 127 if act == "static" else None)
     x = x.to(dtype)
-    _group(benchmark, shape, threads, f"w8a8 {act} {str(dtype)[6:]} ({backend})")
+    _group(benchmark, shape, threads, f"w8a8 {act} {str(dtype)[6:]} ({backend})", dtype.itemsize, torch.int8,
+           dtype.itemsize)
 
     def fn():
         with torch.no_grad(), (contextlib.nullcontext() if backend == "default" else pyllmops.use_backend(backend)):
@@ -101,7 +108,7 @@ def test_w8a8_matmul_only(benchmark, device, threads, shape, backend):
     q = pyllmops.quantize_int8(x, "token")
     with pyllmops.use_backend(backend):
         b = mod._weight_operand()
-    _group(benchmark, shape, threads, f"w8a8_matmul only, fp32 out ({backend})")
+    _group(benchmark, shape, threads, f"w8a8_matmul only, fp32 out ({backend})", 1, torch.int8, 4)
 
     def fn():
         with pyllmops.use_backend(backend):

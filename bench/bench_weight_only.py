@@ -14,7 +14,8 @@ cache, while the 84 MB of int4 weights do; that difference is the point of the c
 w4a8 (CPU only): the opt-in int8-activation mode on the same int4 weights, same baseline.
 
 Every row's throughput is the bytes the call must read (x, and the weight with its scales and
-zeros) over its median time, in GB/s. test_copy_bandwidth measures the reference for it: a
+zeros) over its median time, in GB/s; the roofline columns (GPU) count the output written too, and
+2 M K N fp16/bf16 tensor FLOPs. test_copy_bandwidth measures the reference for it: a
 device-to-device copy_ of a 1 GiB buffer, counted as bytes read + written (as CUDA's
 bandwidthTest reports it). The issue's GPU bar is M=1 W4A16 at >= 80% of that.
 """
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import pyllmops
-from bench.conftest import bench_device, perf_backends, record, sync
+from bench.conftest import bench_device, perf_backends, record, roofline_info, sync
 from pyllmops.quant.rtn import rtn_int4, rtn_int8
 
 DEV = bench_device()
@@ -85,6 +86,7 @@ def _bench_op(benchmark, layers, n_layers, m, backend, op, call, weight_keys):
         _run(benchmark, fn)
     read = _nbytes(x) + sum(_nbytes(layers[0][k]) for k in (("w",) if base else weight_keys))
     benchmark.extra_info["throughput"] = read / benchmark.stats.stats.median / 1e9
+    roofline_info(benchmark, nbytes=read + m * N * x.element_size(), flops=2 * m * K * N, dtype=ACT)
 
 
 def _nbytes(t) -> int:
@@ -103,6 +105,7 @@ def test_copy_bandwidth(benchmark):
            unit="GB/s read+written")
     _run(benchmark, lambda: dst.copy_(src))
     benchmark.extra_info["throughput"] = 2 * n / benchmark.stats.stats.median / 1e9
+    roofline_info(benchmark, nbytes=2 * n)
 
 
 @pytest.mark.parametrize("n_layers", LAYERS, ids=lambda n: f"layers{n}")

@@ -1,8 +1,9 @@
 """Fused per-row symmetric int8 quantization: absmax, scale and round in one kernel.
 
 Each program owns ROWS rows, read twice (absmax pass, quantize pass) in BLOCK-wide chunks, so any
-N works with registers bounded by ROWS x BLOCK. Division is IEEE (div_rn) and rounding is
-round-half-to-even (rint), matching torch.round(x / scale) bit for bit.
+N works with registers bounded by ROWS x BLOCK. Both divisions (amax / 127 and x / scale) are IEEE
+(div_rn: compiled, a plain `/` is div.full.f32, ~2 ulp) and rounding is round-half-to-even (rint),
+so scale and values match the torch fallback bit for bit, compiled or interpreted.
 """
 import torch
 import triton
@@ -45,7 +46,7 @@ def _quantize_rows(x_ptr, q_ptr, scale_ptr, static_ptr, M, N, stride_xm,
             amax = tl.where((v != v) | (v > amax), v, amax)
         row_max = tl.max(amax, axis=1)
         has_nan = tl.sum((amax != amax).to(tl.int32), axis=1) > 0
-        scale = tl.maximum(row_max, TINY) / 127.0
+        scale = tl.math.div_rn(tl.maximum(row_max, TINY), tl.full([ROWS], 127.0, tl.float32))
         scale = tl.where(has_nan, float("nan"), scale)
     tl.store(scale_ptr + rows, scale, mask=row_ok)
     for start in range(0, N, BLOCK):
@@ -71,5 +72,6 @@ def quantize_int8_rows(x: torch.Tensor, static_scale: torch.Tensor | None = None
             x, q, scale, static, m, n, x.stride(0),
             HAS_STATIC=static_scale is not None,
             PER_TENSOR=static_scale is not None and static_scale.numel() == 1,
-            TINY=TINY_AMAX, ROWS=rows, BLOCK=block)
+            TINY=TINY_AMAX, ROWS=rows, BLOCK=block,
+            num_warps=8 if block >= 2048 else 4)  # 4096-wide chunks spill at 4 warps (sm_80)
     return q, scale

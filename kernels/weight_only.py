@@ -58,7 +58,10 @@ def w8a16_matmul(x, qweight, scales):
     partial = torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
     xc = x.contiguous()
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), split_k)
+    dot_f32 = x.dtype == torch.float32 or _INTERPRETED
+    # Register budget (bench/kernel_report.py, sm_80 and sm_90a): the fp32 dot spills at 4 warps;
+    # 8 warps with 1 stage hold it. The int8 half path fits 4 warps with 3 stages.
     _w8a16_matmul[grid](xc, qweight.contiguous(), scales.contiguous(), partial, m, n, k, k_per_split, xc.stride(0),
-                        DOT_F32=x.dtype == torch.float32 or _INTERPRETED,
-                        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+                        DOT_F32=dot_f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                        num_warps=8 if dot_f32 else 4, num_stages=1 if dot_f32 else 3)
     return (partial[0] if split_k == 1 else partial.sum(0)).to(x.dtype)

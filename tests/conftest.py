@@ -1,11 +1,13 @@
-"""Shared test set-up. TRITON_INTERPRET must be set before triton.jit runs, so it is set here,
-before any pyllmops kernel module is imported: Triton kernels then run on the CPU."""
+"""Shared test set-up. Without a CUDA GPU, TRITON_INTERPRET=1 is set here, before any pyllmops
+kernel module is imported (triton.jit reads it then): Triton kernels then run on the CPU. With a
+GPU it is left unset, so the `gpu` tests run compiled Triton; an explicit TRITON_INTERPRET wins."""
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -18,9 +18,9 @@ struct NanMax {
 };
 
 template <typename T>
-__global__ void quantize_rows_kernel(const T* __restrict__ x, int64_t N, int64_t ld,
-                                     const float* __restrict__ static_scale, bool per_tensor,
-                                     int8_t* __restrict__ q, float* __restrict__ scale) {
+__global__ void __launch_bounds__(kThreads)
+    quantize_rows_kernel(const T* __restrict__ x, int64_t N, int64_t ld, const float* __restrict__ static_scale,
+                         bool per_tensor, int8_t* __restrict__ q, float* __restrict__ scale) {
   const int64_t row = blockIdx.x;
   const T* xr = x + row * ld;
   int8_t* qr = q + row * N;

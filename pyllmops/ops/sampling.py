@@ -30,7 +30,9 @@ generator for the logits' device; a scalar seed s means seed[row] = s + row.
 Backends compute the same kept set and the same u (bit-identical Philox), so they return the same
 token except when float rounding decides: a running sum (or p * Z) within rounding of a boundary,
 where the summation order differs (cpp and torch sum in float64, Triton and CUDA in float32) or the
-float32 exp differs by an ulp (cpp uses its own vectorised polynomial and multiplies by 1 / t).
+float32 exp differs by an ulp or two (cpp uses its own vectorised polynomial and multiplies by 1 / t;
+compiled Triton's tl.exp is ex2.approx.f32, and its probabilities divide with div.full.f32, so
+top_k_top_p_filter's probabilities agree across backends to float32 tolerance, not bit for bit).
 Within one backend the result is bit-reproducible whatever the batch; the cpp backend's also
 whatever the thread count (torch.get_num_threads()) and instruction set (AVX-512 or not). Ties at
 the top-p boundary: HF's sort keeps an arbitrary part of a tied group; here the whole group is
