@@ -14,7 +14,7 @@ PKG = ROOT / "pyllmops"
 # Rank of each subpackage: a module may import only from ranks <= its own. The tokenizer stands
 # beside the stack (it may use the compiled core, nothing else), hence its low rank.
 RANKS = {
-    "pyllmops._ext": 0, "pyllmops.kernels": 0,
+    "pyllmops._ext": 0, "pyllmops._C": 0, "pyllmops._cuda": 0, "pyllmops.kernels": 0,
     "pyllmops.tokenizer": 1, "pyllmops.ops": 1,
     "pyllmops.quant": 2,
     "pyllmops.nn": 3,
