@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ def main() -> int:
     ap.add_argument("--native", action="store_true", help="also the C++ mutants (rebuilds pyllmops._C each)")
     ap.add_argument("-k", default="", help="run only mutants whose 'name backend' contains this")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a killed run still reverts (the finally below)
     survived = 0
     for m in MUTANTS:
         if (m.native and not args.native) or args.k not in f"{m.name} {m.backend}":
