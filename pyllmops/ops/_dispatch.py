@@ -141,6 +141,14 @@ def eager(*tensors: torch.Tensor | None) -> bool:
     return all(t is None or (type(t) is torch.Tensor and not (grad and t.requires_grad)) for t in tensors)
 
 
+def serves(op: str, backend: str, device: torch.device | str, *args: Any, **kwargs: Any) -> bool:
+    """Whether `backend` is registered for `op`, available on this machine and declares (its
+    `supports` function) that it serves these arguments: the support matrix, in one place. A call
+    forced onto a backend for which this is False raises; tests assert both sides."""
+    impl = _REGISTRY.get(op, {}).get(backend)
+    return impl is not None and _usable(impl, backend, torch.device(device).type, args, kwargs)
+
+
 def available_backends(op: str, device: torch.device | str) -> list[str]:
     """Backends registered for `op` that can run on `device` on this machine."""
     dev = torch.device(device).type

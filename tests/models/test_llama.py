@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyllmops.models.llama import Llama, LlamaConfig, apply_rope, rope_tables
+from pyllmops.models.llama import Llama, LlamaConfig
+from tests import reference
 
 TINY = LlamaConfig(vocab_size=97, dim=48, n_layers=2, n_heads=6, n_kv_heads=2, ffn_dim=80, rope_theta=1e4, max_seq_len=64)
 
@@ -21,12 +22,12 @@ def model(seed):
 
 
 def reference_forward(m: Llama, ids: torch.Tensor) -> torch.Tensor:
-    """float64 full causal forward, written out independently (repeat_kv + explicit softmax)."""
+    """float64 full causal forward, written out independently (repeat_kv + explicit softmax, the
+    RoPE of tests/reference.py, nothing from pyllmops.models.llama but the weights)."""
     m = m.double()
     cfg = m.config
     t = ids.shape[1]
     x = m.embed_tokens.weight[ids]
-    cos, sin = (a[:t].double() for a in rope_tables(cfg))
     causal = torch.ones(t, t, dtype=torch.bool).tril()
 
     def norm(x, w):
@@ -38,7 +39,7 @@ def reference_forward(m: Llama, ids: torch.Tensor) -> torch.Tensor:
         q = (h @ a.q_proj.weight.T).view(1, t, cfg.n_heads, -1).transpose(1, 2)
         k = (h @ a.k_proj.weight.T).view(1, t, cfg.n_kv_heads, -1).transpose(1, 2)
         v = (h @ a.v_proj.weight.T).view(1, t, cfg.n_kv_heads, -1).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = (reference.rope(z, range(t), cfg.rope_theta) for z in (q, k))
         rep = cfg.n_heads // cfg.n_kv_heads
         k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
         s = (q @ k.transpose(-1, -2)) / math.sqrt(cfg.head_dim)

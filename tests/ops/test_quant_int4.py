@@ -3,6 +3,7 @@ import torch
 
 import pyllmops
 from pyllmops.ops.quant_int4 import reference_quantize_int4_grouped
+from tests.support import compiled
 
 
 @pytest.mark.parametrize("shape, group_size", [((1, 32), 32), ((3, 64), 32), ((33, 256), 128), ((7, 96), -1), ((4097, 64), 64)])
@@ -41,10 +42,10 @@ def test_noncontiguous_input(seed):
     torch.testing.assert_close(got.scales, ref.scales, rtol=1e-6, atol=0)
 
 
-def test_compiles():
-    f = torch.compile(lambda w: pyllmops.quantize_int4_grouped(w, 32).scales * 2, fullgraph=True, backend="eager")
+def test_compiles(seed):
+    f = compiled(lambda w: pyllmops.quantize_int4_grouped(w, 32).scales * 2)
     w = torch.randn(4, 64)
-    torch.testing.assert_close(f(w), pyllmops.quantize_int4_grouped(w, 32).scales * 2)
+    torch.testing.assert_close(f(w), reference_quantize_int4_grouped(w, 32).scales * 2, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("bad, exc, match", [

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 import pyllmops
-from pyllmops.ops.quant_int8 import reference_quantize_int8
+from pyllmops.ops.quant_int8 import Int8Quantized, reference_quantize_int8
+
+from tests.support import compiled
 
 from ..conftest import cpu_backends
 
@@ -95,27 +97,18 @@ def test_round_half_to_even_and_zero_row():
         assert q.values[1, 1:].tolist() == [2, -2], backend  # 1.5 -> 2, -2.5 -> -2
 
 
-def test_custom_op_registered_and_compiles():
+def test_custom_op_registered_and_compiles(seed):
     assert hasattr(torch.ops.pyllmops, "quantize_int8")
     assert hasattr(torch.ops.pyllmops, "quantize_int4_grouped")
 
     def f(x):
-        q = pyllmops.quantize_int8(x, "token")
-        return pyllmops.dequantize_int8(q.values, q.scale)
+        q = pyllmops.quantize_int8(x * 2, "token")
+        return q.values, q.scale, pyllmops.dequantize_int8(q.values, q.scale)
 
     x = torch.randn(9, 33)
-    compiled = torch.compile(f, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(x), f(x))
-
-
-@pytest.mark.slow
-def test_compile_inductor():
-    def f(x):
-        q = pyllmops.quantize_int8(x, "token")
-        return q.values.float() * q.scale
-
-    x = torch.randn(8, 64)
-    torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), f(x))
+    values, scale, deq = compiled(f)(x)
+    _check_against_reference(Int8Quantized(values, scale, None), reference_quantize_int8(x * 2, "token"), x * 2)
+    torch.testing.assert_close(deq, values.float() * scale, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("bad, exc, match", [

@@ -1,8 +1,11 @@
 """pyllmops.sample / top_k_top_p_filter against the float64 definition (reference_filter), the
 HF warpers, and each other. Distribution tests draw N tokens from one row (the row expanded N
-times, a different seed per copy) and run a chi-square test against the exact filtered
-distribution; their seeds are fixed, so they are deterministic, and the p-value bar (1e-6) cannot
-be passed by luck by a wrong distribution of the sizes used here."""
+times, a different seed per copy, fresh per run from the test seed) and run a chi-square test
+against the exact filtered distribution at the bar P_MIN = 1e-6; N is chosen per case so that the
+test catches a temperature off by 5% or a dropped token of probability >= 1% with probability
+>= 0.99 (tests/ops/sampling_power.py shows the computation; scripts/check_sampling_power.py
+checks it by simulation). The stratified tests draw at one uniform per 1/N of [0, 1): exact
+counts, so N in the hundreds suffices (the Triton interpreter's speed allows no more)."""
 import pytest
 import torch
 
@@ -10,83 +13,140 @@ import pyllmops
 from pyllmops.ops.philox import philox4x32, row_uniforms
 from pyllmops.ops.sampling import reference_filter
 
+from tests.support import compiled
+
 from ..conftest import cpu_backends
+from . import sampling_power as power
 
 BACKENDS = cpu_backends("sample")
 FAST = [b for b in BACKENDS if b != "triton"]  # the Triton interpreter runs ~0.1 s per row
-P_MIN = 1e-6
+P_MIN = power.P_MIN
 
 
 def _case(v: int, case: int):
-    """Fixed random logits [V] and parameters for distribution case `case`."""
+    """Fixed random logits [V] and parameters for distribution case `case`. top_p (cases 0-1)
+    lies between the mass of the two most probable tokens (after temperature and top-k) and 1, so
+    every case keeps >= 2 tokens (test_distribution_cases_keep_several_tokens)."""
     g = torch.Generator().manual_seed(1000 * v + case)
     x = torch.randn(v, generator=g) * 2
     u = torch.rand(4, generator=g).tolist()
-    params = dict(temperature=0.5 + u[0],
-                  top_k=0 if case % 2 else int(1 + u[1] * v),
-                  top_p=0.6 + 0.4 * u[2] if case < 2 else 1.0,
+    params = dict(temperature=0.5 + u[0], top_k=0 if case % 2 else int(2 + u[1] * (v - 1)), top_p=1.0,
                   min_p=None if case % 2 == 0 else 0.03 * u[3])
+    if case < 2:
+        head = float(power.filtered(x, params).topk(2).values.sum())
+        params["top_p"] = head + (1 - head) * (0.1 + 0.8 * u[2])
     return x, params
 
 
-def _kept_probs(x, params):
-    b = torch.ones(1)
-    return reference_filter(x[None], b * params["temperature"], b.long() * params["top_k"], b * params["top_p"],
-                            b * (params["min_p"] or 0.0))[0]
-
-
 def _chi2_pvalue(draws: torch.Tensor, probs: torch.Tensor) -> float:
-    n = draws.numel()
-    counts = torch.bincount(draws, minlength=probs.numel()).double()
-    expected = probs * n
-    big = expected >= 5
-    obs, exp = counts[big], expected[big]
-    if float(expected[~big].sum()) >= 1:  # lump the rare tokens into one bin
-        obs = torch.cat([obs, counts[~big].sum()[None]])
-        exp = torch.cat([exp, expected[~big].sum()[None]])
-    df = obs.numel() - 1
-    if df == 0:
-        return 1.0
-    chi2 = ((obs - exp) ** 2 / exp).sum()
-    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), chi2 / 2))
+    return power.chi2_pvalue(draws, probs)
 
 
-def _draw(backend, x, params, n, base_seed, chunk=50_000):
+def _draw(backend, x, params, n, base_seed, chunk=50_000, device="cpu"):
     out = []
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         with pyllmops.use_backend(backend):
-            out.append(pyllmops.sample(x.expand(m, -1), seed=torch.arange(m) + base_seed + start, offset=7, **params))
+            out.append(pyllmops.sample(x.to(device).expand(m, -1), seed=torch.arange(m, device=device) + base_seed + start,
+                                       offset=7, **params).cpu())
     return torch.cat(out)
 
 
-# cpp (the CPU default): 4 cases per V, 200k draws each. torch (the fallback, ~50x slower per draw
-# at V = 1000): cases 0-1, 200k draws, 50k at V = 1000.
-DIST_CASES = [pytest.param(b, v, c, marks=[pytest.mark.slow] if b != "cpp" and v == 1000 else [])
-              for b in FAST for v in (7, 50, 1000) for c in range(4) if b == "cpp" or c < 2]
+# cpp (the CPU default): every case. torch (the fallback, ~50x slower per draw): the cases needing
+# <= 80k draws (V = 1000 marked slow).
+DIST_CASES = ([("cpp", v, c) for v in (7, 50, 1000) for c in range(4)]
+              + [pytest.param("torch", v, c, marks=[pytest.mark.slow] if v == 1000 else [])
+                 for v, c in ((7, 0), (50, 0), (50, 1), (1000, 0))])
+DIST_CASES = [c for c in DIST_CASES if (c.values if hasattr(c, "values") else c)[0] in BACKENDS]
+
+
+def test_distribution_cases_keep_several_tokens():
+    """No empty case: every distribution case keeps >= 2 tokens (a chi-square with one bin has
+    nothing to test) and a practical number of draws reaches the power (raises otherwise)."""
+    for v in (7, 50, 1000):
+        for c in range(4):
+            x, params = _case(v, c)
+            assert int((power.filtered(x, params) > 0).sum()) >= 2, (v, c)
+            assert power.draws_for_power(x, params) <= 1_000_000, (v, c)
+
+
+def _chi_square_check(backend, v, case, seed, device="cpu"):
+    x, params = _case(v, case)
+    probs = power.filtered(x, params)
+    n = power.draws_for_power(x, params)
+    draws = _draw(backend, x, params, n, base_seed=seed * 1_000_003, device=device)
+    assert bool((probs[draws] > 0).all()), "a draw fell outside the kept set"
+    p = _chi2_pvalue(draws, probs)
+    assert p > P_MIN, f"{backend}, V={v}, case {case}: chi-square p = {p:.2e} over {n} draws"
 
 
 @pytest.mark.parametrize("backend, v, case", DIST_CASES)
-def test_distribution_chi_square(backend, v, case):
-    x, params = _case(v, case)
-    probs = _kept_probs(x, params)
-    n = 50_000 if backend != "cpp" and v == 1000 else 200_000
-    draws = _draw(backend, x, params, n, base_seed=v * 10 + case)
-    assert bool((probs[draws] > 0).all()), "a draw fell outside the kept set"
-    assert _chi2_pvalue(draws, probs) > P_MIN
+def test_distribution_chi_square(backend, v, case, seed):
+    _chi_square_check(backend, v, case, seed)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("v, case", [(v, c) for v in (7, 50, 1000) for c in range(4)])
+def test_distribution_chi_square_gpu(backend, v, case, seed):
+    _chi_square_check(backend, v, case, seed, device="cuda")
+
+
+def _centred_seeds(n: int, offset: int, base: int) -> torch.Tensor:
+    """n seeds whose row uniforms at `offset` lie within 0.1 / n of the centres (j + 0.5) / n of
+    the n strata of [0, 1), searched among base, base + 1, ... (Philox: see the known answers)."""
+    cand = torch.arange(base, base + 100 * n)  # a fifth land near a centre: each stratum missed w.p. e^-20
+    pos = row_uniforms(cand, torch.full_like(cand, offset)).double() * n
+    j = pos.floor().long()
+    ok = (pos - j - 0.5).abs() < 0.1
+    first = torch.full((n,), -1, dtype=torch.long)
+    first[j[ok].flip(0)] = cand[ok].flip(0)  # the last write wins: the first candidate per stratum
+    assert bool((first >= 0).all()), "a stratum has no seed: widen the search"
+    return first
+
+
+# A case for the slow Triton interpreter: three kept tokens far apart in log-probability, so a 5%
+# temperature error moves a probability by ~0.019 (few strata needed).
+SHORT_CASE = (torch.tensor([3.0, 1.5, 0.2, -1.0, -2.0, -3.0, 0.5]), dict(temperature=1.0, top_k=0, top_p=0.97, min_p=None))
+
+
+def _stratified_check(backend, x, params, seed, device="cpu"):
+    """Inverse-CDF sampling at one uniform near the centre of each stratum [j / n, (j + 1) / n): a
+    kept token of probability p covers an interval of [0, 1) of length p, which holds n p +- 1.2
+    of those points, deterministically. n makes every error of the power target (a 5% temperature
+    error; a dropped token of p >= 1%, which a count of 0 shows) move some token's share by
+    > 2.4 / n: caught with certainty, with no false alarm possible."""
+    probs = power.filtered(x, params)
+    shift = min(float((q - probs).abs().max()) for q in power.alternatives(x, params).values())
+    n = max(150, int(2.5 / shift) + 1)
+    assert n <= 1500, f"{n} strata needed: pick a case with a larger shift"
+    seeds = _centred_seeds(n, 7, seed * 1_000_003)
+    with pyllmops.use_backend(backend):
+        draws = pyllmops.sample(x.to(device).expand(n, -1), seed=seeds.to(device), offset=7, **params).cpu()
+    dev = torch.bincount(draws, minlength=x.numel()).double() - n * probs
+    worst = int(dev.abs().argmax())
+    assert float(dev.abs().max()) <= 1.2, \
+        f"token {worst}: drawn {float(dev[worst] + n * probs[worst]):.0f} times of {n}, expected {float(n * probs[worst]):.2f}"
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("v, case", [(50, 1), (50, 2), (1000, 3)])
+def test_distribution_stratified(backend, v, case, seed):
+    _stratified_check(backend, *_case(v, case), seed)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("triton" not in BACKENDS, reason="Triton interpreter not available")
-def test_distribution_chi_square_triton():
-    # The interpreter runs ~0.1 s per row: 120 draws only, so this catches gross errors; the fine
-    # check is test_backends_agree (the same token as cpp for the same seed, cpp being tested at
-    # 200k draws) plus test_filter_matches_reference (the same kept distribution).
-    x, params = _case(7, 0)
-    probs = _kept_probs(x, params)
-    draws = _draw("triton", x, params, 120, base_seed=5)
-    assert bool((probs[draws] > 0).all())
-    assert _chi2_pvalue(draws, probs) > P_MIN
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_distribution_stratified_short(backend, seed):
+    """The Triton sampler's distribution test (under the interpreter, ~0.1 s a row: 135 rows)."""
+    _stratified_check(backend, *SHORT_CASE, seed)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("v, case", [(7, 0), (50, 1), (50, 2), (1000, 3)])
+def test_distribution_stratified_gpu(backend, v, case, seed):
+    _stratified_check(backend, *_case(v, case), seed, device="cuda")
 
 
 def _random_batch(b, v, gen_seed):
@@ -251,12 +311,14 @@ def test_seeds(seed):
     assert draws.unique().numel() > 5  # the offset moves the stream
 
 
-def test_compiles_fullgraph():
+def test_compiles_fullgraph(seed):
     def f(x, t, s):
-        return pyllmops.sample(x, t, 20, 0.9, seed=s, offset=3)
+        return pyllmops.sample(x * 1.5, t, 20, 0.9, seed=s, offset=3)
 
-    x, t, s = torch.randn(4, 64), torch.full((4,), 0.8), torch.arange(4)
-    assert torch.equal(torch.compile(f, fullgraph=True, backend="eager")(x, t, s), f(x, t, s))
+    x, t, s = torch.randn(16, 64), torch.full((16,), 0.8), torch.arange(16) + seed
+    with pyllmops.use_backend("reference"):
+        ref = pyllmops.sample(x * 1.5, t, 20, 0.9, seed=s, offset=3)
+    assert torch.equal(compiled(f)(x, t, s), ref)
     assert "sample" in dir(torch.ops.pyllmops)
 
 

@@ -1,13 +1,15 @@
-"""w4a8_matmul: every CPU backend against the float64 reference (which quantizes x the same way),
-the Q8_0 quantization itself, and the size of the error against the exact w4a16_matmul."""
+"""w4a8_matmul: every CPU backend against the float64 oracle written from the definition
+(tests/reference.py: Q8_0 activations, the packed int4 weight unpacked byte by byte), the Q8_0
+quantization itself, and the size of the error against the exact w4a16 product."""
 import pytest
 import torch
 
 import pyllmops
 from pyllmops.ops import _dispatch
-from pyllmops.ops.w4a8 import _reference, quantize_activations_q8
-from pyllmops.ops.weight_only import _reference_w4
+from pyllmops.ops.w4a8 import quantize_activations_q8
+from tests import reference
 from tests.conftest import cpu_backends
+from tests.support import compiled, forced
 
 
 def _int4(n, k, group_size):
@@ -16,14 +18,6 @@ def _int4(n, k, group_size):
     scales = torch.rand(n, g) * 0.02 + 1e-3
     zeros = torch.randint(0, 16, (n, g), dtype=torch.uint8)
     return qweight, scales, zeros
-
-
-def _run(x, qweight, scales, zeros, group_size):
-    try:
-        _dispatch.select("w4a8_matmul", x.device, x, qweight, scales, zeros, group_size)
-    except RuntimeError:
-        pytest.skip("the forced backend does not serve this call")
-    return pyllmops.w4a8_matmul(x, qweight, scales, zeros, group_size)
 
 
 # (M, N, K): odd M; K = 576 and 544 (a short last block of 64 / 32 channels, ragged group 128);
@@ -36,8 +30,6 @@ SHAPES = [(1, 97, 256), (3, 40, 576), (1, 24, 544), (5, 64, 1152), (2, 24, 2304)
 @pytest.mark.parametrize("group_size", [32, 64, 128, 256, -1])
 @pytest.mark.parametrize("x_kind", ["randn", "outliers", "zero_block", "tiny", "huge"])
 def test_against_reference(backend, m, n, k, group_size, x_kind, seed):
-    if group_size > k:
-        pytest.skip("group larger than K")
     qweight, scales, zeros = _int4(n, k, group_size)
     x = torch.randn(m, k)
     if x_kind == "outliers":
@@ -46,11 +38,12 @@ def test_against_reference(backend, m, n, k, group_size, x_kind, seed):
         x[:, 32:64] = 0.0
     elif x_kind in ("tiny", "huge"):
         x *= 1e-35 if x_kind == "tiny" else 1e30
-    with pyllmops.use_backend(backend):
-        got = _run(x, qweight, scales, zeros, group_size)
-    ref = _reference(x, qweight, scales, zeros, group_size)
+    got = forced(backend, "w4a8_matmul", x, qweight, scales, zeros, group_size)
+    if got is None:  # declined, as the dispatch declares (asserted by `forced`)
+        return
+    ref = reference.w4a8_matmul(x, qweight, scales, zeros, group_size)
     assert got.shape == (m, n) and got.dtype == torch.float32
-    torch.testing.assert_close(got.double(), ref.double(), rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
 def test_cpp_serves_decode_shapes():
@@ -68,14 +61,19 @@ def test_cpp_serves_decode_shapes():
     assert _dispatch.select("w4a8_matmul", x.device, torch.randn(17, 1152), qweight, scales, zeros, 128)[0] == "torch"
 
 
-def test_quantization_is_q8_0():
-    """d = max|x| / 127 per 32 channels, q = round half to even (x / d), q = 0 in a zero block."""
+def test_quantization_is_q8_0(seed):
+    """d = max|x| / 127 per 32 channels, q = round half to even (x / d), q = 0 in a zero block;
+    on random rows, q * d is the oracle's Q8_0 value exactly."""
     x = torch.zeros(1, 64)
     x[0, :8] = torch.tensor([127.0, 0.5, 1.5, 2.5, -2.5, -126.4, 3.49, -0.51])
     q, d = quantize_activations_q8(x)
     assert d.tolist() == [[1.0, 0.0]]
     assert q[0, :8].tolist() == [127, 0, 2, 2, -2, -126, 3, -1]
     assert q[0, 32:].abs().sum() == 0
+    x = torch.randn(3, 96) * torch.tensor([1e-3, 1.0, 1e3]).repeat_interleave(32)
+    q, d = quantize_activations_q8(x)
+    value = q.double().view(3, 3, 32) * d.double()[..., None]
+    torch.testing.assert_close(value.view(3, 96), reference.q8_0(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend", cpu_backends("w4a8_matmul"))
@@ -84,8 +82,9 @@ def test_non_finite_input(backend, bad, seed):
     qweight, scales, zeros = _int4(16, 256, 128)
     x = torch.randn(2, 256)
     x[0, 5] = bad
-    with pyllmops.use_backend(backend):
-        got = _run(x, qweight, scales, zeros, 128)
+    got = forced(backend, "w4a8_matmul", x, qweight, scales, zeros, 128)
+    if got is None:  # declined, as declared
+        return
     assert torch.isnan(got[0]).all() and torch.isfinite(got[1]).all()
 
 
@@ -94,9 +93,10 @@ def test_non_finite_input(backend, bad, seed):
 def test_half_inputs(backend, dtype, seed):
     qweight, scales, zeros = _int4(32, 256, 128)
     x = torch.randn(3, 256).to(dtype)
-    with pyllmops.use_backend(backend):
-        got = _run(x, qweight, scales.to(dtype), zeros, 128)
-    ref = _reference(x, qweight, scales.to(dtype), zeros, 128)
+    got = forced(backend, "w4a8_matmul", x, qweight, scales.to(dtype), zeros, 128)
+    if got is None:  # declined, as declared
+        return
+    ref = reference.w4a8_matmul(x, qweight, scales.to(dtype), zeros, 128)
     assert got.dtype == dtype
     torch.testing.assert_close(got.double(), ref.double(), rtol=1e-2, atol=1e-2 * float(ref.abs().max()))
 
@@ -113,17 +113,17 @@ def test_error_against_w4a16(x_kind, bound, seed):
     if x_kind == "outliers":
         x[:, torch.randperm(k)[:8]] *= 300.0
     got = pyllmops.w4a8_matmul(x, qweight, scales, zeros, 128).double()
-    exact = _reference_w4(x.double(), qweight, scales, zeros, 128, None)
+    exact = reference.w4_matmul(x, qweight, scales, zeros, 128)
     rel = float((got - exact).pow(2).mean().sqrt() / exact.pow(2).mean().sqrt())
     assert rel < bound
 
 
-def test_compiles():
+def test_compiles(seed):
     qweight, scales, zeros = _int4(32, 256, 128)
-    f = torch.compile(lambda x: pyllmops.w4a8_matmul(x, qweight, scales, zeros, 128) * 2, fullgraph=True,
-                      backend="eager")
+    f = compiled(lambda x: pyllmops.w4a8_matmul(x, qweight, scales, zeros, 128) * 2)
     x = torch.randn(2, 256)
-    torch.testing.assert_close(f(x), pyllmops.w4a8_matmul(x, qweight, scales, zeros, 128) * 2)
+    ref = reference.w4a8_matmul(x, qweight, scales, zeros, 128) * 2
+    torch.testing.assert_close(f(x).double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
 @pytest.mark.parametrize("bad, exc, match", [

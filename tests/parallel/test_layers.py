@@ -1,10 +1,9 @@
 """Every TP layer, forward and backward, against the single-process module: real gloo groups of
 2 and 4 processes on 127.0.0.1, one spawn per world size (all checks run inside it)."""
-import os
-
 import pytest
 
 from pyllmops.parallel.launch import spawn
+from tests.conftest import test_seed
 from tests.parallel._workers import CHECKS, run_checks
 
 TOL = 2e-5  # float32 matmuls whose sums are split differently
@@ -12,7 +11,7 @@ TOL = 2e-5  # float32 matmuls whose sums are split differently
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["world2", "world4"])
 def results(request):
-    seed = int.from_bytes(os.urandom(4), "little") % 2**31
+    seed = test_seed(f"{request.node.nodeid}[world{request.param}]")  # module-scoped: one seed per spawn
     outcomes = spawn(run_checks, request.param, (seed,), timeout=30, deadline=120, threads=1)
     return seed, [o.value for o in outcomes]
 

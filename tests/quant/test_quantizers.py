@@ -8,12 +8,12 @@ from pyllmops.quant.gptq import Hessian, gptq_int4
 from pyllmops.quant.rtn import rtn_int4, rtn_int8
 
 
-def _layer(n=96, k=256, tokens=1024):
+def _layer(n=96, k=256, tokens=1024, outliers=None):
     """Weight and inputs like a transformer layer's: strongly correlated features (low rank plus
-    noise) and a few large input channels."""
+    noise) and a few large input channels (`outliers`, default 4 random ones)."""
     w = torch.randn(n, k) * 0.05
     x = torch.randn(tokens, 32) @ torch.randn(32, k) / 32**0.5 + 0.3 * torch.randn(tokens, k)
-    x[:, torch.randperm(k)[:4]] *= 25
+    x[:, torch.randperm(k)[:4] if outliers is None else outliers] *= 25
     return w, x
 
 
@@ -52,19 +52,36 @@ def test_hessian_accumulates_2xxt_over_tokens(seed):
 @pytest.mark.parametrize("group_size", [32, 128])
 @pytest.mark.parametrize("bits", [4, 3])
 def test_gptq_beats_rtn(group_size, bits, seed):
-    w, x = _layer()
-    h = Hessian(w.shape[1])
-    h.add(x)
-    rtn = _out_err(rtn_int4(w, group_size, bits).dequantize(), w, x)
-    gptq = gptq_int4(w, h.matrix, group_size, bits)
+    """GPTQ compensates each column's rounding error on the columns after it, so an outlier input
+    channel among the last few columns has almost nothing to absorb its error, and without
+    act-order GPTQ is then little better than RTN on the channels that dominate the output error
+    (the 1-in-2000 failure of the former 0.75 bound: outliers at columns 249 and 252 of 256).
+    The bound without act-order is for outliers with >= 32 later columns; act-order quantizes the
+    large channels first and is held to its bound with outliers anywhere, the last columns
+    included. Both bounds sit about 2x above the worst ratio seen over 60-150 seeds."""
+    k = 256
+    w, x = _layer(outliers=torch.randperm(k - 32)[:4])
+    rtn, gptq = _rtn_and_gptq(w, x, group_size, bits)
     assert gptq.g_idx is None
     err = _out_err(gptq.dequantize(), w, x)
-    # without act-order an outlier channel late in a group can leave little room to compensate:
-    # over 12 seeds the ratio to RTN was 0.09-0.30, once 0.60 (act-order: 0.08-0.10)
-    assert err < 0.75 * rtn, (err, rtn)
-    ordered = gptq_int4(w, h.matrix, group_size, bits, act_order=True)
-    assert ordered.g_idx is not None and int(ordered.g_idx.max()) == -(-w.shape[1] // group_size) - 1
-    assert _out_err(ordered.dequantize(), w, x) < 0.5 * rtn
+    assert err < 0.5 * rtn, (err, rtn)
+    for outliers in (None, k - 1 - torch.randperm(8)[:4]):  # anywhere; among the last 8 columns
+        w, x = _layer(outliers=outliers)
+        rtn, _ = _rtn_and_gptq(w, x, group_size, bits, gptq=False)
+        ordered = gptq_int4(w, _hessian(x), group_size, bits, act_order=True)
+        assert ordered.g_idx is not None and int(ordered.g_idx.max()) == -(-k // group_size) - 1
+        assert _out_err(ordered.dequantize(), w, x) < 0.25 * rtn
+
+
+def _hessian(x):
+    h = Hessian(x.shape[1])
+    h.add(x)
+    return h.matrix
+
+
+def _rtn_and_gptq(w, x, group_size, bits, gptq=True):
+    rtn = _out_err(rtn_int4(w, group_size, bits).dequantize(), w, x)
+    return rtn, gptq_int4(w, _hessian(x), group_size, bits) if gptq else None
 
 
 def test_gptq_ragged_and_dead_inputs(seed):

