@@ -23,7 +23,7 @@ Backends:
              names the kernel a call gets). Larger M (prefill), any K and group size: blocks of 4 MB
              of the weight made float32 (int4: a C++ loop, the torch fallback's values) and
              F.linear on each (_blocked_linear), without the fallback's 64 MB buffer per call.
-  triton     kernels/weight_only.py: dequantize in registers; split-K for small M.
+  triton     kernels/triton/weight_only.py: dequantize in registers; split-K for small M.
   cuda       csrc/cuda/w4a16.cu: decode (M <= 16), int4 -> half with magic-number bit tricks.
 torch.ops.aten._weight_int4pack_mm_for_cpu was measured and not used: it needs its own prepacked
 weight (a per-call conversion), and on this CPU at M=1, K=N=4096 it is slower than float32
