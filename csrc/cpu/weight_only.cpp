@@ -25,18 +25,11 @@
 // scale, FMA with the 16 lanes' activation scales. An approximation of w4a16 (0.5-1.7% relative
 // RMS error on SmolLM2's activations), opt-in.
 //
-// Measured for 4096 x 4096, group 128, weight in L3, the C++ kernel alone (no Python), quiet
-// machine, 1 thread / 2 threads (fp32 F.linear: 2430 / 1200 us at M = 1):
-//            vnni_digits      avx512_fma       w4a8
-//   M = 1    337 / 168 us     718 / 365 us     318 / 157 us
-//   M = 4    1.26 / 0.69 ms   1.81 / 0.94 ms   0.62 / 0.33 ms
-//   M = 16   4.4 / 2.3 ms     9.7 / 4.8 ms     2.7 / 1.4 ms
-// At M = 1 the digit kernel is within 15% of the L3 floor on 2 cores and w4a8 on it: the weight
-// bytes, not the arithmetic, set the time there. Through the Python front door add ~60-80 us per
-// call (custom op + dispatch, run with the interpreter's data pushed out of L2 by the weight).
+// At M = 1 the digit kernel runs within ~15% of the time it takes to read the weight from L3: the
+// weight bytes, not the arithmetic, set the time there (per-kernel timings: docs/cpu-kernels.md).
 // Tried and not kept: a vpermps lookup table (16 dequantized weights of a (row, group) in a
-// register, indexed by the nibbles: 7 shifts + 8 permutes + 8 FMAs per 128 weights), 560 / 280 us
-// in a prototype with the same prefetching, bound by those 23 ops on the 2 vector ports; bf16 dot
+// register, indexed by the nibbles: 7 shifts + 8 permutes + 8 FMAs per 128 weights), bound by those
+// 23 ops on the 2 vector ports (1.7x the digit kernel's time in a prototype); bf16 dot
 // products (vdpbf16ps runs at a quarter of the FMA rate here); GFNI for the high nibbles (2%);
 // prefetchnta and cldemote on the weight (to spare L2 for the caller) made L3 drop it: 3x slower.
 // Without the software prefetch of the next rows the digit kernel spends a third of its time

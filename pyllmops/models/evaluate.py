@@ -19,10 +19,8 @@ CALIBRATION_MODULES = (
 )
 
 # Calibration windows by default: AutoAWQ's 128 samples of 512 tokens (a text yields fewer when it
-# is shorter; the default text gives 57). GPTQ needs the tokens: on SmolLM2-135M W4 g128,
-# perplexity on GPL-3 rose +25.9% with 8 windows of docstrings, +16.3% with this default, +15.0%
-# with 128 windows of a 4x longer docstring text; AWQ stayed within +21.9..+26.8% whatever the
-# text and size (bench/results/quality-smollm2-calibration-20261128.json).
+# is shorter; the default text gives 57). GPTQ fits its calibration activations and needs many of
+# them; the measurements behind this default are in docs/quality.md ("Calibration").
 CALIB_SAMPLES = 128
 
 

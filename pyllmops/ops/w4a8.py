@@ -13,13 +13,10 @@ Why: on CPUs with AVX-512 VNNI, vpdpbusd does 64 int8 multiply-adds per instruct
 int8 products cost 2 instructions per 128 weights of a row where w4a16's exact kernel needs 6. It is
 what IPEX (lowp_mode=INT8), torchao (Int8DynamicActivationInt4WeightConfig, "8da4w") and llama.cpp
 (Q4 x Q8_0) run for int4 decode on CPUs. It is an approximation of w4a16_matmul: each activation
-moves by up to half a step, max|x of its 32-block| / 254. Measured relative RMS error of the output
-against the exact w4a16 product (same int4 weight): 0.5% for Gaussian x (K = 4096), 1.1% with 8
-channels scaled x300; on SmolLM2-135M's own activations (inputs of all 210 linear layers on a
-128-token prompt, RTN int4 weight) 0.6-0.9% on average per projection kind, v_proj 1.7% (max 3.0%);
-the int4 weight itself moves those outputs by 6-15% from the float ones. Opt-in: nothing calls it
-in place of w4a16_matmul. Speed (4096 x 4096, g128, M = 1): 157 us on 2 cores for the C++ kernel,
-the L3 read floor, vs 168 us for the exact w4a16 kernel; M = 16: 1.4 ms vs 2.3 ms.
+moves by up to half a step, max|x of its 32-block| / 254 (about 1% relative RMS error of the
+output against the exact w4a16 product on real activations, several times less than what the int4
+weight itself costs; measured in docs/cpu-kernels.md). Opt-in: nothing calls it in place of
+w4a16_matmul.
 
 Backends:
   reference  quantize x as above, dequantize q * d and W in float64, matmul (the oracle).

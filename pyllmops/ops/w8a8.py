@@ -25,6 +25,7 @@ triton (kernels/triton/w8a8.py, any shape), cuda (csrc/cuda/w8a8.cu: K-major b, 
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -37,6 +38,21 @@ OUT_DTYPES = FLOAT_DTYPES
 
 def is_packed(b: torch.Tensor) -> bool:
     return b.layout == torch._mkldnn
+
+
+@functools.cache
+def onednn_int8_exact() -> bool:
+    """Whether oneDNN's int8 GEMM is exact on this CPU. It is where the CPU has int8 dot-product
+    instructions (AVX512-VNNI, AVX-VNNI, AMX). Without them (e.g. AVX2-only x86) oneDNN multiplies
+    u8 x s8 pairs with vpmaddubsw, whose int16 pair sums saturate: large products come out wrong.
+    Read from /proc/cpuinfo; anywhere it cannot be read the answer is False (torch._int_mm, exact
+    everywhere, serves instead)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
 
 
 def _epilogue(acc: torch.Tensor, scale_a, scale_b, bias, out_dtype) -> torch.Tensor:
@@ -182,11 +198,12 @@ def w8a8_matmul(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b
 def pack_w8a8_weight(b: torch.Tensor) -> torch.Tensor:
     """The fastest layout of the weight b [K, N] int8 for w8a8_matmul on b's device.
 
-    CPU (oneDNN available): the prepacked oneDNN tensor (torch._mkldnn layout, shape [K, N]);
-    it is not a state_dict format — keep the strided weight for saving and pack after loading.
-    Elsewhere: b as a K-major view (b.stride(0) == 1), the layout the CUDA kernel reads.
+    CPU with oneDNN and int8 dot-product instructions (onednn_int8_exact()): the prepacked oneDNN
+    tensor (torch._mkldnn layout, shape [K, N]); it is not a state_dict format — keep the strided
+    weight for saving and pack after loading. Elsewhere: b as a K-major view (b.stride(0) == 1),
+    the layout the CUDA kernel reads and torch._int_mm takes.
     """
     check_tensor("b", b, dtypes=(torch.int8,), ndim=2)
-    if b.device.type == "cpu" and torch.backends.mkldnn.is_available():
+    if b.device.type == "cpu" and torch.backends.mkldnn.is_available() and onednn_int8_exact():
         return torch.ops.onednn.qlinear_prepack(b.t().contiguous(), None)
     return b.t().contiguous().t()

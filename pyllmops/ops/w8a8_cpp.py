@@ -8,8 +8,8 @@ cannot fuse it.
     per-token scale_a is then applied by the C++ epilogue in one pass (in place for float32 out).
   strided b: torch._int_mm (int32 out), then the C++ epilogue for all scales, bias and the cast.
 
-Measured on a 2-core Sapphire Rapids (bench/bench_w8a8.py): oneDNN on the packed weight is 2-4x
-faster than torch._int_mm, which reorders the weight on every call. The C++ passes run on torch's
+oneDNN on the packed weight beats torch._int_mm, which reorders the weight on every call
+(bench/bench_w8a8.py; docs/cpu-kernels.md). The C++ passes run on torch's
 OpenMP threads (csrc/cpu/parallel.h), which are still spinning from the GEMM next to them. Kept
 apart from w8a8.py (which defines the op) like quant_int8_cpp.py.
 """
@@ -109,4 +109,6 @@ def w8a8_linear(x: torch.Tensor, plan: LinearPlan) -> torch.Tensor:
     q, scale_a, _, nonfinite = cpp_quantize(x, gran, True, plan.input_scale, None)
     if nonfinite:
         raise ValueError("x contains NaN or inf")
+    if not is_packed(plan.b):  # a CPU where oneDNN's int8 GEMM is not exact (w8a8.onednn_int8_exact)
+        return _epilogue(torch._int_mm(q, plan.b), scale_a, plan.w_scale, plan.bias, x.dtype)
     return _qlinear(q, plan.b, scale_a, plan.w_scale, plan.w_zp, plan.bias, x.dtype)

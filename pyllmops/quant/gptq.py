@@ -13,25 +13,11 @@ blocks of `block_size` with the error propagated inside the block immediately an
 the matrix once per block (the "lazy batch" update). A group's scale/zero are fixed from the
 current (error-updated) weights when its first column is reached. The last group may be ragged.
 
-Which tokens the Hessian weighs (`Hessian(..., weighting=)`), measured on SmolLM2-135M (W4 g128,
-GPL-3 perplexity, 512-token disjoint windows, float 22.35; RTN 28.87):
-- "uniform" is the paper's H = 2 X X^T / tokens. It gave 32.20, worse than RTN, and per layer
-  the cause is visible (tests/quant/test_gptq_weighting.py has a small model of it): the loss
-  sum_t ||dW x_t||^2 is ruled by a few tokens and blind to rare ones. In layers.1-2.mlp.down_proj
-  the first token of each sequence has inputs 7-27x the median norm, so GPTQ fits that token
-  (relative output error 0.01-0.02 vs RTN 0.06) and gets worse than RTN on every other token;
-  in layers.20.self_attn.{q,k,v}_proj the first token's input lies in directions the other
-  tokens rarely use, so GPTQ parks the rounding error there (error on it 0.28/0.75/1.45 vs RTN
-  0.07/0.20/0.41). That first token is the attention sink (Xiao et al., 2023): every later
-  token's attention reads its key and value, so its error reaches all of them.
-- "sink" (the default of pyllmops.quantize's w4a16-gptq) scales every token's input to unit norm (the next RMSNorm divides the
-  residual stream by its norm anyway, so relative error is what propagates) and gives the first
-  position of each sequence `sink_share` (default 0.1) of the total weight. Same calibration:
-  28.69; calibrated on in-domain text (GPL-2, not the evaluation text): 24.65 (+10.3%) against
-  29.93 for "uniform" on the same text.
-Calibration size and domain matter too: GPTQ fits its calibration inputs and with few tokens per
-input channel it overfits them (layers.0.mlp.down_proj, K = 1536: 4k tokens gave held-out error
-0.077 vs RTN 0.071; 29k tokens 0.059).
+Which tokens the Hessian weighs (`Hessian(..., weighting=)`): "uniform" is the paper's
+H = 2 X X^T / tokens; "sink" (the default of w4a16-gptq, see token_weights.py) weighs every token's
+input at unit norm and gives the first position of each sequence, the attention sink, a fixed
+share. Uniform weighting lets a few tokens with massive inputs rule the loss, and GPTQ then fits
+them at the expense of every other token; the measurements are in docs/quality.md.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ massive activations do not rule it (the next RMSNorm divides the residual stream
 relative error is what propagates). With a sequence dimension (x [..., T, K], T > 1), the first
 position of each sequence, the attention sink whose key and value every later token reads, gets
 `sink_share` of its sequence's weight (0: it counts like the others). A 2-D x has no sequences.
-Measured effect on SmolLM2 in pyllmops/quant/gptq.py's docstring.
+Measured effect on SmolLM2: docs/quality.md (GPTQ: which tokens the Hessian weighs).
 """
 from __future__ import annotations
 

@@ -111,9 +111,17 @@ def test_cpp_epilogue_bit_identical_to_torch(scales, out_dtype, seed):
     assert torch.equal(got[0], want[0])
 
 
-def test_packed_weight_is_onednn_on_cpu():
-    b = pyllmops.pack_w8a8_weight(_ints(8, 40).t())
+def test_packed_weight_is_onednn_where_its_int8_gemm_is_exact():
+    from pyllmops.ops.w8a8 import is_packed, onednn_int8_exact
+
+    w = _ints(8, 40)
+    b = pyllmops.pack_w8a8_weight(w.t())
     assert b.shape == (40, 8) and b.dtype == torch.int8
+    if not onednn_int8_exact():
+        # no int8 dot-product instructions: the K-major strided weight, which every backend reads
+        assert not is_packed(b) and b.stride(0) == 1 and torch.equal(b, w.t())
+        return
+    assert is_packed(b)
     # Only the cpp and torch backends read the packed form; forcing another one is an error, not a
     # silent fallback.
     with pyllmops.use_backend("reference"), pytest.raises(RuntimeError, match="cannot run this call"):

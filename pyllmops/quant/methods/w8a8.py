@@ -15,9 +15,7 @@ norm / linear feeds which linears: a list of quant.smoothquant.SmoothGroup or (p
 [linears]) pairs, or a function model -> that list; default llama_smooth_groups), skip (linear
 names left in float, default the LM head), progress (tqdm bars).
 
-SmolLM2-135M, GPL-3 text, perplexity vs float (bench/quality_w8a8.py): w8a8-sq +1.68% at alpha
-0.5, +0.89% at 0.7, +1.04% with "auto"; w8a8-static-sq +30.3% at 0.5, +7.7% at 0.7, +9.5% with
-"auto". Recommended for SmolLM2: 0.7 (or "auto" for a model without a measured sweep).
+The alpha sweep on SmolLM2 (bench/quality_w8a8.py) is in docs/quality.md.
 
 Every eligible nn.Linear becomes a pyllmops.nn.W8A8Linear. To load a saved quantized state_dict,
 first give a float model the same structure with `prepare_for_load(model, method)`.

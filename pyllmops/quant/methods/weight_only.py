@@ -8,7 +8,7 @@
                   paper's H = 2 X X^T). act_order costs the kernels nothing: WeightOnlyLinear
                   permutes its input instead of gathering groups. awq_scale=False: True runs
                   AWQ's scale search and fold first (awq_tokens rows) and GPTQ on the scaled
-                  layers (the AWQ paper's AWQ + GPTQ combination; see the README's quality table).
+                  layers (the AWQ paper's AWQ + GPTQ combination; see docs/quality.md).
     "w4a16-awq"   AWQ (quant/awq.py): clip=True, awq_tokens=2048 (rows kept for the scale search;
                   the clip search uses CLIP_TOKENS of them), weighting="uniform" ("sink" weighs
                   each token's output error as GPTQ's Hessian does), duo=False (divide the scales
@@ -19,22 +19,13 @@
                   inspect_weighting="uniform" ("sink": each token's error in that output divided
                   by the squared norm of the residual stream it is added to, first tokens given
                   sink_share).
-                  Measured on SmolLM2 W4 g128 (GPL-3 ppl, GPL-2 calibration; float 22.35; details
-                  in bench/results/quality-smollm2-awq-20261128.json): default 27.24, sink 27.62,
-                  duo 28.17, inspect 28.58, inspect=("self_attn",) 28.31, inspect + sink
-                  weighting 27.81, awq_tokens=4096 27.09, no_clip=(q_proj, k_proj) 27.15, both
-                  27.41 (W3: default 49.61, inspect + sink weighting 53.25, awq_tokens=4096
-                  without q/k clipping 58.98).
-                  The module-output objective makes it worse here, and the rest moves it
-                  within +-0.2 (noise of which alpha each layer lands on); the loss is in the
-                  MLP (AWQ on the MLP alone: +14.4%, on the attention alone: +7.6%; RTN +20.1% and
-                  +9.6%). The scale-and-clip family does not reach GPTQ's error on this model.
+                  The variants' measurements are in docs/quality.md.
 
 Common options: group_size (default 128, -1 per-channel; a ragged last group is fine), bits
 (4 or 3; stored in the int4 container), skip (linear names to leave in float, default the LM head:
 ("lm_head",)), int8 (linear names to make int8 per-channel instead, e.g. ("lm_head",) as
-llama.cpp's Q4 files keep the output layer in Q8_0: on SmolLM2 it raises perplexity by 0.1% (GPTQ)
-to 0.2% (RTN) and cuts a decode step's largest GEMM, the fp32 head, by 4x in bytes), progress
+llama.cpp's Q4 files keep the output layer in Q8_0: it cuts a decode step's largest GEMM, the
+fp32 head, by 4x in bytes for a small loss, docs/quality.md), progress
 (tqdm bar per block, default True), block_spec (see _blocks.py).
 
 Every eligible nn.Linear becomes a pyllmops.nn.WeightOnlyLinear. The calibrated methods walk the
