@@ -12,7 +12,9 @@ quant.smoothquant.auto_alpha; `alpha` is accepted as its alias, which is what th
 passes; the CLI defaults to "auto" for the -sq methods), layer_alpha
 ({fnmatch pattern: alpha} per-layer overrides, e.g. {"*.down_proj": 0.8}), smooth_groups (which
 norm / linear feeds which linears: a list of quant.smoothquant.SmoothGroup or (producer,
-[linears]) pairs, or a function model -> that list; default llama_smooth_groups), skip (linear
+[linears]) pairs, or a function model -> that list; default: the architecture's groups from
+_blocks.FAMILIES, for Llama/Mistral/Qwen2, Phi-3 and GPT-2 module names; a linear in no group
+is quantized unsmoothed and reported by name), skip (linear
 names left in float, default the LM head), progress (tqdm bars).
 
 The alpha sweep on SmolLM2 (bench/quality_w8a8.py) is in docs/quality.md.
@@ -29,8 +31,9 @@ from torch import nn
 
 from pyllmops.nn.w8a8 import W8A8Linear
 from pyllmops.quant.calibration import input_absmax, input_samples
-from pyllmops.quant.smoothquant import SmoothGroup, auto_alpha, llama_smooth_groups, smooth_
-from pyllmops.quant.methods import register_method
+from pyllmops.quant.smoothquant import SmoothGroup, auto_alpha, smooth_
+from pyllmops.quant.methods import register_method, report
+from pyllmops.quant.methods._blocks import family_smooth_groups
 from pyllmops.quant.methods._walk import linear_layers, replace_module
 
 METHODS = {"w8a8": (False, False), "w8a8-sq": (False, True), "w8a8-static": (True, False), "w8a8-static-sq": (True, True)}
@@ -43,10 +46,11 @@ def _eligible(model: nn.Module, skip: Iterable[str]) -> list[tuple[str, nn.Linea
 
 
 def _groups(model: nn.Module, spec: GroupsSpec) -> list[SmoothGroup]:
-    groups = llama_smooth_groups(model) if spec is None else spec(model) if callable(spec) else [
+    groups = family_smooth_groups(model) if spec is None else spec(model) if callable(spec) else [
         g if isinstance(g, SmoothGroup) else SmoothGroup(g[0], tuple(g[1])) for g in spec]
     if not groups:
-        raise ValueError("SmoothQuant found no norm -> linear groups in this model (it knows Llama-style names); "
+        raise ValueError("SmoothQuant found no norm -> linear groups in this model (it knows the Llama, Phi-3 and "
+                         "GPT-2 module names); "
                          "pass smooth_groups=[SmoothGroup(producer, (linear, ...)), ...]")
     return list(groups)
 
@@ -71,6 +75,8 @@ def _quantize(model: nn.Module, calib: Iterable[Any] | None, static: bool, smoot
     if smooth:
         groups = _groups(model, smooth_groups)
         consumers = sorted({n for g in groups for n in g.linears})
+        report(f"w8a8{'-static' if static else ''}-sq", set(names) - set(consumers),
+               "no smoothing group reads these linears (quantized unsmoothed; pass smooth_groups= to smooth them)")
         stats = input_absmax(model, calib, consumers, desc="smoothquant calibration", progress=progress)
         group_alpha = None
         if smooth_alpha == "auto":
