@@ -68,7 +68,7 @@ if _want_cuda():
 setup(
     packages=[
         "pyllmops", "pyllmops.ops", "pyllmops.quant", "pyllmops.quant.methods", "pyllmops.nn", "pyllmops.parallel",
-        "pyllmops.tokenizer", "pyllmops.models", "pyllmops.commands", "pyllmops.kernels",
+        "pyllmops.tokenizer", "pyllmops.models", "pyllmops.commands", "pyllmops.kernels", "pyllmops.formats",
     ],
     # The Triton sources live in kernels/triton/ and install as pyllmops.kernels. The top-level
     # kernels/ has no __init__.py on purpose: run from the repository root, that folder is on
