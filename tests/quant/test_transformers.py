@@ -121,3 +121,33 @@ def test_linear_subclasses_left_in_float_are_named():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pyllmops.quantize(tiny("llama"), "w8a16", progress=False)  # nothing to report
+
+
+@pytest.mark.parametrize("method", ["w8a8-static-sq", "w4a16-gptq"])
+def test_transformers_llama_quantizes_like_the_bundled_llama(method):
+    """The same weights in transformers' Llama and pyllmops.models.Llama quantize to the same
+    function: the walk sees the same linears, smoothing groups and calibration inputs in both."""
+    from pyllmops.models import Llama, LlamaConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=64)
+    ours = Llama(cfg).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0, 0.1) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+    theirs = transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rope_theta=cfg.rope_theta, rms_norm_eps=cfg.norm_eps,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2), dtype=torch.float32).eval()
+    state = {(k if k.startswith("lm_head") else "model." + k): v for k, v in ours.state_dict().items()}
+    theirs.load_state_dict(state, strict=False)
+    theirs.tie_weights()
+    ids = torch.randint(0, 96, (1, 32))
+    torch.testing.assert_close(logits(theirs, ids), ours(ids), rtol=1e-4, atol=1e-4)
+    ref = ours(ids)
+    for model in (ours, theirs):
+        pyllmops.quantize(model, method, calib=calib(t=32), strict=True, progress=False)
+    # the two float forwards differ by ~1e-6, which can flip an int8 rounding here and there: the
+    # quantized models must agree far more closely than either agrees with the float model
+    apart = float((logits(theirs, ids) - ours(ids)).norm())
+    assert apart < 0.1 * float((ours(ids) - ref).norm()), apart

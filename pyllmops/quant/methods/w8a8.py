@@ -6,10 +6,11 @@
     "w8a8-static-sq"  per-tensor static + SmoothQuant; the static scales are calibrated AFTER
                       smoothing, on the activations the quantized layers will actually see
 
-Options: smooth_alpha (migration strength, default 0.5, or "auto": per smoothing group the alpha of
-0.3, 0.35, ..., 0.9 with the smallest W8A8 output error on calibration rows, see
-quant.smoothquant.auto_alpha; `alpha` is accepted as its alias, which is what the CLI's --alpha
-passes; the CLI defaults to "auto" for the -sq methods), layer_alpha
+Options: smooth_alpha (migration strength: a number in [0, 1], or "auto", the default as in the
+CLI: per smoothing group the alpha of 0.3, 0.35, ..., 0.9 with the smallest W8A8 output error on
+calibration rows, see quant.smoothquant.auto_alpha; a fixed 0.5 leaves per-tensor static scales
+dominated by the outlier channels; `alpha` is accepted as its alias, which is what the CLI's
+--alpha passes), layer_alpha
 ({fnmatch pattern: alpha} per-layer overrides, e.g. {"*.down_proj": 0.8}), smooth_groups (which
 norm / linear feeds which linears: a list of quant.smoothquant.SmoothGroup or (producer,
 [linears]) pairs, or a function model -> that list; default: the architecture's groups from
@@ -100,7 +101,7 @@ def _method(name: str):
     static, smooth = METHODS[name]
 
     @register_method(name, needs_calib=static or smooth)
-    def method(model: nn.Module, *, calib: Iterable[Any] | None = None, smooth_alpha: float | str = 0.5,
+    def method(model: nn.Module, *, calib: Iterable[Any] | None = None, smooth_alpha: float | str = "auto",
                alpha: float | str | None = None, layer_alpha: Mapping[str, float] | None = None,
                smooth_groups: GroupsSpec = None, skip: Iterable[str] = ("lm_head",), progress: bool = True,
                **_ignored: Any) -> nn.Module:
