@@ -81,9 +81,13 @@ if _want_cuda():
 setup(
     packages=[
         "pyllmops", "pyllmops.ops", "pyllmops.quant", "pyllmops.quant.methods", "pyllmops.nn", "pyllmops.parallel",
-        "pyllmops.tokenizer", "pyllmops.models", "pyllmops.commands", "pyllmops.kernels",
+        "pyllmops.tokenizer", "pyllmops.models", "pyllmops.commands", "pyllmops.kernels", "pyllmops.formats",
     ],
-    package_dir={"pyllmops.kernels": "kernels"},
+    # The Triton sources live in kernels/triton/ and install as pyllmops.kernels. The top-level
+    # kernels/ has no __init__.py on purpose: run from the repository root, that folder is on
+    # sys.path, and as a bare directory (a namespace portion) it never hides a regular package of
+    # the same name (the PyPI `kernels`, which transformers imports), as a package would.
+    package_dir={"pyllmops.kernels": "kernels/triton"},
     ext_modules=ext_modules,
     cmdclass={"build_ext": CMakeBuild},
 )

@@ -20,6 +20,7 @@ from pyllmops.ops import (
 )
 
 from pyllmops.quant.methods import available_methods, quantize
+from pyllmops.quant.methods.checkpoint import load_quantized, save_quantized
 
 __version__ = "0.1.0"
 
@@ -41,7 +42,7 @@ def build_info() -> dict:
 
 
 __all__ = [
-    "available_backends", "available_methods", "build_info", "dequantize_int4_grouped", "dequantize_int8", "ops",
-    "pack_w8a8_weight", "quantize", "quantize_int4_grouped", "quantize_int8", "sample", "top_k_top_p_filter",
+    "available_backends", "available_methods", "build_info", "dequantize_int4_grouped", "dequantize_int8", "load_quantized", "ops",
+    "pack_w8a8_weight", "quantize", "quantize_int4_grouped", "quantize_int8", "sample", "save_quantized", "top_k_top_p_filter",
     "use_backend", "w4a8_matmul", "w4a16_matmul", "w8a16_matmul", "w8a8_matmul",
 ]

@@ -16,7 +16,7 @@ PKG = ROOT / "pyllmops"
 RANKS = {
     "pyllmops._ext": 0, "pyllmops._C": 0, "pyllmops._cuda": 0, "pyllmops.kernels": 0,
     "pyllmops.tokenizer": 1, "pyllmops.ops": 1,
-    "pyllmops.quant": 2,
+    "pyllmops.quant": 2, "pyllmops.formats": 2,
     "pyllmops.nn": 3,
     "pyllmops.quant.methods": 4, "pyllmops.parallel": 4,
     "pyllmops.models": 5,

@@ -1,4 +1,4 @@
-// Sorting-free sampling, one 512-thread block per row (the same algorithm as kernels/sampling.py):
+// Sorting-free sampling, one 512-thread block per row (the same algorithm as kernels/triton/sampling.py):
 //
 //   pass 1      max + NaN/+inf check (BlockReduce); greedy rows take the first index of the max.
 //   8 passes    top-k (0 < k < V): the k-th largest x by radix search on an order-preserving key,

@@ -52,7 +52,7 @@ def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
     g.add_argument("--alpha", type=_alpha, help="SmoothQuant migration strength for the *-sq methods: a number in "
                    "[0, 1] or 'auto' (the default here: per smoothing group, the alpha of 0.3..0.9 with the least "
                    "W8A8 output error on the calibration text; on SmolLM2-135M it meets the issue's goals, fixed 0.5 "
-                   "does not; the Python API's default stays 0.5)")
+                   "does not; the Python API defaults to 'auto' too)")
     g.add_argument("--quant-option", action="append", default=[], type=_option, metavar="KEY=VALUE",
                    help="extra keyword option for the quantization method(s), repeatable; VALUE is read as JSON "
                         "when it parses (4, 0.5, true, [\"q_proj\"]), else as a string, e.g. inspect=false")

@@ -11,6 +11,7 @@ import torch
 
 from pyllmops.models.gguf_loader import INSTALL_HINT, ModelNotInstalledError, load_gguf_state_dict, open_gguf, smollm2_path
 from pyllmops.models.llama import KVCache, LinearFactory, Llama, LlamaConfig, rope_tables
+from pyllmops.models import hf_config  # noqa: F401  (registers Llama with save_quantized / load_quantized)
 
 
 def load_gguf_model(path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", linear_cls: LinearFactory | None = None) -> Llama:

@@ -28,7 +28,7 @@ from pyllmops.ops import _dispatch
 from pyllmops.ops._dispatch import forced_backends
 from pyllmops.ops._validate import FLOAT_DTYPES
 from pyllmops.ops.weight_only import w4a16_matmul, w8a16_matmul
-from pyllmops.quant.packing import Int4Weight, Int8Weight, default_g_idx, pack_int4
+from pyllmops.quant.packing import Int4Weight, Int8Weight, default_g_idx, pack_int4, unpack_int4
 from pyllmops.quant.rtn import rtn_int4, rtn_int8
 
 
@@ -73,6 +73,18 @@ class WeightOnlyLinear(nn.Module):
         w = linear.weight.detach()
         q = rtn_int8(w) if bits == 8 else rtn_int4(w, group_size, bits, symmetric)
         return cls(q, linear.bias)
+
+    def quantized_weight(self) -> Union[Int4Weight, Int8Weight]:
+        """The weight in input-channel order (act-order as a g_idx again), as constructed; the
+        input_scale, if any, is not in it."""
+        if not self.int4:
+            return Int8Weight(self.qweight, self.scales)
+        if self.perm is None:
+            return Int4Weight(self.qweight, self.scales, self.zeros, self.group_size, self.bits, self.g_idx)
+        inverse = torch.argsort(self.perm)
+        g_idx = default_g_idx(self.in_features, self.group_size, self.perm.device)[inverse]
+        return Int4Weight(pack_int4(unpack_int4(self.qweight)[:, inverse]), self.scales, self.zeros, self.group_size,
+                          self.bits, g_idx)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """W [N, K] as forward applies it to x (input order, input_scale folded in)."""

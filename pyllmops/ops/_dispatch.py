@@ -5,7 +5,7 @@ Each op registers implementations under backend names:
   reference  slow, float64-friendly oracle (never chosen unless forced)
   torch      pure-torch fallback, any device
   cpp        pyllmops._C, CPU
-  triton     kernels/ (GPU; CPU only under TRITON_INTERPRET=1, which is how CI tests it)
+  triton     kernels/triton/ (GPU; CPU only under TRITON_INTERPRET=1, which is how CI tests it)
   cuda       pyllmops._cuda
 
 By default the first available backend in DEFAULT_ORDER[device] that supports the call wins.

@@ -21,7 +21,7 @@ Backends: reference (exact int64 product, float64 epilogue), cpp (the CPU defaul
 pyllmops/ops/w8a8_cpp.py: oneDNN int8 linear for packed b, torch._int_mm otherwise, each with a
 one-pass C++ epilogue where oneDNN cannot fuse it), torch (pure torch: the same GEMMs with a torch
 epilogue; torch._int_mm on the CPU accepts any M, K, N, on CUDA only M > 16 with K, N multiples of 8),
-triton (kernels/w8a8.py, any shape), cuda (csrc/cuda/w8a8.cu: K-major b, K % 16 == 0; mma.sync on
+triton (kernels/triton/w8a8.py, any shape), cuda (csrc/cuda/w8a8.cu: K-major b, K % 16 == 0; mma.sync on
 sm_80+. On sm_90 devices, for M >= SM90_MIN_M and N % 16 == 0, csrc/cuda/sm90/w8a8_sm90.cu:
 CUTLASS 3.x TMA + wgmma with the same epilogue, built when the nvidia-cutlass headers are present;
 `cuda_w8a8_kernel(a, b)` names the kernel a call gets and why).

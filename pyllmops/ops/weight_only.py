@@ -23,10 +23,10 @@ Backends:
              names the kernel a call gets). Larger M (prefill), any K and group size: blocks of 4 MB
              of the weight made float32 (int4: a C++ loop, the torch fallback's values) and
              F.linear on each (_blocked_linear), without the fallback's 64 MB buffer per call.
-  triton     int4: kernels/w4a16.py, tensor cores (mma.sync on sm_80, wgmma on sm_90a) with the
+  triton     int4: kernels/triton/w4a16.py, tensor cores (mma.sync on sm_80, wgmma on sm_90a) with the
              weight dequantized in registers as the MMA's A operand, every weight byte read once,
              a fixed tile / split-K / pipeline-depth table per M bucket; any M, K, group, g_idx.
-             int8: kernels/weight_only.py, split-K for small M.
+             int8: kernels/triton/weight_only.py, split-K for small M.
   cuda       csrc/cuda/w4a16.cu: a CUDA-core GEMV (one warp per output row, an FMA per weight and
              row of x), int4 -> half with magic-number bit tricks.
 Dispatch on CUDA (int4): the GEMV serves M <= CUDA_GEMV_MAX_M (= 4), where its FMAs still hide

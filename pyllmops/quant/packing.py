@@ -139,7 +139,7 @@ class Int8Weight:
 
 
 # ----------------------------------------------------------------------------- bit packing helpers
-def _pack_int32(values: torch.Tensor, bits: int, dim: int, order=None) -> torch.Tensor:
+def pack_int32(values: torch.Tensor, bits: int, dim: int, order=None) -> torch.Tensor:
     """Pack unsigned `bits`-bit values along `dim` into int32 (32 // bits per word); slot i of a word
     holds element order[i] of its run (identity when None)."""
     pack = 32 // bits
@@ -155,7 +155,7 @@ def _pack_int32(values: torch.Tensor, bits: int, dim: int, order=None) -> torch.
     return word.to(torch.int32).movedim(-1, dim)
 
 
-def _unpack_int32(words: torch.Tensor, bits: int, dim: int, order=None) -> torch.Tensor:
+def unpack_int32(words: torch.Tensor, bits: int, dim: int, order=None) -> torch.Tensor:
     pack = 32 // bits
     w = words.to(torch.int64).movedim(dim, -1) & 0xFFFFFFFF
     shifts = torch.arange(pack, device=w.device) * bits
@@ -180,8 +180,8 @@ def to_gptq(w: Int4Weight, version: int = 1) -> dict[str, torch.Tensor]:
             raise ValueError("GPTQ version 1 stores zero - 1 and cannot represent a zero point of 0; export with version=2")
         zeros = zeros - 1
     return {
-        "qweight": _pack_int32(w.values().t(), bits, dim=0),
-        "qzeros": _pack_int32(zeros.t(), bits, dim=1),
+        "qweight": pack_int32(w.values().t(), bits, dim=0),
+        "qzeros": pack_int32(zeros.t(), bits, dim=1),
         "scales": w.scales.t().contiguous(),
         "g_idx": w.group_of_channel().clone(),
     }
@@ -203,12 +203,12 @@ def from_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
         raise ValueError(f"scales must have shape [G, N={n}], got {tuple(scales.shape)}")
     if tuple(qzeros.shape) != (scales.shape[0], n // 8):
         raise ValueError(f"qzeros must have shape [G={scales.shape[0]}, N/8={n // 8}], got {tuple(qzeros.shape)}")
-    zeros = _unpack_int32(qzeros, bits, dim=1).to(torch.int64)
+    zeros = unpack_int32(qzeros, bits, dim=1).to(torch.int64)
     if version == 1:
         zeros = (zeros + 1) & 0xFF  # AutoGPTQ adds 1 back; a stored 15 means 16, which does not fit 4 bits
         if bool((zeros > 15).any()):
             raise ValueError("qzeros holds a zero point of 16 (a version-1 checkpoint that stored 0 - 1); it cannot be represented")
-    values = _unpack_int32(qweight, bits, dim=0).t()
+    values = unpack_int32(qweight, bits, dim=0).t()
     gs = k if group_size == -1 else group_size
     if g_idx is not None:
         g_idx = g_idx.to(torch.int32)
@@ -223,8 +223,8 @@ def to_awq(w: Int4Weight) -> dict[str, torch.Tensor]:
     if w.g_idx is not None:
         raise ValueError("the AWQ layout has no act-order (g_idx); this weight has one")
     return {
-        "qweight": _pack_int32(w.values().t(), 4, dim=1, order=AWQ_ORDER),
-        "qzeros": _pack_int32(w.zeros.t(), 4, dim=1, order=AWQ_ORDER),
+        "qweight": pack_int32(w.values().t(), 4, dim=1, order=AWQ_ORDER),
+        "qzeros": pack_int32(w.zeros.t(), 4, dim=1, order=AWQ_ORDER),
         "scales": w.scales.t().contiguous(),
     }
 
@@ -238,8 +238,8 @@ def from_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, 
         raise ValueError(f"scales must have shape [G, N={n}], got {tuple(scales.shape)}")
     if tuple(qzeros.shape) != (scales.shape[0], n // 8):
         raise ValueError(f"qzeros must have shape [G={scales.shape[0]}, N/8={n // 8}], got {tuple(qzeros.shape)}")
-    values = _unpack_int32(qweight, 4, dim=1, order=AWQ_ORDER).t()
-    zeros = _unpack_int32(qzeros, 4, dim=1, order=AWQ_ORDER).t()
+    values = unpack_int32(qweight, 4, dim=1, order=AWQ_ORDER).t()
+    zeros = unpack_int32(qzeros, 4, dim=1, order=AWQ_ORDER).t()
     return Int4Weight.from_values(values, scales.t().contiguous(), zeros, k if group_size == -1 else group_size)
 
 

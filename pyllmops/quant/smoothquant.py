@@ -52,10 +52,13 @@ class SmoothGroup:
     """`linears` (module names) all read the output of `prev` (a norm with `.weight` or an
     nn.Linear). kv_head_dim: set when prev is the value projection of grouped-query attention
     (prev has n_kv_heads * kv_head_dim outputs, the linears n_heads * kv_head_dim inputs; query
-    head h reads value head h // (n_heads / n_kv_heads))."""
+    head h reads value head h // (n_heads / n_kv_heads)). rows: (start, stop) when only those
+    output rows of prev (an nn.Linear) are the linears' input, e.g. the value rows of a fused
+    qkv_proj feeding o_proj; only they are divided."""
     prev: str
     linears: tuple[str, ...]
     kv_head_dim: int | None = None
+    rows: tuple[int, int] | None = None
 
 
 def llama_smooth_groups(model: nn.Module) -> list[SmoothGroup]:
@@ -146,6 +149,12 @@ def _group_stats(group: SmoothGroup, modules: Mapping[str, nn.Module], absmax: M
     w_amax = torch.stack([c.weight.detach().abs().amax(0).float() for c in consumers]).amax(0)
     prev = modules[group.prev]
     n_prev = prev.out_features if isinstance(prev, nn.Linear) else prev.weight.shape[0]
+    if group.rows is not None:
+        start, stop = group.rows
+        if not isinstance(prev, nn.Linear) or not 0 <= start < stop <= n_prev:
+            raise ValueError(f"smooth group {group}: rows must be a range of the output rows of an nn.Linear producer "
+                             f"({group.prev} has {n_prev})")
+        n_prev = stop - start
     if n_prev != k and group.kv_head_dim is None:
         raise ValueError(f"smooth group {group}: {group.prev} has {n_prev} outputs but the linears take {k} "
                          f"inputs; set kv_head_dim for grouped-query attention")
@@ -184,7 +193,7 @@ def smooth_(model: nn.Module, groups: Sequence[SmoothGroup], absmax: Mapping[str
         st = _group_stats(group, modules, absmax)
         a = _alpha_for(group, (group_alpha or {}).get(group.prev, alpha), layer_alpha)
         s_prev, s = _group_factors(group, st, a)
-        _divide_output(st.prev, s_prev)
+        _divide_output(st.prev, s_prev, group.rows)
         for c in st.consumers:
             c.weight.mul_(s.to(c.weight.dtype)[None, :])
         factors[group.prev] = s
@@ -238,8 +247,13 @@ def auto_alpha(model: nn.Module, groups: Sequence[SmoothGroup], absmax: Mapping[
     return chosen
 
 
-def _divide_output(prev: nn.Module, s: torch.Tensor) -> None:
-    """Scale the producer so that its output channel j is divided by s_j."""
+def _divide_output(prev: nn.Module, s: torch.Tensor, rows: tuple[int, int] | None = None) -> None:
+    """Scale the producer so that its output channel j (of the slice `rows`, when given) is divided by s_j."""
+    if rows is not None:
+        prev.weight[rows[0]:rows[1]].div_(s.to(prev.weight.dtype)[:, None])
+        if prev.bias is not None:
+            prev.bias[rows[0]:rows[1]].div_(s.to(prev.bias.dtype))
+        return
     if isinstance(prev, nn.Linear):
         prev.weight.div_(s.to(prev.weight.dtype)[:, None])
     elif not isinstance(getattr(prev, "weight", None), torch.Tensor):

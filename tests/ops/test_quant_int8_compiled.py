@@ -1,4 +1,4 @@
-"""The compiled Triton quantizer keeps the bit-identity claim of kernels/quant_int8.py: compiled for
+"""The compiled Triton quantizer keeps the bit-identity claim of kernels/triton/quant_int8.py: compiled for
 sm_80 and sm_90 (no GPU needed), its PTX divides only with div.rn.f32 (IEEE), never div.full /
 div.approx / rcp.approx, which a plain `/` becomes and the interpreter never shows."""
 import os

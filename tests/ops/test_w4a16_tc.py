@@ -1,4 +1,4 @@
-"""The Triton tensor-core W4A16 kernel (kernels/w4a16.py): every entry of its per-M config table
+"""The Triton tensor-core W4A16 kernel (kernels/triton/w4a16.py): every entry of its per-M config table
 forced, against the float64 reference (odd M and N, K with a ragged last group, group sizes
 32 / 64 / 128 / -1, act-order, split-K), its fp16 tensor-core path, and the CUDA dispatch rule.
 Under the interpreter (CI); tests/ops/test_w4a16_tc_compile.py compiles it for sm_80 / sm_90a."""

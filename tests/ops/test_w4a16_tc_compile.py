@@ -1,4 +1,4 @@
-"""kernels/w4a16.py compiled without a GPU (Triton's compiler with an explicit GPUTarget, the
+"""kernels/triton/w4a16.py compiled without a GPU (Triton's compiler with an explicit GPUTarget, the
 ptxas / cuobjdump that ship with Triton): for sm_90a and sm_80 its decode configs must run their
 products on tensor cores (wgmma with the dequantized weight as the register A operand / HMMA),
 pipeline the weight through cp.async (LDGSTS) and spill nothing. Integer arguments are

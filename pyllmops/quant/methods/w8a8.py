@@ -6,13 +6,16 @@
     "w8a8-static-sq"  per-tensor static + SmoothQuant; the static scales are calibrated AFTER
                       smoothing, on the activations the quantized layers will actually see
 
-Options: smooth_alpha (migration strength, default 0.5, or "auto": per smoothing group the alpha of
-0.3, 0.35, ..., 0.9 with the smallest W8A8 output error on calibration rows, see
-quant.smoothquant.auto_alpha; `alpha` is accepted as its alias, which is what the CLI's --alpha
-passes; the CLI defaults to "auto" for the -sq methods), layer_alpha
+Options: smooth_alpha (migration strength: a number in [0, 1], or "auto", the default as in the
+CLI: per smoothing group the alpha of 0.3, 0.35, ..., 0.9 with the smallest W8A8 output error on
+calibration rows, see quant.smoothquant.auto_alpha; a fixed 0.5 leaves per-tensor static scales
+dominated by the outlier channels; `alpha` is accepted as its alias, which is what the CLI's
+--alpha passes), layer_alpha
 ({fnmatch pattern: alpha} per-layer overrides, e.g. {"*.down_proj": 0.8}), smooth_groups (which
 norm / linear feeds which linears: a list of quant.smoothquant.SmoothGroup or (producer,
-[linears]) pairs, or a function model -> that list; default llama_smooth_groups), skip (linear
+[linears]) pairs, or a function model -> that list; default: the architecture's groups from
+_blocks.FAMILIES, for Llama/Mistral/Qwen2, Phi-3 and GPT-2 module names; a linear in no group
+is quantized unsmoothed and reported by name), skip (linear
 names left in float, default the LM head), progress (tqdm bars).
 
 The alpha sweep on SmolLM2 (bench/quality_w8a8.py) is in docs/quality.md.
@@ -29,8 +32,9 @@ from torch import nn
 
 from pyllmops.nn.w8a8 import W8A8Linear
 from pyllmops.quant.calibration import input_absmax, input_samples
-from pyllmops.quant.smoothquant import SmoothGroup, auto_alpha, llama_smooth_groups, smooth_
-from pyllmops.quant.methods import register_method
+from pyllmops.quant.smoothquant import SmoothGroup, auto_alpha, smooth_
+from pyllmops.quant.methods import register_method, report
+from pyllmops.quant.methods._blocks import family_smooth_groups
 from pyllmops.quant.methods._walk import linear_layers, replace_module
 
 METHODS = {"w8a8": (False, False), "w8a8-sq": (False, True), "w8a8-static": (True, False), "w8a8-static-sq": (True, True)}
@@ -43,10 +47,11 @@ def _eligible(model: nn.Module, skip: Iterable[str]) -> list[tuple[str, nn.Linea
 
 
 def _groups(model: nn.Module, spec: GroupsSpec) -> list[SmoothGroup]:
-    groups = llama_smooth_groups(model) if spec is None else spec(model) if callable(spec) else [
+    groups = family_smooth_groups(model) if spec is None else spec(model) if callable(spec) else [
         g if isinstance(g, SmoothGroup) else SmoothGroup(g[0], tuple(g[1])) for g in spec]
     if not groups:
-        raise ValueError("SmoothQuant found no norm -> linear groups in this model (it knows Llama-style names); "
+        raise ValueError("SmoothQuant found no norm -> linear groups in this model (it knows the Llama, Phi-3 and "
+                         "GPT-2 module names); "
                          "pass smooth_groups=[SmoothGroup(producer, (linear, ...)), ...]")
     return list(groups)
 
@@ -71,6 +76,8 @@ def _quantize(model: nn.Module, calib: Iterable[Any] | None, static: bool, smoot
     if smooth:
         groups = _groups(model, smooth_groups)
         consumers = sorted({n for g in groups for n in g.linears})
+        report(f"w8a8{'-static' if static else ''}-sq", set(names) - set(consumers),
+               "no smoothing group reads these linears (quantized unsmoothed; pass smooth_groups= to smooth them)")
         stats = input_absmax(model, calib, consumers, desc="smoothquant calibration", progress=progress)
         group_alpha = None
         if smooth_alpha == "auto":
@@ -94,7 +101,7 @@ def _method(name: str):
     static, smooth = METHODS[name]
 
     @register_method(name, needs_calib=static or smooth)
-    def method(model: nn.Module, *, calib: Iterable[Any] | None = None, smooth_alpha: float | str = 0.5,
+    def method(model: nn.Module, *, calib: Iterable[Any] | None = None, smooth_alpha: float | str = "auto",
                alpha: float | str | None = None, layer_alpha: Mapping[str, float] | None = None,
                smooth_groups: GroupsSpec = None, skip: Iterable[str] = ("lm_head",), progress: bool = True,
                **_ignored: Any) -> nn.Module:
