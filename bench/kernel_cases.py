@@ -24,16 +24,16 @@ def _e(*shape, dtype):
 
 
 def weight_only():
+    from pyllmops.kernels import w4a16
     from pyllmops.kernels import weight_only as wo
 
-    group = 128
-    for m, x_dtype, act_order in itertools.product(MS, ACTS, (False, True)):
+    for m, x_dtype, act_order, group in itertools.product(MS + (1, 33, 64), ACTS, (False, True), (128, 32)):
         x = _e(m, K, dtype=x_dtype)
         g_idx = torch.zeros(K, dtype=torch.int32) if act_order else None
         # The dispatch hands the scales over in x's dtype, zeros as uint8 (pyllmops/ops/weight_only.py).
-        wo.w4a16_matmul(x, _e(N, K // 2, dtype=torch.uint8), _e(N, K // group, dtype=x_dtype),
-                        _e(N, K // group, dtype=torch.uint8), group, g_idx)
-        if not act_order:
+        w4a16.w4a16_matmul(x, _e(N, K // 2, dtype=torch.uint8), _e(N, K // group, dtype=x_dtype),
+                           _e(N, K // group, dtype=torch.uint8), group, g_idx)
+        if not act_order and group == 128:
             wo.w8a16_matmul(x, _e(N, K, dtype=torch.int8), _e(N, dtype=x_dtype))
 
 

@@ -104,7 +104,7 @@ def test_every_name_the_readme_uses_exists():
     names = _readme_names()
     assert {"quantize", "sample", "quantize_int8"} <= names  # the parser sees the README's examples
     missing = []
-    for n in sorted(names):
+    for n in sorted(names - {"_C", "_cuda"}):  # the compiled extensions: build_info() says if present
         if hasattr(pyllmops, n):
             continue
         try:  # a subpackage or module (pyllmops.models, pyllmops.tokenizer, ...)
