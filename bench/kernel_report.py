@@ -231,18 +231,37 @@ def cuda_rows(targets: list[str], table: list[Entry], jobs: int) -> list[dict]:
     if nvcc is None:
         print("kernel_report: no nvcc: CUDA kernels SKIPPED", file=sys.stderr)
         return []
-    work = [(cu, t) for cu in sorted((ROOT / "csrc" / "cuda").glob("*.cu")) for t in targets]
+    work = [(cu, t, ()) for cu in sorted((ROOT / "csrc" / "cuda").glob("*.cu")) for t in targets]
+    # The Hopper W8A8 kernel (CUTLASS 3.x), sm_90a only and only where CUTLASS's headers are, with
+    # the flags CMakeLists.txt builds it with.
+    cutlass = _cutlass_include()
+    if cutlass and "sm_90a" in targets:
+        work += [(cu, "sm_90a", (f"-I{cutlass}", "-DNDEBUG", "-fmad=false"))
+                 for cu in sorted((ROOT / "csrc" / "cuda" / "sm90").glob("*.cu"))]
+    elif not cutlass:
+        print("kernel_report: no CUTLASS headers (pip install nvidia-cutlass): csrc/cuda/sm90 SKIPPED", file=sys.stderr)
     with ThreadPoolExecutor(jobs) as pool:
         return [r for rows in pool.map(lambda a: _cuda_one(nvcc, *a, table), work) for r in rows]
 
 
-def _cuda_one(nvcc: str, cu: Path, target: str, table: list[Entry]) -> list[dict]:
+def _cutlass_include() -> str:
+    """CUTLASS's include dir, found as setup.py finds it ("" when there is none)."""
+    import importlib.util
+
+    path = os.environ.get("PYLLMOPS_CUTLASS_INCLUDE")
+    if not path:
+        spec = importlib.util.find_spec("cutlass_library")
+        path = str(Path(spec.origin).parent / "source" / "include") if spec and spec.origin else ""
+    return path if path and Path(path, "cutlass", "cutlass.h").exists() else ""
+
+
+def _cuda_one(nvcc: str, cu: Path, target: str, extra: tuple, table: list[Entry]) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         arch = target.replace("sm_", "")
-        done = subprocess.run([nvcc, "-std=c++17", f"-I{ROOT / 'csrc'}", "--expt-relaxed-constexpr", "-O3", "-cubin",
-                               f"-arch=sm_{arch}", "-Xptxas", "-v", "--keep", "--keep-dir", tmp, str(cu), "-o",
-                               str(cubin)], capture_output=True, text=True)
+        done = subprocess.run([nvcc, "-std=c++17", f"-I{ROOT / 'csrc'}", *extra, "--expt-relaxed-constexpr", "-O3",
+                               "-cubin", f"-arch=sm_{arch}", "-Xptxas", "-v", "--keep", "--keep-dir", tmp, str(cu),
+                               "-o", str(cubin)], capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"kernel_report: nvcc failed on {cu.name} for {target}:\n{done.stderr[-3000:]}")
         res = parse_ptxas(done.stderr)

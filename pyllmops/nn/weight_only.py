@@ -126,8 +126,8 @@ class WeightOnlyLinear(nn.Module):
         """The decode step's path: a float32 CPU x2 [M, K] with M within the C++ kernel's decode
         range, plain eager (_dispatch.eager) and no forced backend, straight into the kernel. Its
         conditions on the buffers (on the CPU, contiguous, float32 scales, a shape the kernel
-        serves) are checked once per set of buffer objects, not per call (SmolLM2's int4 decode
-        step: 15.1-15.2 ms/token against 15.6-16.6 through _matmul). None when it does not apply."""
+        serves) are checked once per set of buffer objects, not per call (per-call checks are a
+        visible share of a decode step's small GEMMs). None when it does not apply."""
         if torch.compiler.is_compiling():
             return None  # the op (and its fake) is what a graph should hold
         buffers = self._buffers
