@@ -33,7 +33,7 @@ void bind_int4_gemm(py::module_& m, const char* name, Int4Gemm gemm) {
 void bind_weight_only(py::module_& m) {
   m.def("weight_only_simd", &weight_only_simd);
   m.def("weight_only_vnni", &weight_only_vnni);
-  m.def("w4a16_kernel", &w4a16_kernel, py::arg("K"), py::arg("group_size"));
+  m.def("w4a16_kernel", &w4a16_kernel, py::arg("K"), py::arg("group_size"), py::arg("M") = 1);
   bind_int4_gemm(m, "w4a16_gemm", &w4a16_gemm);
   bind_int4_gemm(m, "w4a8_gemm", &w4a8_gemm);
   m.def(

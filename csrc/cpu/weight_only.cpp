@@ -23,6 +23,9 @@
 // avx2_fma (CPUs without AVX-512, any group size the others take): the avx512_fma kernel on
 // 8-lane vectors. The int8 kernel and the prefill dequantization have AVX2 versions too.
 //
+// avx2_digits (CPUs without AVX-512, M = 1, group size as for vnni_digits): the digit kernel with
+// vpmaddubsw + vpmaddwd in place of vpdpbusd, exact in the same way.
+//
 // w4a8_gemm: the digit kernel with one digit, x quantized per 32 channels like llama.cpp's Q8_0
 // (pyllmops/ops/w4a8.py): 2 vpdpbusd per 128 weights of a row, then convert, times the weight
 // scale, FMA with the 16 lanes' activation scales. An approximation of w4a16 (0.5-1.7% relative
@@ -537,6 +540,112 @@ std::vector<int32_t> block_groups(int64_t B, int64_t group_size) {
   return g;
 }
 
+// ---------------------------------------------------------------- int4 x int8 digits, AVX2
+// The vnni_digits kernel for CPUs with AVX2 but no AVX-512 (AMD Zen 2/3, client Intel), on the
+// same digits of x (split_digits_portable: the same values as split_digits). AVX2 has no vpdpbusd:
+// per digit and 64 packed bytes of a row, 4 vpmaddubsw (u8 nibble x s8 digit -> s16 sums of 2,
+// |.| <= 2 * 15 * 128) summed in int16 (8 products, <= 15360: no saturation), one vpmaddwd to
+// int32 lanes of 16 channels (by 256 for the top digit, by 1 for the others) and a Horner shift by 8
+// bits (|lane| <= 16 * 15 * kDigitMax < 2^31: exact). 38 vector ops per 128 weights and row of x
+// against 56 for the avx2_fma kernel at M = 1; that kernel converts the weight once for all rows of x (40 ops) and then
+// needs 16 FMAs per row, so from M = 2 on it is the cheaper one and w4a16_kernel picks it.
+void split_digits_portable(const float* x, int64_t M, int64_t K, int8_t* digits, float* step, int* shift) {
+  const int64_t B = (K + kBlock - 1) / kBlock;
+  std::vector<float> tops(static_cast<size_t>(B));
+  for (int64_t m = 0; m < M; ++m) {
+    float row_top = 0.f;
+    for (int64_t b = 0; b < B; ++b) {
+      float top = 0.f;
+      for (int64_t k = b * kBlock; k < std::min(K, (b + 1) * kBlock); ++k) top = std::max(top, std::abs(x[m * K + k]));
+      tops[b] = top <= std::numeric_limits<float>::max() ? top : 0.f;  // as split_digits: non-finite -> step 0
+      row_top = std::max(row_top, tops[b]);
+    }
+    shift[m] = row_top > 0.f ? row_shift(static_cast<double>(row_top) / kDigitMax) : 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const double d = static_cast<double>(tops[b]) / kDigitMax, inv = d > 0.0 ? 1.0 / d : 0.0;
+      step[m * B + b] = static_cast<float>(std::ldexp(d, shift[m]));
+      int8_t* out = digits + (m * B + b) * kBlockBytes<3>;
+      for (int64_t k = b * kBlock; k < std::min(K, (b + 1) * kBlock); ++k) {
+        const double t = static_cast<double>(x[m * K + k]) * inv;
+        // round half to even like cvtpd_epi32; a NaN (x non-finite) clamps like its 0x80000000
+        const int32_t v = t >= kDigitMax ? kDigitMax : t > -kDigitMax ? static_cast<int32_t>(std::nearbyint(t)) : -kDigitMax;
+        const int32_t c = ((v + 128) & 255) - 128, v1 = (v - c) >> 8;
+        const int32_t bd = ((v1 + 128) & 255) - 128, a = (v1 - bd) >> 8;
+        const int64_t i = k - b * kBlock, at = (i % 2) * 64 + i / 2;  // [even channels | odd channels]
+        out[at] = static_cast<int8_t>(a), out[at + 128] = static_cast<int8_t>(bd), out[at + 256] = static_cast<int8_t>(c);
+      }
+    }
+  }
+}
+
+// One digit of a block against its 64 weight bytes' nibbles: int16 sums of 8 products per lane.
+__attribute__((target("avx2,fma"))) inline __m256i digit_sums_avx2(__m256i lo0, __m256i lo1, __m256i hi0,
+                                                                   __m256i hi1, const int8_t* digit) {
+  const __m256i* xd = reinterpret_cast<const __m256i*>(digit);
+  const __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(lo0, _mm256_loadu_si256(xd)),
+                                     _mm256_maddubs_epi16(lo1, _mm256_loadu_si256(xd + 1)));
+  return _mm256_add_epi16(_mm256_add_epi16(s, _mm256_maddubs_epi16(hi0, _mm256_loadu_si256(xd + 2))),
+                          _mm256_maddubs_epi16(hi1, _mm256_loadu_si256(xd + 3)));
+}
+
+// Output rows n..n+NT-1 for rows m0..m0+MT-1 of x; tail_bytes: the bytes of a row's last block.
+template <int MT, int NT>
+__attribute__((target("avx2,fma"))) inline void digit_tile_avx2(const DigitX& x, int64_t m0, const Int4Weight& w,
+                                                                 int64_t n, int64_t tail_bytes, float* out, int64_t N) {
+  const int64_t B = x.B, G = x.G;
+  const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), by256 = _mm256_set1_epi16(256);
+  __m256 total[MT][NT];
+  float corr[MT][NT];  // the zero-point term sum_g s z sum_g(x), in the units of total
+  for (int j = 0; j < NT; ++j)
+    for (int m = 0; m < MT; ++m) {
+      total[m][j] = _mm256_setzero_ps();
+      float c = 0.f;
+      for (int64_t g = 0; g < G; ++g)
+        c += w.scales[(n + j) * G + g] * static_cast<float>(w.zeros[(n + j) * G + g]) * x.gsum[(m0 + m) * G + g];
+      corr[m][j] = c;
+    }
+  alignas(32) uint8_t last[64] = {};
+  for (int64_t b = 0; b < B; ++b) {
+    const bool full = b + 1 < B || tail_bytes == 64;
+    for (int j = 0; j < NT; ++j) {
+      const uint8_t* p = w.qw + (n + j) * w.row_bytes + b * 64;
+      // the next step's rows: the hardware prefetcher alone leaves the kernel waiting (as vnni_digits)
+      _mm_prefetch(reinterpret_cast<const char*>(p + kSplitRows * w.row_bytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + kSplitRows * w.row_bytes + 63), _MM_HINT_T0);
+      if (!full) std::copy_n(p, tail_bytes, last), p = last;  // zero digits meet the zeroed rest
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
+      const __m256i lo0 = _mm256_and_si256(v0, low4), lo1 = _mm256_and_si256(v1, low4);
+      const __m256i hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low4);
+      const __m256i hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low4);
+      const float s = w.scales[(n + j) * G + x.block_group[b]];
+      for (int m = 0; m < MT; ++m) {
+        const int8_t* xb = x.digits + ((m0 + m) * B + b) * kBlockBytes<3>;
+        // Horner: 256 a + b in one step (vpmaddwd by 256 and by 1), then 256 (256 a + b) + c
+        __m256i acc = _mm256_add_epi32(_mm256_madd_epi16(digit_sums_avx2(lo0, lo1, hi0, hi1, xb), by256),
+                                       _mm256_madd_epi16(digit_sums_avx2(lo0, lo1, hi0, hi1, xb + kBlock), ones));
+        acc = _mm256_add_epi32(_mm256_slli_epi32(acc, 8),
+                               _mm256_madd_epi16(digit_sums_avx2(lo0, lo1, hi0, hi1, xb + 2 * kBlock), ones));
+        total[m][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(s * x.step[(m0 + m) * B + b]),
+                                      total[m][j]);
+      }
+    }
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int j = 0; j < NT; ++j)
+      out[(m0 + m) * N + n + j] = (hsum_avx2(total[m][j]) - corr[m][j]) * x.unscale[m0 + m];
+}
+
+template <int MT>
+__attribute__((target("avx2,fma"))) void digit_rows_avx2(const DigitX& x, int64_t m0, const Int4Weight& w,
+                                                         int64_t tail_bytes, int64_t n0, int64_t n1, float* out,
+                                                         int64_t N) {
+  constexpr int NT = MT <= 2 ? kSplitRows : kSplitRows / 2;  // MT * NT accumulators + 4 nibble vectors
+  int64_t n = n0;
+  for (; n + NT <= n1; n += NT) digit_tile_avx2<MT, NT>(x, m0, w, n, tail_bytes, out, N);
+  for (; n < n1; ++n) digit_tile_avx2<MT, 1>(x, m0, w, n, tail_bytes, out, N);
+}
+
 // ---------------------------------------------------------------- int8
 void w8_rows_scalar(const float* x, int64_t M, int64_t K, const int8_t* qw, const float* scales,
                     float* out, int64_t N, int64_t n0, int64_t n1) {
@@ -656,18 +765,20 @@ bool weight_only_vnni() {
   return ok;
 }
 
-const char* w4a16_kernel(int64_t K, int64_t group_size) {
+const char* w4a16_kernel(int64_t K, int64_t group_size, int64_t M) {
   if (!weight_only_simd()) return "scalar";
-  if (!has_avx512()) return "avx2_fma";
   // each 128-channel block in one group; the last block may be short (K % 32 == 0 always)
-  return weight_only_vnni() && (group_size % kBlock == 0 || group_size == K) ? "vnni_digits" : "avx512_fma";
+  const bool blocks = group_size % kBlock == 0 || group_size == K;
+  // per 128 weights, AVX2 digits: 8 + ~30 per row of x; FMA: 40 + 16 per row. Digits at M = 1 only
+  if (!has_avx512()) return blocks && M == 1 ? "avx2_digits" : "avx2_fma";
+  return weight_only_vnni() && blocks ? "vnni_digits" : "avx512_fma";
 }
 
 void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
                 const uint8_t* zeros, int64_t N, int64_t group_size, float* out, int threads) {
   const int64_t G = (K + group_size - 1) / group_size;
   const std::vector<double> xs = group_sums(x, M, K, group_size, G);
-  const std::string kernel = w4a16_kernel(K, group_size);
+  const std::string kernel = w4a16_kernel(K, group_size, M);
   if (kernel == "vnni_digits") {
     const int64_t B = (K + kBlock - 1) / kBlock;
     std::vector<int8_t> digits(static_cast<size_t>(M * B * kBlockBytes<3>));
@@ -678,6 +789,25 @@ void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, co
     const std::vector<int32_t> bg = block_groups(B, group_size);
     digit_gemm<3>({digits.data(), step.data(), gsum.data(), unscales(shift).data(), bg.data(), B, G}, M, K, qweight,
                   scales, zeros, N, out, threads);
+    return;
+  }
+  if (kernel == "avx2_digits") {
+    const int64_t B = (K + kBlock - 1) / kBlock;
+    std::vector<int8_t> digits(static_cast<size_t>(M * B * kBlockBytes<3>));
+    std::vector<float> step(static_cast<size_t>(M * B)), gsum(static_cast<size_t>(M * G));
+    std::vector<int> shift(static_cast<size_t>(M));
+    split_digits_portable(x, M, K, digits.data(), step.data(), shift.data());
+    for (int64_t i = 0; i < M * G; ++i) gsum[i] = static_cast<float>(std::ldexp(xs[i], shift[i / G]));
+    const std::vector<int32_t> bg = block_groups(B, group_size);
+    const std::vector<float> unscale = unscales(shift);
+    const DigitX dx{digits.data(), step.data(), gsum.data(), unscale.data(), bg.data(), B, G};
+    const Int4Weight w{qweight, scales, zeros, K / 2, 0};
+    const int64_t tail_bytes = (K - (B - 1) * kBlock) / 2;
+    parallel_for(N, threads, kGrainN, [&](int64_t n0, int64_t n1) {
+      for_row_tiles(M, [&](auto mt, int64_t m0) {
+        digit_rows_avx2<decltype(mt)::value>(dx, m0, w, tail_bytes, n0, n1, out, N);
+      });
+    });
     return;
   }
   const std::vector<float> xd = deinterleave(x, M, K);

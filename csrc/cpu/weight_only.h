@@ -13,9 +13,9 @@ bool weight_only_simd();
 // True when the AVX-512 VNNI kernels (w4a16's digit kernel, w4a8_gemm) can run on this CPU.
 bool weight_only_vnni();
 
-// Which int4 kernel w4a16_gemm runs for this call: "vnni_digits", "avx512_fma", "avx2_fma" or "scalar" (for
-// tests that must reach each one, and for benchmarks to name it).
-const char* w4a16_kernel(int64_t K, int64_t group_size);
+// Which int4 kernel w4a16_gemm runs for this call (M rows of x): "vnni_digits", "avx512_fma", "avx2_digits",
+// "avx2_fma" or "scalar" (for tests that must reach each one, and for benchmarks to name it).
+const char* w4a16_kernel(int64_t K, int64_t group_size, int64_t M = 1);
 
 // x [M, K] fp32 (row stride K); qweight [N, K/2] u8, byte j = k 2j (low nibble) | 2j+1 (high);
 // scales [N, G] fp32; zeros [N, G] u8; G = ceil(K / group_size), last group ragged.

@@ -19,8 +19,9 @@ Backends:
              fallback serves. With AVX-512 VNNI and group_size a multiple of 128 or -1, the int4
              kernel splits x into 3 int8 digits per call and runs the int4 x int8 products on
              vpdpbusd, exactly (x rounded to 2^-24 of its 128-block's max, like an fp32 rounding):
-             2.2x the speed of its FMA kernel at M = 1 (`_ext.cpp().w4a16_kernel(K, group_size)`
-             names the kernel a call gets). Larger M (prefill), any K and group size: blocks of 4 MB
+             2.2x the speed of its FMA kernel at M = 1; AVX2 CPUs run the same digits on
+             vpmaddubsw at M = 1 (`_ext.cpp().w4a16_kernel(K, group_size, M)` names the kernel a
+             call gets). Larger M (prefill), any K and group size: blocks of 4 MB
              of the weight made float32 (int4: a C++ loop, the torch fallback's values) and
              F.linear on each (_blocked_linear), without the fallback's 64 MB buffer per call.
   triton     int4: kernels/triton/w4a16.py, tensor cores (mma.sync on sm_80, wgmma on sm_90a) with the

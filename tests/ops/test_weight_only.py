@@ -80,7 +80,8 @@ def _cpu_has(flag: str) -> bool:
 
 # (M, N, K, group_size, kernel): the C++ backend's VNNI digit kernel needs each 128-channel block in
 # one group (group size a multiple of 128, or per-channel); its AVX-512 FMA kernel serves the rest
-# (csrc/cpu/weight_only.cpp). A CPU without AVX-512 runs every case on the AVX2 FMA kernel.
+# (csrc/cpu/weight_only.cpp). A CPU without AVX-512 runs the digit cases at M = 1 on its AVX2 digit
+# kernel and every other case on its AVX2 FMA kernel.
 CPP_KERNEL_CASES = [
     (1, 97, 256, 128, "vnni_digits"),    # N not a multiple of the 4-row step
     (3, 40, 512, 256, "vnni_digits"),    # two blocks per group
@@ -90,6 +91,9 @@ CPP_KERNEL_CASES = [
     (4, 40, 576, 128, "vnni_digits"),    # K % 128 = 64: a short last block, a ragged last group
     (3, 16, 544, -1, "vnni_digits"),     # K % 128 = 32, per-channel
     (2, 8, 96, -1, "vnni_digits"),       # K < 128: one short block
+    (1, 40, 576, 128, "vnni_digits"),    # M = 1 (the AVX2 digit kernel's case): short last block
+    (1, 24, 2304, 128, "vnni_digits"),   # M = 1, G = 18
+    (1, 8, 96, -1, "vnni_digits"),       # M = 1, K < 128
     (1, 96, 256, 64, "avx512_fma"),
     (4, 40, 576, 64, "avx512_fma"),
 ]
@@ -104,12 +108,12 @@ def test_w4a16_cpp_kernels(m, n, k, group_size, kernel, x_kind, seed):
     if "cpp" not in cpu_backends("w4a16_matmul"):
         pytest.skip("no C++ backend here")
     if not _cpu_has("avx512bw"):
-        kernel = "avx2_fma"
+        kernel = "avx2_digits" if kernel == "vnni_digits" and m == 1 else "avx2_fma"
     elif kernel == "vnni_digits" and not _cpu_has("avx512_vnni"):
         pytest.skip("no AVX-512 VNNI here")
     from pyllmops import _ext
 
-    assert _ext.cpp().w4a16_kernel(k, k if group_size == -1 else group_size) == kernel
+    assert _ext.cpp().w4a16_kernel(k, k if group_size == -1 else group_size, m) == kernel
     qweight, scales, zeros, _ = _int4(n, k, group_size)
     x = torch.randn(m, k)
     if x_kind == "outliers":
