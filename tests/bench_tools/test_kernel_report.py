@@ -115,10 +115,13 @@ def test_problems():
 
 def test_table_covers_the_present_kernels_and_entries_are_honest():
     table = load_table()
-    for name in ("weight_only_gemv", "w8a8_kernel", "quantize_rows_kernel", "sample_kernel", "_weight_only_matmul",
-                 "_w8a8_kernel", "_quantize_rows", "_sample_row"):
+    for name in ("weight_only_gemv", "w8a8_kernel", "quantize_rows_kernel", "sample_kernel", "_w4a16_tc",
+                 "_w8a16_matmul", "_w8a8_kernel", "_quantize_rows", "_sample_row"):
         assert match(table, name, "") is not None, name
-    assert match(table, "_weight_only_matmul", "DOT_F32=True BLOCK_M=16").tensor_cores.startswith("not expected")
-    assert isinstance(match(table, "_weight_only_matmul", "DOT_F32=False").tensor_cores, dict)
+    for name in ("_w4a16_tc", "_w8a16_matmul"):
+        assert match(table, name, "DOT_F32=True BLOCK_M=16").tensor_cores.startswith("not expected")
+        assert isinstance(match(table, name, "DOT_F32=False").tensor_cores, dict)
+    # the CUTLASS Hopper W8A8 kernel must show wgmma (IGMMA) at sm_90a
+    assert match(table, "device_kernel", "cutlass::gemm::kernel::GemmUniversal<...>").tensor_cores == {"sm_90a": ["IGMMA"]}
     for e in table:
         assert isinstance(e.tensor_cores, dict) or e.tensor_cores.startswith("not expected: "), e.name
