@@ -9,11 +9,11 @@
                   permutes its input instead of gathering groups. awq_scale=False: True runs
                   AWQ's scale search and fold first (awq_tokens rows) and GPTQ on the scaled
                   layers (the AWQ paper's AWQ + GPTQ combination; see docs/quality.md).
-    "w4a16-awq"   AWQ (quant/awq.py): clip=True, cv_folds=2 (the scale and clip searches are
-                  cross-validated over the calibration batches: batch i is in fold i % cv_folds,
-                  each fold's error is measured with what was fitted on the other folds, so "no
-                  scaling" and "no clipping" win where the fit does not carry over; 1: fit and
-                  score on the same rows, as llm-awq/AutoAWQ do), awq_tokens=2048 (rows kept for
+    "w4a16-awq"   AWQ (quant/awq.py): clip=True, cv_folds=1 (fit and score on the same rows, as
+                  llm-awq/AutoAWQ do; k > 1 cross-validates the scale and clip searches over the
+                  calibration batches: batch i is in fold i % k, each fold's error is measured
+                  with what was fitted on the other folds, so "no scaling" and "no clipping" win
+                  where the fit does not carry over; measured in docs/quality.md), awq_tokens=2048 (rows kept for
                   the scale search; the clip search uses CLIP_TOKENS of them), weighting="uniform"
                   ("sink" weighs each token's output error as GPTQ's Hessian does), no_clip=()
                   (layer names to leave unclipped), inspect=False (True, or names such as
@@ -365,7 +365,7 @@ class _GptqSink:
 
 @register_method("w4a16-awq", needs_calib=True)
 def quantize_awq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 4, symmetric: bool = False,
-                 clip: bool = True, cv_folds: int = 2, awq_tokens: int = 2048, weighting: str = "uniform",
+                 clip: bool = True, cv_folds: int = 1, awq_tokens: int = 2048, weighting: str = "uniform",
                  sink_share: float = 0.1, no_clip: Iterable[str] = (), inspect: bool | Iterable[str] = False,
                  inspect_weighting: str = "uniform", skip: Iterable[str] = ("lm_head",), int8: Iterable[str] = (),
                  progress: bool = True, block_spec: Optional[BlockSpec] = None) -> nn.Module:
