@@ -122,12 +122,19 @@ MIN_BLOCKS_PER_SPLIT = 4
 MAX_SPLIT_K = 16
 
 
-def choose_config(m: int, n: int, k: int, group_size: int, has_gidx: bool, sm_count: int) -> Config:
+def choose_config(m: int, n: int, k: int, group_size: int, has_gidx: bool, sm_count: int,
+                  dot_f32: bool = False) -> Config:
     """The table entry for M, its BLOCK_K narrowed so that each K block lies in one group where the
     group size allows (a power of two >= 32), else halved for the per-weight scale gather (which
     holds a scale and a zero per weight in registers), and the split-K count that fills
-    `sm_count` SMs."""
+    `sm_count` SMs. dot_f32 (fp32 activations): the fp32 operands take twice the registers, so
+    tiles of 32+ tokens get 8 warps and, from 64 tokens, a K block of 4096 / BLOCK_N (the
+    4-warp tiles spilled up to 19 KB at sm_80 and 784 B at sm_90a: bench/kernel_report.py)."""
     block_m, block_n, block_k, warps, stages = next(cfg for top, cfg in M_BUCKETS if top is None or m <= top)
+    if dot_f32 and block_m >= 32:
+        warps = 8
+        if block_m >= 64:
+            block_k = min(block_k, 4096 // block_n)
     if not has_gidx and group_size < block_k and group_size >= 32 and (group_size & (group_size - 1)) == 0:
         block_k = group_size
     elif has_gidx or group_size % block_k:
@@ -153,7 +160,8 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     `config` forces a launch configuration (tests); default: choose_config."""
     m, k = x.shape
     n, g = qweight.shape[0], scales.shape[1]
-    cfg = config or choose_config(m, n, k, group_size, g_idx is not None, _sm_count(x.device))
+    dot_f32 = x.dtype == torch.float32 or (_INTERPRETED and x.dtype == torch.bfloat16)
+    cfg = config or choose_config(m, n, k, group_size, g_idx is not None, _sm_count(x.device), dot_f32)
     aligned = g_idx is None and group_size % cfg.block_k == 0
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split_k = triton.cdiv(k, k_per_split)
@@ -165,6 +173,6 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
         xc, qweight.contiguous(), scales.contiguous(), zeros.contiguous(),
         g_idx.contiguous() if g_idx is not None else zeros, out, m, n, k, g, group_size, k_per_split,
         xc.stride(0), HAS_GIDX=g_idx is not None, GROUP_ALIGNED=aligned,
-        DOT_F32=x.dtype == torch.float32 or (_INTERPRETED and x.dtype == torch.bfloat16), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        DOT_F32=dot_f32, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps)
     return out[0] if split_k == 1 else out.sum(0).to(x.dtype)
