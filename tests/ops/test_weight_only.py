@@ -180,7 +180,8 @@ def test_default_backend_choice():
     qweight, scales, zeros, g_idx = _int4(32, 256, 128)
     x = torch.randn(1, 256)
     cpp = "cpp" in cpu_backends("w4a16_matmul")
-    decode = "cpp" if cpp and _cpu_has("avx512f") and _cpu_has("avx512bw") else "torch"  # the kernels are AVX-512
+    simd = (_cpu_has("avx512f") and _cpu_has("avx512bw")) or (_cpu_has("avx2") and _cpu_has("fma"))
+    decode = "cpp" if cpp and simd else "torch"  # the decode kernels are AVX-512, else AVX2 + FMA
     assert _dispatch.select("w4a16_matmul", x.device, x, qweight, scales, zeros, 128, None)[0] == decode
     # act-order (g_idx) goes to the torch fallback; large M to cpp's dequantize + F.linear
     assert _dispatch.select("w4a16_matmul", x.device, x, qweight, scales, zeros, 128, torch.zeros(256, dtype=torch.int32))[0] == "torch"

