@@ -108,12 +108,12 @@ def peer_quantize(lm, method: str, bits: int, group: int, windows: list[torch.Te
         raise ValueError(f"unknown method {method!r}")
     ds = Dataset.from_dict({"input_ids": [w[0].tolist() for w in windows],
                             "attention_mask": [[1] * w.shape[1] for w in windows]})
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
     from pyllmops.models import smollm2_path
 
     path = Path(smollm2_path())  # oneshot wants a processor with a dataset, though these windows are token ids already
-    processor = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    processor = PreTrainedTokenizerFast.from_pretrained(path.parent, gguf_file=path.name)
     oneshot(model=lm, dataset=ds, recipe=recipe, processor=processor, num_calibration_samples=len(windows),
             max_seq_length=windows[0].shape[1], shuffle_calibration_samples=False)
     worst = 0
