@@ -256,13 +256,7 @@ class Encoding:
                 if k >= 0:
                     _raise_disallowed(list(self._special_tokens)[k])
                 return self._core.encode_ordinary(text)
-        allowed, disallowed = self._policy(allowed_special, disallowed_special)
-        self._check_disallowed(text, disallowed)
-        which = self._allowed_indices(allowed)
-        try:
-            return self._encode(text, which)
-        except UnicodeEncodeError:
-            return self._encode(_fix_surrogates(text), which)
+        return self._encode_checked(text, *self._policy(allowed_special, disallowed_special))
 
     def encode_to_numpy(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = set(),  # noqa: B006
                         disallowed_special: Literal["all"] | Collection[str] = "all"):
