@@ -3,8 +3,8 @@
 The package's own references (`_reference` backends) are convenient but call the same helpers as
 its torch backend (`dequantize_int4`, `quantize_activations_q8`, `rope_tables`, ...): a bug there
 is in the oracle too. These are the definitions read off the docstrings and the formats they
-follow (pyllmops/quant/packing.py, llama.cpp Q8_0, HF Llama's rotate-half RoPE, tiktoken's
-o200k_base), written plainly — per-element loops where the layout is the point, float64
+follow (pyllmops/quant/packing.py, llama.cpp Q8_0, HF Llama's rotate-half RoPE and forward,
+tiktoken's o200k_base), written plainly — per-element loops where the layout is the point, float64
 everywhere — so that a planted bug in the package (scripts/mutation_check.py) fails the tests.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 # tiktoken's o200k_base split (tiktoken_ext/openai_public.py, `o200k_base()`), written out here
 # rather than imported from pyllmops.tokenizer, so that the package's copy is checked against it.
@@ -118,3 +119,36 @@ def rope(x: torch.Tensor, positions, theta: float) -> torch.Tensor:
             out[..., t, i] = lo * c - hi * s
             out[..., t, i + half] = hi * c + lo * s
     return out
+
+
+def llama_forward(model, ids: torch.Tensor) -> torch.Tensor:
+    """Logits [B, T, vocab] float64 of a float Llama (pyllmops.models.llama.Llama's attribute names:
+    embed_tokens, layers[i].self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj, the two norms, norm,
+    lm_head) on ids [B, T], no padding: a full causal forward written out from the weights alone
+    (RMSNorm, the rotate-half RoPE above, repeat_kv + an explicit softmax, SwiGLU)."""
+    cfg = model.config
+    b, t = ids.shape
+
+    def w(p: torch.Tensor) -> torch.Tensor:
+        return p.detach().double()
+
+    def norm(x, weight):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg.norm_eps) * w(weight)
+
+    x = w(model.embed_tokens.weight)[ids]
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    for layer in model.layers:
+        a, mlp = layer.self_attn, layer.mlp
+        h = norm(x, layer.input_layernorm.weight)
+        q = (h @ w(a.q_proj.weight).T).view(b, t, cfg.n_heads, -1).transpose(1, 2)
+        k = (h @ w(a.k_proj.weight).T).view(b, t, cfg.n_kv_heads, -1).transpose(1, 2)
+        v = (h @ w(a.v_proj.weight).T).view(b, t, cfg.n_kv_heads, -1).transpose(1, 2)
+        q, k = (rope(z, range(t), cfg.rope_theta) for z in (q, k))
+        rep = cfg.n_heads // cfg.n_kv_heads
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        o = torch.softmax(s.masked_fill(~causal, float("-inf")), -1) @ v
+        x = x + o.transpose(1, 2).reshape(b, t, -1) @ w(a.o_proj.weight).T
+        h = norm(x, layer.post_attention_layernorm.weight)
+        x = x + (F.silu(h @ w(mlp.gate_proj.weight).T) * (h @ w(mlp.up_proj.weight).T)) @ w(mlp.down_proj.weight).T
+    return norm(x, model.norm.weight) @ w(model.lm_head.weight).T

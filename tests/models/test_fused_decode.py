@@ -12,6 +12,7 @@ from pyllmops import _ext
 from pyllmops.models.fused_decode import FusedDecoder
 from pyllmops.models.generate import generate_ids, pad_left
 from pyllmops.models.llama import Llama, LlamaConfig
+from tests import reference
 
 pytestmark = pytest.mark.skipif(not _ext.has_cpp(), reason="needs the C++ extension")
 
@@ -72,6 +73,24 @@ def test_fused_steps_match_modules(cfg, quant, lengths, seed):
         assert torch.equal(got.argmax(-1), want.argmax(-1))
         nxt = want.argmax(-1)
     _same_cache(cache, fused_cache)
+
+
+@pytest.mark.parametrize("cfg", [SMALL, ODD_HEAD], ids=["head_dim32", "head_dim40"])
+def test_fused_steps_match_float64_reference(cfg, seed):
+    """The fused step against the float64 forward of tests/reference.py, written from the
+    definition rather than from the modules (whose RoPE, attention and norms the other tests take
+    as the specification): each step's logits are those of the whole sequence so far."""
+    model = _model(cfg, "fp32")
+    ids = torch.randint(0, cfg.vocab_size, (2, 6))
+    logits, cache = _prefill(model, ids.tolist())
+    decoder = FusedDecoder.build(model)
+    nxt = logits.argmax(-1)
+    for _ in range(6):
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        got = decoder.step(nxt, cache)
+        want = reference.llama_forward(model, ids)[:, -1]
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+        nxt = got.argmax(-1)
 
 
 def test_fused_matches_modules_at_long_context(seed):

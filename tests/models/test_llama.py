@@ -1,10 +1,7 @@
 """The Llama module on a tiny random config: KV-cache decode, padding and GQA attention against
 a plain full forward (fast; the real model is tested in test_smollm2.py)."""
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pyllmops.models.llama import Llama, LlamaConfig
 from tests import reference
@@ -21,42 +18,11 @@ def model(seed):
     return m
 
 
-def reference_forward(m: Llama, ids: torch.Tensor) -> torch.Tensor:
-    """float64 full causal forward, written out independently (repeat_kv + explicit softmax, the
-    RoPE of tests/reference.py, nothing from pyllmops.models.llama but the weights)."""
-    m = m.double()
-    cfg = m.config
-    t = ids.shape[1]
-    x = m.embed_tokens.weight[ids]
-    causal = torch.ones(t, t, dtype=torch.bool).tril()
-
-    def norm(x, w):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg.norm_eps) * w
-
-    for layer in m.layers:
-        a = layer.self_attn
-        h = norm(x, layer.input_layernorm.weight)
-        q = (h @ a.q_proj.weight.T).view(1, t, cfg.n_heads, -1).transpose(1, 2)
-        k = (h @ a.k_proj.weight.T).view(1, t, cfg.n_kv_heads, -1).transpose(1, 2)
-        v = (h @ a.v_proj.weight.T).view(1, t, cfg.n_kv_heads, -1).transpose(1, 2)
-        q, k = (reference.rope(z, range(t), cfg.rope_theta) for z in (q, k))
-        rep = cfg.n_heads // cfg.n_kv_heads
-        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-        s = (q @ k.transpose(-1, -2)) / math.sqrt(cfg.head_dim)
-        o = torch.softmax(s.masked_fill(~causal, float("-inf")), -1) @ v
-        x = x + o.transpose(1, 2).reshape(1, t, -1) @ a.o_proj.weight.T
-        h = norm(x, layer.post_attention_layernorm.weight)
-        mlp = layer.mlp
-        x = x + (F.silu(h @ mlp.gate_proj.weight.T) * (h @ mlp.up_proj.weight.T)) @ mlp.down_proj.weight.T
-    m.float()
-    return norm(x, m.norm.weight.double()) @ m.embed_tokens.weight.double().T
-
-
 def test_full_forward_matches_float64_reference(model):
     ids = torch.randint(0, TINY.vocab_size, (1, 23))
     got = model(ids)
     assert got.dtype == torch.float32 and got.shape == (1, 23, TINY.vocab_size)
-    torch.testing.assert_close(got.double(), reference_forward(model, ids), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.double(), reference.llama_forward(model, ids), rtol=1e-4, atol=1e-4)
 
 
 def test_kv_cache_decode_equals_full_forward(model):
