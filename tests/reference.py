@@ -91,15 +91,24 @@ def w4a8_matmul(x, qweight, scales, zeros, group_size) -> torch.Tensor:
     return q8_0(x) @ dequantize_int4(qweight, scales, zeros, group_size).t()
 
 
+def int8_scale(x: torch.Tensor, granularity: str) -> torch.Tensor:
+    """The symmetric int8 scale in float64, max(absmax, float32 tiny * 127) / 127, of the whole
+    tensor [1], each row ("token", [M, 1]) or each column ("channel", [1, N]) of x [M, N], from a
+    loop over the rows / columns."""
+    xd = x.double().abs()
+    tiny = torch.finfo(torch.float32).tiny * 127
+    if granularity == "tensor":
+        return torch.tensor([max(float(xd.max()), tiny) / 127], dtype=torch.float64)
+    lines = xd if granularity == "token" else xd.t()
+    amax = torch.tensor([max(float(line.max()), tiny) / 127 for line in lines], dtype=torch.float64)
+    return amax[:, None] if granularity == "token" else amax[None, :]
+
+
 def fake_quant_int8(x: torch.Tensor, granularity: str, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric int8 round trip in float64: scale = absmax / 127 per tensor / row ("token") /
-    column ("channel") unless given, q = clamp(round(x / scale), -127, 127), returns q * scale."""
+    """Symmetric int8 round trip in float64: scale = int8_scale(x, granularity) unless given,
+    q = clamp(round(x / scale), -127, 127), returns q * scale."""
     xd = x.double()
-    if scale is None:
-        dims = {"tensor": None, "token": 1, "channel": 0}[granularity]
-        amax = xd.abs().amax() if dims is None else xd.abs().amax(dims, keepdim=True)
-        scale = amax.clamp(min=torch.finfo(torch.float32).tiny * 127) / 127
-    scale = scale.double()
+    scale = int8_scale(x, granularity) if scale is None else scale.double()
     return torch.clamp(torch.round(xd / scale), -127, 127) * scale
 
 

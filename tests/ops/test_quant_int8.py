@@ -4,6 +4,7 @@ import torch
 import pyllmops
 from pyllmops.ops.quant_int8 import Int8Quantized, reference_quantize_int8
 
+from tests import reference
 from tests.support import compiled
 
 from ..conftest import cpu_backends
@@ -55,6 +56,8 @@ def test_dynamic_per_token_symmetric(backend, shape, dtype, noncontig, seed):
     assert got.values.dtype == torch.int8 and got.values.shape == shape
     assert got.scale.dtype == torch.float32 and got.scale.shape == (shape[0], 1)
     assert int(got.values.min()) >= -127
+    # the scale against tests/reference.py (the package's reference shares the torch fallback's reduction)
+    torch.testing.assert_close(got.scale.double(), reference.int8_scale(x, "token"), rtol=1e-6, atol=0)
     _check_against_reference(got, reference_quantize_int8(x, "token"), x)
 
 
@@ -68,6 +71,8 @@ def test_torch_all_granularities(granularity, symmetric, shape, seed):
     ref = reference_quantize_int8(x, granularity, symmetric=symmetric)
     if not symmetric:
         assert torch.equal(got.zero_point, ref.zero_point) or int((got.zero_point - ref.zero_point).abs().max()) <= 1
+    else:
+        torch.testing.assert_close(got.scale.double(), reference.int8_scale(x, granularity), rtol=1e-6, atol=0)
     _check_against_reference(got, ref, x)
 
 

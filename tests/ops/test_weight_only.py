@@ -54,9 +54,9 @@ def test_cpp_prefill_path_dequantizes_like_torch(k, group_size, seed):
         got = pyllmops.w4a16_matmul(x, qweight, scales, zeros, group_size)
     with pyllmops.use_backend("torch"):
         want = pyllmops.w4a16_matmul(x, qweight, scales, zeros, group_size)
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
     ref = reference.w4_matmul(x, qweight, scales, zeros, group_size)
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_cpp_w8_prefill_path_matches_torch(seed):
