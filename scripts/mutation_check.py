@@ -30,6 +30,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,11 +254,13 @@ def check(m: Mutant, flags: set[str]) -> dict:
         rc, ran, failed = run_tests(m)
     finally:
         path.write_text(original)
-    own = sum(m.backend in t.split("::")[-1] for t in failed)  # the test's name or parameters
+    names_backend = [m.backend in t.split("::")[-1] for t in failed]  # in the test's name or parameters
+    by_test = Counter(t.split("::")[-1].split("[")[0] for t in failed)
     # pytest exits 1 when tests failed; anything else (a crash, a collection error) is no verdict
     status = {0: "SURVIVED", 1: "caught" if failed else "error"}.get(rc, "error")
     return {**row, "status": status, "pytest_exit": rc, "run": ran, "failed": len(failed),
-            "failed_naming_backend": own, "examples": failed[:10]}
+            "failed_naming_backend": sum(names_backend), "failed_by_test": dict(by_test.most_common()),
+            "examples": [t for _, t in sorted(zip(names_backend, failed), key=lambda p: not p[0])][:10]}
 
 
 def main() -> int:

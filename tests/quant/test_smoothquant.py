@@ -163,7 +163,9 @@ def test_cli_alpha_alias(seed):
     with torch.no_grad():
         pyllmops.quantize(models[0], "w8a8-sq", calib=batches, smooth_groups=GROUPS, alpha=0.8, progress=False)
         pyllmops.quantize(models[1], "w8a8-sq", calib=batches, smooth_groups=GROUPS, smooth_alpha=0.8, progress=False)
-        pyllmops.quantize(models[2], "w8a8-sq", calib=batches, smooth_groups=GROUPS, progress=False)
+        # a fixed other alpha: the default ("auto") picks 0.8 from its grid on some inputs
+        # (PYLLMOPS_TEST_SEED=1406940167), which left this check nothing to tell apart
+        pyllmops.quantize(models[2], "w8a8-sq", calib=batches, smooth_groups=GROUPS, smooth_alpha=0.5, progress=False)
     assert torch.equal(models[0].ln_1.weight, models[1].ln_1.weight)
     assert not torch.equal(models[0].ln_1.weight, models[2].ln_1.weight)
 
