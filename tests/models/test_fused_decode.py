@@ -49,7 +49,9 @@ def _prefill(model, prompts):
 def _same_cache(a, b):
     assert a.length == b.length and torch.equal(a.n_real, b.n_real) and torch.equal(a.key_mask, b.key_mask)
     for ka, kb in zip(a.k + a.v, b.k + b.v):
-        torch.testing.assert_close(ka, kb, rtol=1e-4, atol=1e-5)
+        # k and v come from the C++ kernels' summation order: errors scale with the cache's magnitude,
+        # as the logits' bound does (a fixed 1e-5 failed at PYLLMOPS_TEST_SEED=101: 1.1e-5 on |k| ~ 0.006)
+        torch.testing.assert_close(ka, kb, rtol=1e-4, atol=1e-4 * float(ka.abs().max()))
 
 
 @pytest.mark.parametrize("quant", ["fp32", "w4a16", "w4a16-int8-head", "w8a16"])
