@@ -188,12 +188,24 @@ def read_config(path: Path) -> dict:
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint's safetensors files (one file or shards)."""
+    """The checkpoint's tensors, from the files transformers reads: the shards that
+    model.safetensors.index.json lists, else model.safetensors. Other .safetensors files in the
+    directory (a Mistral repo's consolidated.safetensors, adapters) are not the model's."""
     from safetensors.torch import load_file
 
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{path} has no .safetensors files")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise FormatError(f"{index} has no weight_map")
+        files = [path / f for f in sorted(set(weight_map.values()))]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(f"{index} lists shards that are not in {path}: {absent[:4]}")
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{path} has neither model.safetensors nor model.safetensors.index.json")
     tensors = {}
     for f in files:
         tensors.update(load_file(str(f)))
