@@ -113,6 +113,10 @@ def peer_quantize(lm, method: str, bits: int, group: int, windows: list[torch.Te
         recipe = [GPTQModifier(config_groups=scheme, ignore=["lm_head"])]
     elif method == "awq":  # AWQ's scales (a transform), then RTN with the scheme it searched for
         from llmcompressor.modifiers.transform.awq import AWQModifier
+        from llmcompressor.pipelines.cache import IntermediatesCache
+
+        if not torch.cuda.is_available():  # pinning only speeds host-to-device copies; on CPU it raises
+            IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
 
         recipe = [AWQModifier(), QuantizationModifier(config_groups=scheme, ignore=["lm_head"])]
     else:
