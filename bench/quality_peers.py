@@ -27,6 +27,7 @@ import math
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -60,14 +61,24 @@ class Logits(torch.nn.Module):
         return self.lm(input_ids=ids, use_cache=False).logits
 
 
-def load_hf_smollm2():
+def load_hf_smollm2(hf_dir: Path):
+    """transformers' SmolLM2 in float32. The GGUF is converted once into a plain transformers
+    directory (hf_dir): llmcompressor's oneshot re-reads the model's config from
+    `config.name_or_path`, which a GGUF file's folder does not have."""
     from transformers import AutoModelForCausalLM
 
     from pyllmops.models import smollm2_path
 
-    path = Path(smollm2_path())
-    lm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    return lm.eval()
+    if not (hf_dir / "config.json").exists():
+        path = Path(smollm2_path())
+        lm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        config = lm.config  # the weights are plain float32 now; only the GGUF marker forbids saving them
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = type(lm)(config)
+        plain.load_state_dict(lm.state_dict())
+        plain.save_pretrained(hf_dir)
+    return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
 
 
 def distinct_per_group(w: torch.Tensor, group_size: int) -> int:
@@ -102,6 +113,10 @@ def peer_quantize(lm, method: str, bits: int, group: int, windows: list[torch.Te
         recipe = [GPTQModifier(config_groups=scheme, ignore=["lm_head"])]
     elif method == "awq":  # AWQ's scales (a transform), then RTN with the scheme it searched for
         from llmcompressor.modifiers.transform.awq import AWQModifier
+        from llmcompressor.pipelines.cache import IntermediatesCache
+
+        if not torch.cuda.is_available():  # pinning only speeds host-to-device copies; on CPU it raises
+            IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
 
         recipe = [AWQModifier(), QuantizationModifier(config_groups=scheme, ignore=["lm_head"])]
     else:
@@ -159,6 +174,8 @@ def main() -> None:
     p.add_argument("--libs", default="pyllmops,llmcompressor")
     p.add_argument("--float-ppl", type=float, help="the float model's perplexity from an earlier run on the same "
                    "texts (skips that evaluation)")
+    p.add_argument("--hf-dir", type=Path, default=Path.home() / ".cache" / "pyllmops" / "smollm2-135m-hf",
+                   help="where the GGUF is converted once into a transformers directory")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -170,7 +187,7 @@ def main() -> None:
     tok = load_tokenizer(open_gguf(smollm2_path()))
     windows = calibration_batches(tok, args.calib.read_text(), n_samples=args.samples)
     ids = tok.encode_ordinary(args.text.read_text())
-    base = load_hf_smollm2()
+    base = load_hf_smollm2(args.hf_dir)
     fp = args.float_ppl or perplexity(Logits(base), ids, window=512, batch_size=4)
     import llmcompressor
 
@@ -194,7 +211,8 @@ def main() -> None:
                 try:
                     quantize = peer_quantize if lib == "llmcompressor" else ours_quantize
                     model, worst = quantize(copy.deepcopy(base), method, bits, group, windows)
-                except Exception as err:  # a peer that cannot run a row: say why in the table
+                except Exception as err:  # a peer that cannot run a row: say why in the table (traceback on stderr)
+                    traceback.print_exc()
                     rec["skipped"] = f"{type(err).__name__}: {str(err)[:300]}"
                 else:
                     rec["max_distinct_per_group"] = worst
