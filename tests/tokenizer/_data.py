@@ -6,7 +6,6 @@ import glob
 import hashlib
 import os
 import random
-import struct
 import sysconfig
 import tempfile
 import unicodedata
@@ -106,17 +105,9 @@ def o200k_file() -> Path | None:
     src = Path(list(spec.submodule_search_locations)[0]) / "data" / "o200k.vocab"
     if not src.is_file():
         raise FileNotFoundError(f"quicktok is installed but ships no {src}")
-    import base64
+    from pyllmops.tokenizer.registry import _quicktok_to_tiktoken  # checked against the official hash below
 
-    data = src.read_bytes()
-    pos, entries = 4, []  # u32 count, then per token: u16 length, bytes, u32 rank
-    while pos < len(data):
-        (n,) = struct.unpack_from("<H", data, pos)
-        tok = data[pos + 2:pos + 2 + n]
-        (rank,) = struct.unpack_from("<I", data, pos + 2 + n)
-        entries.append((rank, tok))
-        pos += 6 + n
-    text = "".join(f"{base64.b64encode(t).decode()} {r}\n" for r, t in sorted(entries)).encode()
+    text = _quicktok_to_tiktoken(src.read_bytes())
     if hashlib.sha256(text).hexdigest() != O200K_SHA256:
         raise ValueError(f"{src} does not convert to the official o200k_base.tiktoken (sha256 {O200K_SHA256})")
     out = Path(tempfile.gettempdir()) / f"pyllmops-o200k-{os.getuid()}" / "o200k_base.tiktoken"
