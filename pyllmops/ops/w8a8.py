@@ -18,9 +18,11 @@ b, the weight, may come in two layouts:
     K-major strided tensor.
 
 Backends: reference (exact int64 product, float64 epilogue), cpp (the CPU default,
-pyllmops/ops/w8a8_cpp.py: oneDNN int8 linear for packed b, torch._int_mm otherwise, each with a
-one-pass C++ epilogue where oneDNN cannot fuse it), torch (pure torch: the same GEMMs with a torch
-epilogue; torch._int_mm on the CPU accepts any M, K, N, on CUDA only M > 16 with K, N multiples of 8),
+pyllmops/ops/w8a8_cpp.py: oneDNN int8 linear for packed b, torch._int_mm otherwise — or, on a CPU
+without int8 dot-product instructions, the float32 GEMM in K chunks where it is exact (int8_mm_cpu)
+— each with a one-pass C++ epilogue where oneDNN cannot fuse it), torch (pure torch: the same GEMMs
+with a torch epilogue; torch._int_mm on the CPU accepts any M, K, N, on CUDA only M > 16 with K, N
+multiples of 8),
 triton (kernels/triton/w8a8.py, any shape), cuda (csrc/cuda/w8a8.cu: K-major b, K % 16 == 0; mma.sync on
 sm_80+. On sm_90 devices, for M >= SM90_MIN_M and N % 16 == 0, csrc/cuda/sm90/w8a8_sm90.cu:
 CUTLASS 3.x TMA + wgmma with the same epilogue, built when the nvidia-cutlass headers are present;
@@ -56,6 +58,30 @@ def onednn_int8_exact() -> bool:
     except OSError:
         return False
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
+# Every partial sum of at most this many int8 x int8 products is an integer of magnitude <= 2^24
+# (|product| <= 128 * 128 = 2^14), which float32 holds exactly, in any summation order.
+EXACT_F32_K = 1024
+
+
+def int8_mm_cpu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """float32(a @ b) for int8 a [M, K], b [K, N] (any strides) on the CPU, exactly what
+    float32(torch._int_mm(a, b)) gives, computed with the float32 GEMM (MKL / oneDNN sgemm).
+
+    Why: on a CPU without int8 dot-product instructions (no AVX512-VNNI / AVX-VNNI / AMX, e.g.
+    AVX2-only x86; onednn_int8_exact() is False) torch._int_mm runs a slow exact path, 25-30x
+    slower than sgemm at M = 128-512 (docs/cpu-kernels.md). Exact because K is cut into chunks of
+    EXACT_F32_K: each chunk's sums are integers float32 holds exactly, the chunks are added in
+    float64 (exact for any K a tensor can have) and the total is rounded to float32 once."""
+    k = a.shape[1]
+    if k <= EXACT_F32_K:
+        return torch.mm(a.float(), b.float())
+    acc = None
+    for k0 in range(0, k, EXACT_F32_K):
+        part = torch.mm(a[:, k0:k0 + EXACT_F32_K].float(), b[k0:k0 + EXACT_F32_K].float())
+        acc = part.double() if acc is None else acc.add_(part)
+    return acc.float()
 
 
 def _epilogue(acc: torch.Tensor, scale_a, scale_b, bias, out_dtype) -> torch.Tensor:
@@ -113,6 +139,8 @@ def _torch_supports(a, b, *rest):
 def _torch_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
     if is_packed(b):
         return _onednn_packed(a, b, scale_a, scale_b, bias, out_dtype)
+    if a.device.type == "cpu" and not onednn_int8_exact():
+        return _epilogue(int8_mm_cpu(a, b), scale_a, scale_b, bias, out_dtype)
     return _epilogue(torch._int_mm(a, b), scale_a, scale_b, bias, out_dtype)
 
 

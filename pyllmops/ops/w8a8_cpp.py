@@ -6,7 +6,9 @@ cannot fuse it.
     VNNI brgemm on the prepacked weight). It fuses the weight scales always, and the activation
     scale, the bias and a bfloat16/float32 output when the activation scale is per-tensor. A
     per-token scale_a is then applied by the C++ epilogue in one pass (in place for float32 out).
-  strided b: torch._int_mm (int32 out), then the C++ epilogue for all scales, bias and the cast.
+  strided b: torch._int_mm (int32 out) where the CPU has int8 dot-product instructions, else the
+    float32 sgemm in exact K chunks (w8a8.int8_mm_cpu: torch._int_mm is 25-30x slower there), then
+    the C++ epilogue for all scales, bias and the cast.
 
 oneDNN on the packed weight beats torch._int_mm, which reorders the weight on every call
 (bench/bench_w8a8.py; docs/cpu-kernels.md). The C++ passes run on torch's
@@ -22,7 +24,7 @@ import torch
 from pyllmops import _ext
 from pyllmops.ops import _dispatch
 from pyllmops.ops.quant_int8_cpp import DTYPES, cpp_quantize
-from pyllmops.ops.w8a8 import is_packed
+from pyllmops.ops.w8a8 import int8_mm_cpu, is_packed, onednn_int8_exact
 
 FUSED_OUT = (torch.float32, torch.bfloat16)  # output dtypes oneDNN's qlinear writes itself
 def _ptr(t):
@@ -80,7 +82,13 @@ def _qlinear(a, b, scale_a, w_scale, w_zp, bias, out_dtype):
 def _cpp_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
     if is_packed(b):
         return _onednn(a, b, scale_a, scale_b, bias, out_dtype)
-    return _epilogue(torch._int_mm(a.contiguous(), b), scale_a, scale_b, bias, out_dtype)
+    return _epilogue(_int8_mm(a.contiguous(), b), scale_a, scale_b, bias, out_dtype)
+
+
+def _int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The exact int8 GEMM for a strided b: torch._int_mm (int32) where the CPU has int8
+    dot-product instructions, else w8a8.int8_mm_cpu (float32 sgemm in exact K chunks)."""
+    return torch._int_mm(a, b) if onednn_int8_exact() else int8_mm_cpu(a, b)
 
 
 class LinearPlan:
@@ -110,5 +118,5 @@ def w8a8_linear(x: torch.Tensor, plan: LinearPlan) -> torch.Tensor:
     if nonfinite:
         raise ValueError("x contains NaN or inf")
     if not is_packed(plan.b):  # a CPU where oneDNN's int8 GEMM is not exact (w8a8.onednn_int8_exact)
-        return _epilogue(torch._int_mm(q, plan.b), scale_a, plan.w_scale, plan.bias, x.dtype)
+        return _epilogue(int8_mm_cpu(q, plan.b), scale_a, plan.w_scale, plan.bias, x.dtype)
     return _qlinear(q, plan.b, scale_a, plan.w_scale, plan.w_zp, plan.bias, x.dtype)

@@ -96,11 +96,39 @@ def test_half_outputs_one_rounding(backend, out_dtype, seed):
         assert bool((err <= eps * ref.abs() + 1e-4).all()), (backend, layout)
 
 
+@pytest.mark.parametrize("k", [1024, 2048 + 17, 5000])
+def test_int8_mm_cpu_exact_beyond_float32_integers(k, seed):
+    # int8_mm_cpu (the CPU GEMM where int8 dot-product instructions are missing) runs the float32
+    # sgemm: its output must be float32 of the exact integer product even where the sums pass 2^24
+    # (float32's last exact integer). Worst case first: every product is (-128)^2 = 2^14, so a
+    # K-chunk sums to 2^24 exactly; then random int8 (the full range, -128 included) and blocks of
+    # large same-sign values whose sums pass 2^24 with random low bits.
+    from pyllmops.ops.w8a8 import int8_mm_cpu
+
+    worst = torch.full((2, k), -128, dtype=torch.int8)
+    assert torch.equal(int8_mm_cpu(worst, worst.t()), torch.full((2, 2), float(k * 2 ** 14)))
+    a = torch.randint(-128, 128, (7, k), dtype=torch.int8)
+    w = torch.randint(-128, 128, (9, k), dtype=torch.int8)
+    # rows and columns of large same-sign values: sums past 2^24 with random low bits, which a
+    # float32 accumulation over more than EXACT_F32_K products would round
+    a[:3] = torch.randint(100, 128, (3, k), dtype=torch.int8)
+    w[:4] = torch.randint(100, 128, (4, k), dtype=torch.int8)
+    exact = (a.long() @ w.long().t()).float()  # one rounding of the exact integer
+    assert k <= 1024 or exact.abs().max() > 2 ** 24
+    for b in (w.t(), w.t().contiguous()):
+        assert torch.equal(int8_mm_cpu(a, b), exact)
+    for backend in BACKENDS:  # the backends, through whatever GEMM they pick on this CPU
+        with pyllmops.use_backend(backend):
+            got = pyllmops.w8a8_matmul(a, w.t(), torch.ones(1), torch.ones(1))
+        assert torch.equal(got, exact), backend
+
+
 @pytest.mark.skipif("cpp" not in BACKENDS, reason="pyllmops._C not built")
 @pytest.mark.parametrize("scales", SCALES)
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cpp_epilogue_bit_identical_to_torch(scales, out_dtype, seed):
-    # On a strided b both run torch._int_mm; the C++ epilogue must then equal the torch one (same
+    # On a strided b both run the same GEMM (torch._int_mm, or int8_mm_cpu without int8 dot-product
+    # instructions); the C++ epilogue must then equal the torch one (same
     # float32 operations, same order, one round-to-nearest-even cast), NaN-free tails included.
     m, k, n = 19, 96, 37
     a, w = _ints(m, k), _ints(n, k)
