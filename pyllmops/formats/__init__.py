@@ -20,7 +20,7 @@ A tensor, shape, group size or bit width a format cannot hold raises FormatError
 """
 from __future__ import annotations
 
-from pyllmops.formats._layer import FormatError, QuantizedLinear
+from pyllmops.formats._layer import FormatError, FormatWarning, QuantizedLinear
 
 
 def format_module(name: str):
@@ -50,4 +50,4 @@ def detect(config: dict) -> str:
                       f"{qc.get('format')!r}) is none of {list(FORMATS)}")
 
 
-__all__ = ["FORMATS", "FormatError", "QuantizedLinear", "detect", "format_module"]
+__all__ = ["FORMATS", "FormatError", "FormatWarning", "QuantizedLinear", "detect", "format_module"]

@@ -13,6 +13,10 @@ class FormatError(ValueError):
     """A checkpoint (or a layer to be saved) that a format cannot hold or that is malformed."""
 
 
+class FormatWarning(UserWarning):
+    """A checkpoint was written, but some loaders of its format will not read it (the message says which)."""
+
+
 @dataclass
 class QuantizedLinear:
     """weight: Int4Weight (grouped, 2-4 bits, optional act-order g_idx) or Int8Weight (symmetric

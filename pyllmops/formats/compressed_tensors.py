@@ -11,8 +11,9 @@ config.json's quantization_config: {"quant_method": "compressed-tensors", "forma
       `weight_scale` [N, G]; `weight_zero_point` [ceil(N / p), G] int32 packed the same way along
       N (asymmetric only; the stored value is again pyllmops' unsigned zero); `weight_shape` [2]
       int32; `weight_g_idx` [K] int32 with actorder "group" (act-order as vLLM and compressed-tensors
-      before 0.13 read it; later compressed-tensors versions dropped g_idx, so transformers with
-      those cannot load such a layer). W = (q - zp) * scale.
+      read it before compressed-tensors removed actorder "group": 0.19 and 0.20 refuse it, so
+      current transformers and vLLM cannot load such a layer; save warns, FormatWarning).
+      W = (q - zp) * scale.
   "int-quantized" (W8A8): `weight` [N, K] int8, `weight_scale` [N, 1], and for static per-tensor
       activations `input_scale` [1]; dynamic activations are per token.
 
@@ -25,11 +26,12 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import torch
 
 from pyllmops.formats._common import layer_names
-from pyllmops.formats._layer import FormatError, QuantizedLinear, require, take
+from pyllmops.formats._layer import FormatError, FormatWarning, QuantizedLinear, require, take
 from pyllmops.quant.packing import Int4Weight, Int8Weight, default_g_idx, pack_int32, pack_int4, unpack_int32
 
 NAME = "compressed-tensors"
@@ -128,6 +130,15 @@ def export(layers: dict[str, QuantizedLinear], ignore: list[str] = ()) -> tuple[
         key = json.dumps([body, fmt], sort_keys=True)
         schemes.setdefault(key, (body, fmt, []))[2].append(name)
         tensors.update(_layer_tensors(name, layer, fmt))
+    act_order = [name for name, layer in layers.items() if getattr(layer.weight, "g_idx", None) is not None]
+    if act_order:
+        # Measured 2026-12-07: compressed-tensors 0.19 and 0.20 reject actorder='group' ("has been removed"),
+        # and transformers 5.25 fails to load such a checkpoint (bench/checkpoint_roundtrip.py, act-order).
+        warnings.warn(f"compressed-tensors: {len(act_order)} layers ({act_order[0]}, ...) have act-order groups "
+                      f"(g_idx), written as actorder 'group' with weight_g_idx: pyllmops.load_quantized reads them, "
+                      f"but compressed-tensors removed actorder 'group' (0.19 and 0.20 refuse the config), so current "
+                      f"transformers and vLLM cannot load this checkpoint. For them, save with format='gptq' "
+                      f"(desc_act + g_idx) or quantize with act_order=False.", FormatWarning, stacklevel=3)
     formats = {fmt for _, fmt, _ in schemes.values()}
     groups = {}
     for i, (body, fmt, names) in enumerate(schemes.values()):
