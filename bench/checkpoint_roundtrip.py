@@ -3,7 +3,7 @@ and AWQ: transformers' own compressed-tensors loader gives the pyllmops model's 
 GPTQ / AWQ directories reload in pyllmops bit-identically (not a pytest file: run it directly).
 
     python bench/checkpoint_roundtrip.py [--tokens 512] [--calib-samples 16] [--group-size 64]
-        [--configs sym,asym,act-order] [--json out.json]
+        [--configs sym,asym,act-order,act-order-static] [--json out.json]
 
 Each config quantizes a fresh copy of the model (pyllmops.quantize(model, "w4a16-gptq", calib=...),
 calibration windows of 512 tokens of the default calibration text), computes its logits on the
@@ -44,6 +44,7 @@ CONFIGS = {  # name: w4a16-gptq options besides group_size
     "sym": {"symmetric": True, "act_order": False},
     "asym": {"symmetric": False, "act_order": False},
     "act-order": {"symmetric": True, "act_order": True},
+    "act-order-static": {"symmetric": True, "act_order": True, "static_groups": True},
 }
 BUFFERS = ("qweight", "scales", "zeros", "g_idx", "perm", "bias", "input_scale")
 

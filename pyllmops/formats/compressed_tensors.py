@@ -138,7 +138,7 @@ def export(layers: dict[str, QuantizedLinear], ignore: list[str] = ()) -> tuple[
                       f"(g_idx), written as actorder 'group' with weight_g_idx: pyllmops.load_quantized reads them, "
                       f"but compressed-tensors removed actorder 'group' (0.19 and 0.20 refuse the config), so current "
                       f"transformers and vLLM cannot load this checkpoint. For them, save with format='gptq' "
-                      f"(desc_act + g_idx) or quantize with act_order=False.", FormatWarning, stacklevel=3)
+                      f"(desc_act + g_idx) or quantize with static_groups=True (or act_order=False).", FormatWarning, stacklevel=3)
     formats = {fmt for _, fmt, _ in schemes.values()}
     groups = {}
     for i, (body, fmt, names) in enumerate(schemes.values()):

@@ -72,8 +72,15 @@ def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
 
 
 def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int = 128, bits: int = 4, symmetric: bool = False,
-              act_order: bool = False, block_size: int = 128, damp: float = 0.01, mse: bool = False) -> Int4Weight:
-    """GPTQ-quantize w [N, K] (float) given H [K, K]; see the module docstring."""
+              act_order: bool = False, block_size: int = 128, damp: float = 0.01, mse: bool = False,
+              static_groups: bool = False) -> Int4Weight:
+    """GPTQ-quantize w [N, K] (float) given H [K, K]; see the module docstring.
+
+    static_groups (with act_order): the groups stay the contiguous input-channel ranges of the
+    unpermuted weight, their scales and zeros fixed up front from the original weights (AutoGPTQ's
+    static_groups, compressed-tensors' actorder "weight"); only the visiting order follows H. The
+    result has no g_idx, so every int4 format and loader takes it (compressed-tensors dropped
+    actorder "group"), at some accuracy against the default dynamic groups."""
     n, k = w.shape
     if tuple(hessian.shape) != (k, k):
         raise ValueError(f"hessian must have shape [K, K] = [{k}, {k}], got {tuple(hessian.shape)}")
@@ -93,19 +100,28 @@ def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int = 128, bit
     Q = torch.zeros_like(W)
     scales = torch.zeros(n, groups, dtype=torch.float32)
     zeros = torch.zeros(n, groups, dtype=torch.float32)
+    static = static_groups and act_order
+    if static:  # the original groups' parameters, before any error feedback; column j is in group perm[j] // gs
+        original = W[:, torch.argsort(perm)]
+        for g in range(groups):
+            scales[:, g], zeros[:, g] = (group_params_mse if mse else group_params)(
+                original[:, g * gs:(g + 1) * gs].float(), bits, symmetric)
+        col_group = (perm // gs).tolist()
+    else:
+        col_group = [col // gs for col in range(k)]
     for b0 in range(0, k, block_size):
         b1 = min(b0 + block_size, k)
         Wb, Ub = W[:, b0:b1].clone(), U[b0:b1, b0:b1]
         Err = torch.zeros_like(Wb)
         for i in range(b1 - b0):
             col = b0 + i
-            if col % gs == 0:
+            if not static and col % gs == 0:
                 # the group's current weights: in-block columns carry this block's updates already
                 g_end = min(col + gs, k)
                 cur = torch.cat((Wb[:, i:], W[:, b1:g_end]), dim=1)[:, :g_end - col]
                 s, z = (group_params_mse if mse else group_params)(cur.float(), bits, symmetric)
                 scales[:, col // gs], zeros[:, col // gs] = s, z
-            s, z = scales[:, col // gs].double(), zeros[:, col // gs].double()
+            s, z = scales[:, col_group[col]].double(), zeros[:, col_group[col]].double()
             q = quantize_with(Wb[:, i], s, z, bits).double()
             Q[:, col] = q
             err = (Wb[:, i] - (q - z) * s) / Ub[i, i]
@@ -115,5 +131,5 @@ def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int = 128, bit
 
     inverse = torch.argsort(perm)
     values = Q[:, inverse].to(torch.uint8)
-    g_idx = (inverse // gs).to(torch.int32) if act_order else None
+    g_idx = (inverse // gs).to(torch.int32) if act_order and not static else None
     return Int4Weight.from_values(values, scales, zeros.to(torch.uint8), gs, bits, g_idx)

@@ -25,6 +25,7 @@ SCHEMES = {  # name: (method, options)
     "channel-asym": ("w4a16-rtn", {"group_size": -1}),
     "act-order-sym": ("w4a16-gptq", {"group_size": 32, "symmetric": True, "act_order": True}),
     "act-order-asym": ("w4a16-gptq", {"group_size": 32, "act_order": True}),
+    "act-order-static": ("w4a16-gptq", {"group_size": 32, "symmetric": True, "act_order": True, "static_groups": True}),
 }
 REFUSED = {("awq", "channel-sym"): "per-channel", ("awq", "channel-asym"): "per-channel",
            ("awq", "act-order-sym"): "act-order", ("awq", "act-order-asym"): "act-order"}
@@ -62,7 +63,7 @@ def test_round_trip_is_bit_identical(fmt, scheme, tmp_path):
     # act-order groups in compressed-tensors: written (pyllmops reads them) with a warning that
     # current compressed-tensors loaders refuse them; nothing else warns
     said = [str(w.message) for w in caught if issubclass(w.category, FormatWarning)]
-    assert len(said) == (fmt == "compressed-tensors" and scheme.startswith("act-order")), said
+    assert len(said) == (fmt == "compressed-tensors" and scheme in ("act-order-sym", "act-order-asym")), said
     assert all("actorder 'group'" in m and "format='gptq'" in m for m in said)
     back = pyllmops.load_quantized(tmp_path)
     assert type(back) is type(model)
@@ -113,7 +114,8 @@ UPSTREAM_ZP = pytest.mark.xfail(
 
 
 @pytest.mark.parametrize("case", ["group-sym", pytest.param("group-asym", marks=UPSTREAM_ZP), "channel-sym",
-                                  pytest.param("channel-asym", marks=UPSTREAM_ZP), "w8a16", "w8a8", "w8a8-static"])
+                                  pytest.param("channel-asym", marks=UPSTREAM_ZP), "act-order-static", "w8a16", "w8a8",
+                                  "w8a8-static"])
 def test_transformers_loads_our_compressed_tensors(case, tmp_path):
     pytest.importorskip("compressed_tensors")
     if case in SCHEMES:

@@ -73,6 +73,25 @@ def test_gptq_beats_rtn(group_size, bits, seed):
         assert _out_err(ordered.dequantize(), w, x) < 0.25 * rtn
 
 
+@pytest.mark.parametrize("group_size", [32, 128])
+@pytest.mark.parametrize("bits", [4, 3])
+def test_gptq_static_groups(group_size, bits, seed):
+    """act_order with static_groups: the visiting order of act-order, the contiguous groups of the
+    unpermuted weight (no g_idx) with RTN's parameters on the original weights; held to the
+    act-order bound (worst ratio over 40 seeds: 0.12), outliers anywhere or among the last columns."""
+    k = 256
+    for outliers in (None, k - 1 - torch.randperm(8)[:4]):
+        w, x = _layer(outliers=outliers)
+        rtn = rtn_int4(w, group_size, bits)
+        q = gptq_int4(w, _hessian(x), group_size, bits, act_order=True, static_groups=True)
+        assert q.g_idx is None
+        assert torch.equal(q.scales, rtn.scales) and torch.equal(q.zeros, rtn.zeros)
+        assert _out_err(q.dequantize(), w, x) < 0.25 * _out_err(rtn.dequantize(), w, x)
+    # without act_order there is nothing to keep static: the plain GPTQ result
+    plain = gptq_int4(w, _hessian(x), group_size, bits)
+    assert torch.equal(gptq_int4(w, _hessian(x), group_size, bits, static_groups=True).values(), plain.values())
+
+
 def _hessian(x):
     h = Hessian(x.shape[1])
     h.add(x)

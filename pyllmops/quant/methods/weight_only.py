@@ -6,7 +6,9 @@
                   grid), block_size=128, damp=0.01, weighting="sink" (unit-norm tokens, the first
                   token of each sequence given sink_share=0.1 of the weight; "uniform" is the
                   paper's H = 2 X X^T). act_order costs the kernels nothing: WeightOnlyLinear
-                  permutes its input instead of gathering groups. awq_scale=False: True runs
+                  permutes its input instead of gathering groups. static_groups=False: True
+                  keeps the groups contiguous (no g_idx; what compressed-tensors, which dropped
+                  actorder "group", and so today's transformers and vLLM load). awq_scale=False: True runs
                   AWQ's scale search and fold first (awq_tokens rows) and GPTQ on the scaled
                   layers (the AWQ paper's AWQ + GPTQ combination; see docs/quality.md).
     "w4a16-awq"   AWQ (quant/awq.py): clip=True, cv_folds=1 (fit and score on the same rows, as
@@ -322,7 +324,7 @@ def _write_back(lin: nn.Linear, weight: Int4Weight, input_scale: Optional[torch.
 
 @register_method("w4a16-gptq", needs_calib=True)
 def quantize_gptq(model: nn.Module, *, calib, group_size: int = 128, bits: int = 4, symmetric: bool = False,
-                  act_order: bool = True, block_size: int = 128, damp: float = 0.01,
+                  act_order: bool = True, static_groups: bool = False, block_size: int = 128, damp: float = 0.01,
                   weighting: str = "sink", sink_share: float = 0.1, mse: bool = True,
                   awq_scale: bool = False, awq_tokens: int = 2048,
                   skip: Iterable[str] = ("lm_head",), int8: Iterable[str] = (), progress: bool = True,
@@ -340,7 +342,8 @@ def quantize_gptq(model: nn.Module, *, calib, group_size: int = 128, bits: int =
                 hessian = hessian * inv[:, None] * inv[None, :]
         out = {}
         for name, lin in zip(group.linears, lins):
-            w = gptq_int4(lin.weight.float(), hessian, group_size, bits, symmetric, act_order, block_size, damp, mse)
+            w = gptq_int4(lin.weight.float(), hessian, group_size, bits, symmetric, act_order, block_size, damp, mse,
+                          static_groups)
             _write_back(lin, w, input_scale)
             out[name] = (w, input_scale)
         return out
