@@ -118,5 +118,5 @@ def w8a8_linear(x: torch.Tensor, plan: LinearPlan) -> torch.Tensor:
     if nonfinite:
         raise ValueError("x contains NaN or inf")
     if not is_packed(plan.b):  # a CPU where oneDNN's int8 GEMM is not exact (w8a8.onednn_int8_exact)
-        return _epilogue(int8_mm_cpu(q, plan.b), scale_a, plan.w_scale, plan.bias, x.dtype)
+        return _epilogue(_int8_mm(q, plan.b), scale_a, plan.w_scale, plan.bias, x.dtype)
     return _qlinear(q, plan.b, scale_a, plan.w_scale, plan.w_zp, plan.bias, x.dtype)
