@@ -1,11 +1,13 @@
 """Each format's tensors against an independent reading of its layout (numpy bit arithmetic as
 AutoGPTQ / AutoAWQ document it, compressed-tensors' own packing functions when installed), and
 export -> import round trips for every format x (sym, asym) x (group, channel, act-order)."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from pyllmops.formats import FormatError, QuantizedLinear, awq, compressed_tensors, gptq
+from pyllmops.formats import FormatError, FormatWarning, QuantizedLinear, awq, compressed_tensors, gptq
 from pyllmops.quant.packing import Int4Weight, Int8Weight
 
 CASES = [(sym, kind) for sym in (True, False) for kind in ("group", "channel", "act-order")]
@@ -145,11 +147,21 @@ def test_awq_refuses_what_autoawq_cannot_load(kind, match, seed):
 
 
 # ----------------------------------------------------------------------------- compressed-tensors
+def _ct_export(layers, *args):
+    """compressed_tensors.export, which warns (FormatWarning) exactly when a layer has act-order g_idx."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = compressed_tensors.export(layers, *args)
+    said = [w for w in caught if issubclass(w.category, FormatWarning)]
+    assert len(said) == any(getattr(layer.weight, "g_idx", None) is not None for layer in layers.values())
+    return out
+
+
 @pytest.mark.parametrize("bits", [4, 2])
 @pytest.mark.parametrize("sym,kind", CASES)
 def test_compressed_tensors_round_trip(sym, kind, bits, seed):
     w = weight_for(kind, sym, bits=bits)
-    tensors, qc = compressed_tensors.export({"m.l": QuantizedLinear(w, torch.randn(32))}, ["lm_head"])
+    tensors, qc = _ct_export({"m.l": QuantizedLinear(w, torch.randn(32))}, ["lm_head"])
     (group,) = qc["config_groups"].values()
     args = group["weights"]
     assert (args["num_bits"], args["symmetric"], args["strategy"]) == (bits, sym, "channel" if kind == "channel" else "group")
@@ -163,7 +175,7 @@ def test_compressed_tensors_round_trip(sym, kind, bits, seed):
 @pytest.mark.parametrize("sym,kind", CASES)
 def test_compressed_tensors_matches_its_own_dequantize(sym, kind, seed):
     w = weight_for(kind, sym)
-    tensors, qc = compressed_tensors.export({"l": QuantizedLinear(w)})
+    tensors, qc = _ct_export({"l": QuantizedLinear(w)})
     args = qc["config_groups"]["group_0"]["weights"]
     ref = ct_reference_dequant(tensors, "l", args)
     torch.testing.assert_close(ref, w.dequantize(torch.float64), rtol=0, atol=1e-12)
