@@ -70,6 +70,9 @@ def main() -> None:
             row[name] = {"ppl": ppl, "change_pct": 100 * (ppl / base[name] - 1), "seconds": time.time() - t0}
         row["points_apart"] = row["transformers"]["change_pct"] - row["llama"]["change_pct"]
         rows.append(row)
+        print(f"{method:16s} llama {row['llama']['ppl']:8.3f} ({row['llama']['change_pct']:+6.2f}%)  transformers "
+              f"{row['transformers']['ppl']:8.3f} ({row['transformers']['change_pct']:+6.2f}%)  "
+              f"{row['points_apart']:+.2f} points", flush=True)
         if args.json:  # after every method, so that a long run that is cut short keeps what it measured
             with open(args.json, "w") as f:
                 json.dump({"command": " ".join(["python"] + sys.argv), "text": args.text, "tokens": len(ids),

@@ -84,6 +84,14 @@ def int8_mm_cpu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return acc.float()
 
 
+def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The exact int8 GEMM of the torch and cpp backends for a strided b: int8_mm_cpu (float32) on a
+    CPU without int8 dot-product instructions, torch._int_mm (int32) everywhere else."""
+    if a.device.type == "cpu" and not onednn_int8_exact():
+        return int8_mm_cpu(a, b)
+    return torch._int_mm(a, b)
+
+
 def _epilogue(acc: torch.Tensor, scale_a, scale_b, bias, out_dtype) -> torch.Tensor:
     """float32(acc) * scale_a * scale_b + bias, cast to out_dtype. acc [M, N] int32."""
     out = torch.mul(acc, scale_a.float())  # int32 * float32 -> float32, one pass
@@ -139,9 +147,7 @@ def _torch_supports(a, b, *rest):
 def _torch_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
     if is_packed(b):
         return _onednn_packed(a, b, scale_a, scale_b, bias, out_dtype)
-    if a.device.type == "cpu" and not onednn_int8_exact():
-        return _epilogue(int8_mm_cpu(a, b), scale_a, scale_b, bias, out_dtype)
-    return _epilogue(torch._int_mm(a, b), scale_a, scale_b, bias, out_dtype)
+    return _epilogue(int8_mm(a, b), scale_a, scale_b, bias, out_dtype)
 
 
 # ----------------------------------------------------------------------------- triton

@@ -24,7 +24,7 @@ import torch
 from pyllmops import _ext
 from pyllmops.ops import _dispatch
 from pyllmops.ops.quant_int8_cpp import DTYPES, cpp_quantize
-from pyllmops.ops.w8a8 import int8_mm_cpu, is_packed, onednn_int8_exact
+from pyllmops.ops.w8a8 import int8_mm, is_packed
 
 FUSED_OUT = (torch.float32, torch.bfloat16)  # output dtypes oneDNN's qlinear writes itself
 def _ptr(t):
@@ -82,13 +82,7 @@ def _qlinear(a, b, scale_a, w_scale, w_zp, bias, out_dtype):
 def _cpp_w8a8(a, b, scale_a, scale_b, bias, out_dtype):
     if is_packed(b):
         return _onednn(a, b, scale_a, scale_b, bias, out_dtype)
-    return _epilogue(_int8_mm(a.contiguous(), b), scale_a, scale_b, bias, out_dtype)
-
-
-def _int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The exact int8 GEMM for a strided b: torch._int_mm (int32) where the CPU has int8
-    dot-product instructions, else w8a8.int8_mm_cpu (float32 sgemm in exact K chunks)."""
-    return torch._int_mm(a, b) if onednn_int8_exact() else int8_mm_cpu(a, b)
+    return _epilogue(int8_mm(a.contiguous(), b), scale_a, scale_b, bias, out_dtype)
 
 
 class LinearPlan:
@@ -118,5 +112,5 @@ def w8a8_linear(x: torch.Tensor, plan: LinearPlan) -> torch.Tensor:
     if nonfinite:
         raise ValueError("x contains NaN or inf")
     if not is_packed(plan.b):  # a CPU where oneDNN's int8 GEMM is not exact (w8a8.onednn_int8_exact)
-        return _epilogue(_int8_mm(q, plan.b), scale_a, plan.w_scale, plan.bias, x.dtype)
+        return _epilogue(int8_mm(q, plan.b), scale_a, plan.w_scale, plan.bias, x.dtype)
     return _qlinear(q, plan.b, scale_a, plan.w_scale, plan.w_zp, plan.bias, x.dtype)
