@@ -2,6 +2,10 @@
 // pyllmops/ops/weight_only.py (dtypes, contiguity, shapes); here they are only converted. The GIL
 // is released while the kernel runs.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <tuple>
+#include <vector>
 
 #include "cpu/weight_only.h"
 
@@ -36,6 +40,19 @@ void bind_weight_only(py::module_& m) {
   m.def("w4a16_kernel", &w4a16_kernel, py::arg("K"), py::arg("group_size"), py::arg("M") = 1);
   bind_int4_gemm(m, "w4a16_gemm", &w4a16_gemm);
   bind_int4_gemm(m, "w4a8_gemm", &w4a8_gemm);
+  m.def(
+      "w4a16_gemm_multi",
+      [](uintptr_t x, int64_t M, int64_t K, int64_t group_size,
+         const std::vector<std::tuple<uintptr_t, uintptr_t, uintptr_t, int64_t, uintptr_t>>& gemms, int threads) {
+        std::vector<pyllmops::cpu::Int4Gemm> gs;
+        for (const auto& [qw, sc, z, N, out] : gemms)
+          gs.push_back({reinterpret_cast<const uint8_t*>(qw), reinterpret_cast<const float*>(sc),
+                        reinterpret_cast<const uint8_t*>(z), N, reinterpret_cast<float*>(out)});
+        py::gil_scoped_release release;
+        w4a16_gemm_multi(reinterpret_cast<const float*>(x), M, K, group_size, gs.data(), static_cast<int>(gs.size()),
+                         threads);
+      },
+      py::arg("x"), py::arg("M"), py::arg("K"), py::arg("group_size"), py::arg("gemms"), py::arg("threads") = 0);
   m.def(
       "w4_dequantize",
       [](uintptr_t qweight, uintptr_t scales, uintptr_t zeros, int64_t N, int64_t K, int64_t group_size,

@@ -11,7 +11,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
+#include <utility>
 
 #include "cpu/cpu_features.h"
 #include "cpu/parallel.h"
@@ -142,6 +144,23 @@ void linear(const DecodeLinear& l, const float* x, int64_t M, float* out, int th
   }
 }
 
+// Several projections of the same x: int4 ones of one group size in one w4a16_gemm_multi call (x
+// split into digits once, one parallel loop for q/k/v or gate/up), the others one by one.
+void linears(std::initializer_list<std::pair<const DecodeLinear*, float*>> ls, const float* x, int64_t M,
+             int threads) {
+  const DecodeLinear& first = *ls.begin()->first;
+  bool merge = first.kind == DecodeLinear::kInt4;
+  for (const auto& [l, out] : ls) merge = merge && l->kind == DecodeLinear::kInt4 && l->group_size == first.group_size;
+  if (!merge) {
+    for (const auto& [l, out] : ls) linear(*l, x, M, out, threads);
+    return;
+  }
+  std::vector<Int4Gemm> gemms;
+  for (const auto& [l, out] : ls)
+    gemms.push_back({static_cast<const uint8_t*>(l->weight), l->scales, l->zeros, l->N, out});
+  w4a16_gemm_multi(x, M, first.K, first.group_size, gemms.data(), static_cast<int>(gemms.size()), threads);
+}
+
 // ---------------------------------------------------------------- small ops
 void rms_norm(const float* x, const float* w, int64_t dim, float eps, float* out) {
   double ss = 0.0;
@@ -235,9 +254,7 @@ void llama_decode_layers(const LlamaDims& d, const std::vector<DecodeLayer>& lay
   for (size_t l = 0; l < layers.size(); ++l) {
     const DecodeLayer& L = layers[l];
     for (int64_t b = 0; b < B; ++b) rms_norm(x + b * d.dim, L.input_norm, d.dim, d.eps, h.data() + b * d.dim);
-    linear(L.q, h.data(), B, q.data(), threads);
-    linear(L.k, h.data(), B, k.data(), threads);
-    linear(L.v, h.data(), B, v.data(), threads);
+    linears({{&L.q, q.data()}, {&L.k, k.data()}, {&L.v, v.data()}}, h.data(), B, threads);
     for (int64_t b = 0; b < B; ++b) {
       const float* cos = step.rope_cos + step.positions[b] * D;
       const float* sin = step.rope_sin + step.positions[b] * D;
@@ -261,8 +278,7 @@ void llama_decode_layers(const LlamaDims& d, const std::vector<DecodeLayer>& lay
     linear(L.o, attn.data(), B, o.data(), threads);
     add_into(x, o.data(), B * d.dim);
     for (int64_t b = 0; b < B; ++b) rms_norm(x + b * d.dim, L.post_norm, d.dim, d.eps, h.data() + b * d.dim);
-    linear(L.gate, h.data(), B, gate.data(), threads);
-    linear(L.up, h.data(), B, up.data(), threads);
+    linears({{&L.gate, gate.data()}, {&L.up, up.data()}}, h.data(), B, threads);
     if (has_avx2_fma()) {
       silu_mul_avx2(gate.data(), up.data(), B * d.ffn_dim);
     } else {

@@ -542,21 +542,37 @@ std::vector<int32_t> block_groups(int64_t B, int64_t group_size) {
 
 // ---------------------------------------------------------------- int4 x int8 digits, AVX2
 // The vnni_digits kernel for CPUs with AVX2 but no AVX-512 (AMD Zen 2/3, client Intel), on the
-// same digits of x (split_digits_portable: the same values as split_digits). AVX2 has no vpdpbusd:
+// same digits of x (split_digits_avx2: the same values as split_digits). AVX2 has no vpdpbusd:
 // per digit and 64 packed bytes of a row, 4 vpmaddubsw (u8 nibble x s8 digit -> s16 sums of 2,
 // |.| <= 2 * 15 * 128) summed in int16 (8 products, <= 15360: no saturation), one vpmaddwd to
 // int32 lanes of 16 channels (by 256 for the top digit, by 1 for the others) and a Horner shift by 8
 // bits (|lane| <= 16 * 15 * kDigitMax < 2^31: exact). 38 vector ops per 128 weights and row of x
 // against 56 for the avx2_fma kernel at M = 1; that kernel converts the weight once for all rows of x (40 ops) and then
 // needs 16 FMAs per row, so from M = 2 on it is the cheaper one and w4a16_kernel picks it.
-void split_digits_portable(const float* x, int64_t M, int64_t K, int8_t* digits, float* step, int* shift) {
+//
+// split_digits on AVX2, value for value: per element the same double product x / step, rounded
+// half to even by vcvtpd2dq (a NaN, i.e. x non-finite, clamps to -kDigitMax), then the balanced
+// base-256 digits in int32 lanes. A scalar version with std::nearbyint per element cost 4-10 us
+// per call at K = 576-1536, as much as the kernel's own work on a 576 x 576 weight.
+__attribute__((target("avx2,fma"))) void split_digits_avx2(const float* x, int64_t M, int64_t K, int8_t* digits,
+                                                           float* step, int* shift) {
   const int64_t B = (K + kBlock - 1) / kBlock;
   std::vector<float> tops(static_cast<size_t>(B));
+  alignas(32) int32_t d3[3][kBlock];  // the block's digits a, b, c in channel order
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256d hi = _mm256_set1_pd(kDigitMax), lo = _mm256_set1_pd(-kDigitMax);
+  const __m256i half = _mm256_set1_epi32(128), byte = _mm256_set1_epi32(255);
   for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * K;
     float row_top = 0.f;
     for (int64_t b = 0; b < B; ++b) {
+      __m256 t = _mm256_setzero_ps();
+      for (int64_t k = b * kBlock; k < std::min(K, (b + 1) * kBlock); k += 8)
+        t = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xm + k), abs_mask), t);  // a NaN x leaves t
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, t);
       float top = 0.f;
-      for (int64_t k = b * kBlock; k < std::min(K, (b + 1) * kBlock); ++k) top = std::max(top, std::abs(x[m * K + k]));
+      for (float l : lanes) top = std::max(top, l);
       tops[b] = top <= std::numeric_limits<float>::max() ? top : 0.f;  // as split_digits: non-finite -> step 0
       row_top = std::max(row_top, tops[b]);
     }
@@ -564,16 +580,28 @@ void split_digits_portable(const float* x, int64_t M, int64_t K, int8_t* digits,
     for (int64_t b = 0; b < B; ++b) {
       const double d = static_cast<double>(tops[b]) / kDigitMax, inv = d > 0.0 ? 1.0 / d : 0.0;
       step[m * B + b] = static_cast<float>(std::ldexp(d, shift[m]));
-      int8_t* out = digits + (m * B + b) * kBlockBytes<3>;
-      for (int64_t k = b * kBlock; k < std::min(K, (b + 1) * kBlock); ++k) {
-        const double t = static_cast<double>(x[m * K + k]) * inv;
-        // round half to even like cvtpd_epi32; a NaN (x non-finite) clamps like its 0x80000000
-        const int32_t v = t >= kDigitMax ? kDigitMax : t > -kDigitMax ? static_cast<int32_t>(std::nearbyint(t)) : -kDigitMax;
-        const int32_t c = ((v + 128) & 255) - 128, v1 = (v - c) >> 8;
-        const int32_t bd = ((v1 + 128) & 255) - 128, a = (v1 - bd) >> 8;
-        const int64_t i = k - b * kBlock, at = (i % 2) * 64 + i / 2;  // [even channels | odd channels]
-        out[at] = static_cast<int8_t>(a), out[at + 128] = static_cast<int8_t>(bd), out[at + 256] = static_cast<int8_t>(c);
+      const int64_t k0 = b * kBlock, n = std::min(K, k0 + kBlock) - k0;  // n % 32 == 0
+      const __m256d iv = _mm256_set1_pd(inv);
+      for (int64_t i = 0; i < n; i += 8) {
+        __m256d t[2] = {_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(xm + k0 + i)), iv),
+                        _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(xm + k0 + i + 4)), iv)};
+        __m128i r[2];
+        for (int h = 0; h < 2; ++h)  // t >= max -> max; -max < t < max -> round(t); else (and NaN) -> -max
+          r[h] = _mm256_cvtpd_epi32(_mm256_blendv_pd(lo, _mm256_min_pd(t[h], hi), _mm256_cmp_pd(t[h], lo, _CMP_GT_OQ)));
+        const __m256i v = _mm256_set_m128i(r[1], r[0]);
+        const __m256i c = _mm256_sub_epi32(_mm256_and_si256(_mm256_add_epi32(v, half), byte), half);
+        const __m256i v1 = _mm256_srai_epi32(_mm256_sub_epi32(v, c), 8);
+        const __m256i bd = _mm256_sub_epi32(_mm256_and_si256(_mm256_add_epi32(v1, half), byte), half);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(d3[0] + i), _mm256_srai_epi32(_mm256_sub_epi32(v1, bd), 8));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(d3[1] + i), bd);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(d3[2] + i), c);
       }
+      int8_t* out = digits + (m * B + b) * kBlockBytes<3>;
+      for (int j = 0; j < 3; ++j)  // [even channels 64 | odd channels 64] per digit
+        for (int64_t e = 0; e < n / 2; ++e) {
+          out[j * kBlock + e] = static_cast<int8_t>(d3[j][2 * e]);
+          out[j * kBlock + 64 + e] = static_cast<int8_t>(d3[j][2 * e + 1]);
+        }
     }
   }
 }
@@ -604,7 +632,11 @@ __attribute__((target("avx2,fma"))) inline void digit_tile_avx2(const DigitX& x,
         c += w.scales[(n + j) * G + g] * static_cast<float>(w.zeros[(n + j) * G + g]) * x.gsum[(m0 + m) * G + g];
       corr[m][j] = c;
     }
-  alignas(32) uint8_t last[64] = {};
+  // a short last block (16, 32 or 48 bytes): masked loads, zero beyond, where zero digits meet them
+  // (a copy into a zeroed buffer stalled every row on store forwarding: 15% of K = 576's time)
+  const __m256i byte_at = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  const __m256i keep0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(tail_bytes)), byte_at);
+  const __m256i keep1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(tail_bytes) - 32), byte_at);
   for (int64_t b = 0; b < B; ++b) {
     const bool full = b + 1 < B || tail_bytes == 64;
     for (int j = 0; j < NT; ++j) {
@@ -612,9 +644,10 @@ __attribute__((target("avx2,fma"))) inline void digit_tile_avx2(const DigitX& x,
       // the next step's rows: the hardware prefetcher alone leaves the kernel waiting (as vnni_digits)
       _mm_prefetch(reinterpret_cast<const char*>(p + kSplitRows * w.row_bytes), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(p + kSplitRows * w.row_bytes + 63), _MM_HINT_T0);
-      if (!full) std::copy_n(p, tail_bytes, last), p = last;  // zero digits meet the zeroed rest
-      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
+      const __m256i v0 = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                              : _mm256_maskload_epi32(reinterpret_cast<const int*>(p), keep0);
+      const __m256i v1 = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32))
+                              : _mm256_maskload_epi32(reinterpret_cast<const int*>(p + 32), keep1);
       const __m256i lo0 = _mm256_and_si256(v0, low4), lo1 = _mm256_and_si256(v1, low4);
       const __m256i hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low4);
       const __m256i hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low4);
@@ -710,13 +743,19 @@ __attribute__((target("avx2,fma"))) inline void w8_step_avx2(
   }
 }
 
+constexpr int kW8Ahead = 2;  // measured on Zen 3: 1 and 2 tiles ahead alike, 4 too far
 template <int MT, int NT>
 __attribute__((target("avx2,fma"))) inline void w8_tile_avx2(
     const float* x, int64_t K, const int8_t* qw, const float* scales, float* out, int64_t N, int64_t n) {
   __m256 even[MT][NT], odd[MT][NT];
   for (int m = 0; m < MT; ++m)
     for (int j = 0; j < NT; ++j) even[m][j] = odd[m][j] = _mm256_setzero_ps();
+  // The rows kW8Ahead tiles on, a cache line per row and 64 weights: streamed from DRAM (an LM
+  // head), the hardware prefetcher alone left the tile waiting for half of its time.
+  const int8_t* ahead = qw + (n + kW8Ahead * NT) * K;
   for (int64_t k = 0; k < K; k += 16) {  // K % 16 == 0
+    if (k % 64 == 0)
+      for (int j = 0; j < NT; ++j) _mm_prefetch(reinterpret_cast<const char*>(ahead + j * K + k), _MM_HINT_T0);
     w8_step_avx2<MT, NT>(x, K, qw, n, k, even);
     w8_step_avx2<MT, NT>(x, K, qw, n, k + 8, odd);
   }
@@ -774,9 +813,31 @@ const char* w4a16_kernel(int64_t K, int64_t group_size, int64_t M) {
   return weight_only_vnni() && blocks ? "vnni_digits" : "avx512_fma";
 }
 
+namespace {
+
+// Runs fn(i, r0, r1) for the rows [r0, r1) of gemm i that fall in [n0, n1) of all gemms' rows.
+template <typename F>
+void for_segments(const Int4Gemm* gemms, int count, int64_t n0, int64_t n1, F&& fn) {
+  int64_t first = 0;
+  for (int i = 0; i < count && first < n1; first += gemms[i].N, ++i) {
+    const int64_t r0 = std::max<int64_t>(n0 - first, 0), r1 = std::min<int64_t>(n1 - first, gemms[i].N);
+    if (r0 < r1) fn(i, r0, r1);
+  }
+}
+
+}  // namespace
+
 void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
                 const uint8_t* zeros, int64_t N, int64_t group_size, float* out, int threads) {
+  const Int4Gemm gemm{qweight, scales, zeros, N, out};
+  w4a16_gemm_multi(x, M, K, group_size, &gemm, 1, threads);
+}
+
+void w4a16_gemm_multi(const float* x, int64_t M, int64_t K, int64_t group_size, const Int4Gemm* gemms, int count,
+                      int threads) {
   const int64_t G = (K + group_size - 1) / group_size;
+  int64_t rows = 0;
+  for (int i = 0; i < count; ++i) rows += gemms[i].N;
   const std::vector<double> xs = group_sums(x, M, K, group_size, G);
   const std::string kernel = w4a16_kernel(K, group_size, M);
   if (kernel == "vnni_digits") {
@@ -787,8 +848,10 @@ void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, co
     split_digits(x, M, K, digits.data(), step.data(), shift.data());
     for (int64_t i = 0; i < M * G; ++i) gsum[i] = static_cast<float>(std::ldexp(xs[i], shift[i / G]));
     const std::vector<int32_t> bg = block_groups(B, group_size);
-    digit_gemm<3>({digits.data(), step.data(), gsum.data(), unscales(shift).data(), bg.data(), B, G}, M, K, qweight,
-                  scales, zeros, N, out, threads);
+    const std::vector<float> unscale = unscales(shift);
+    for (int i = 0; i < count; ++i)
+      digit_gemm<3>({digits.data(), step.data(), gsum.data(), unscale.data(), bg.data(), B, G}, M, K,
+                    gemms[i].qweight, gemms[i].scales, gemms[i].zeros, gemms[i].N, gemms[i].out, threads);
     return;
   }
   if (kernel == "avx2_digits") {
@@ -796,35 +859,40 @@ void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, co
     std::vector<int8_t> digits(static_cast<size_t>(M * B * kBlockBytes<3>));
     std::vector<float> step(static_cast<size_t>(M * B)), gsum(static_cast<size_t>(M * G));
     std::vector<int> shift(static_cast<size_t>(M));
-    split_digits_portable(x, M, K, digits.data(), step.data(), shift.data());
+    split_digits_avx2(x, M, K, digits.data(), step.data(), shift.data());
     for (int64_t i = 0; i < M * G; ++i) gsum[i] = static_cast<float>(std::ldexp(xs[i], shift[i / G]));
     const std::vector<int32_t> bg = block_groups(B, group_size);
     const std::vector<float> unscale = unscales(shift);
     const DigitX dx{digits.data(), step.data(), gsum.data(), unscale.data(), bg.data(), B, G};
-    const Int4Weight w{qweight, scales, zeros, K / 2, 0};
     const int64_t tail_bytes = (K - (B - 1) * kBlock) / 2;
-    parallel_for(N, threads, kGrainN, [&](int64_t n0, int64_t n1) {
-      for_row_tiles(M, [&](auto mt, int64_t m0) {
-        digit_rows_avx2<decltype(mt)::value>(dx, m0, w, tail_bytes, n0, n1, out, N);
+    parallel_for(rows, threads, kGrainN, [&](int64_t n0, int64_t n1) {
+      for_segments(gemms, count, n0, n1, [&](int i, int64_t r0, int64_t r1) {
+        const Int4Weight w{gemms[i].qweight, gemms[i].scales, gemms[i].zeros, K / 2, 0};
+        for_row_tiles(M, [&](auto mt, int64_t m0) {
+          digit_rows_avx2<decltype(mt)::value>(dx, m0, w, tail_bytes, r0, r1, gemms[i].out, gemms[i].N);
+        });
       });
     });
     return;
   }
   const std::vector<float> xd = deinterleave(x, M, K);
   const bool avx512 = kernel == "avx512_fma", avx2 = kernel == "avx2_fma";
-  parallel_for(N, threads, kGrainN, [&](int64_t n0, int64_t n1) {
-    if (!avx512 && !avx2) {
-      w4_rows_scalar(xd.data(), xs.data(), M, K, qweight, scales, zeros, group_size, G, out, N, n0, n1);
-      return;
-    }
-    for_row_tiles(M, [&](auto mt, int64_t m0) {
-      constexpr int MT = decltype(mt)::value;
-      const float* xm = xd.data() + m0 * K;
-      const double* sm = xs.data() + m0 * G;
-      if (avx512)
-        w4_rows_avx512<MT>(xm, sm, K, qweight, scales, zeros, group_size, G, out + m0 * N, N, n0, n1);
-      else
-        w4_rows_avx2<MT>(xm, sm, K, qweight, scales, zeros, group_size, G, out + m0 * N, N, n0, n1);
+  parallel_for(rows, threads, kGrainN, [&](int64_t n0, int64_t n1) {
+    for_segments(gemms, count, n0, n1, [&](int i, int64_t r0, int64_t r1) {
+      const Int4Gemm& g = gemms[i];
+      if (!avx512 && !avx2) {
+        w4_rows_scalar(xd.data(), xs.data(), M, K, g.qweight, g.scales, g.zeros, group_size, G, g.out, g.N, r0, r1);
+        return;
+      }
+      for_row_tiles(M, [&](auto mt, int64_t m0) {
+        constexpr int MT = decltype(mt)::value;
+        const float* xm = xd.data() + m0 * K;
+        const double* sm = xs.data() + m0 * G;
+        if (avx512)
+          w4_rows_avx512<MT>(xm, sm, K, g.qweight, g.scales, g.zeros, group_size, G, g.out + m0 * g.N, g.N, r0, r1);
+        else
+          w4_rows_avx2<MT>(xm, sm, K, g.qweight, g.scales, g.zeros, group_size, G, g.out + m0 * g.N, g.N, r0, r1);
+      });
     });
   });
 }

@@ -23,6 +23,21 @@ const char* w4a16_kernel(int64_t K, int64_t group_size, int64_t M = 1);
 void w4a16_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
                 const uint8_t* zeros, int64_t N, int64_t group_size, float* out, int threads);
 
+// One weight of w4a16_gemm_multi (layout as in w4a16_gemm) and its output out [M, N].
+struct Int4Gemm {
+  const uint8_t* qweight;
+  const float* scales;
+  const uint8_t* zeros;
+  int64_t N;
+  float* out;
+};
+
+// w4a16_gemm for `count` weights of the same K and group size that multiply the same x (a
+// decoder's q/k/v, gate/up): x is prepared once (digits, group sums) and the rows of all weights
+// share one parallel loop. Each out equals w4a16_gemm's for its weight, value for value.
+void w4a16_gemm_multi(const float* x, int64_t M, int64_t K, int64_t group_size, const Int4Gemm* gemms, int count,
+                      int threads);
+
 // W4A8: the int4 weight as in w4a16_gemm, x quantized per call like llama.cpp's Q8_0: per row and
 // 32 channels, d = max|x| / 127, q = round_half_even(x / d) in float32 (q = 0 where d = 0);
 // out = sum_k (q_w - z) s * q_x d, products exact in int32, scaled in float32. A block of x with a

@@ -131,6 +131,34 @@ def test_w4a16_cpp_kernels(m, n, k, group_size, kernel, x_kind, seed):
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
+@pytest.mark.parametrize("m, k, group_size", [(1, 576, 128), (1, 96, -1), (3, 576, 128), (1, 1152, 256), (5, 320, 64)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_w4a16_gemm_multi_equals_single_calls(m, k, group_size, threads, seed):
+    """w4a16_gemm_multi (the fused decode step's q/k/v and gate/up: x prepared once, the rows of all
+    weights in one parallel loop whose chunks straddle the weights) gives each weight exactly what
+    w4a16_gemm gives it alone, for every kernel this CPU picks (digits at M = 1, FMA above)."""
+    if "cpp" not in cpu_backends("w4a16_matmul"):
+        pytest.skip("no C++ backend here")
+    from pyllmops import _ext
+
+    gs = k if group_size == -1 else group_size
+    x = torch.randn(m, k)
+    x[:, torch.randperm(k)[:2]] *= 300.0
+    weights = [_int4(n, k, group_size)[:3] for n in (5, 70, 129)]
+    alone = [torch.empty(m, w[0].shape[0]) for w in weights]
+    for (qw, sc, z), out in zip(weights, alone):
+        _ext.cpp().w4a16_gemm(x.data_ptr(), m, k, qw.data_ptr(), sc.data_ptr(), z.data_ptr(), qw.shape[0], gs,
+                              out.data_ptr(), threads)
+    together = [torch.full_like(o, float("nan")) for o in alone]
+    _ext.cpp().w4a16_gemm_multi(x.data_ptr(), m, k, gs, [(qw.data_ptr(), sc.data_ptr(), z.data_ptr(), qw.shape[0],
+                                                          out.data_ptr()) for (qw, sc, z), out in zip(weights, together)],
+                                threads)
+    for a, b in zip(alone, together):
+        assert torch.equal(a, b)
+    ref = reference.w4_matmul(x, *weights[1], group_size)
+    torch.testing.assert_close(together[1].double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
 @pytest.mark.parametrize("m, n, k, group_size, kernel", CPP_KERNEL_CASES[:1] + CPP_KERNEL_CASES[-1:])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_w4a16_cpp_non_finite_input(m, n, k, group_size, kernel, bad, seed):
