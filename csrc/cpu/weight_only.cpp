@@ -616,57 +616,65 @@ __attribute__((target("avx2,fma"))) inline __m256i digit_sums_avx2(__m256i lo0, 
                           _mm256_maddubs_epi16(hi1, _mm256_loadu_si256(xd + 3)));
 }
 
+// Block b of rows n..n+NT-1 against rows m0..m0+MT-1 of x, into total (kept in registers: the
+// loops over rows are unrolled). kTail: the short last block (16, 32 or 48 bytes), loaded with
+// masks (zero beyond, where zero digits meet them; a copy into a zeroed buffer stalled every row
+// on store forwarding, 15% of K = 576's time).
+template <int MT, int NT, bool kTail>
+__attribute__((target("avx2,fma"), always_inline)) inline void digit_block_avx2(
+    const DigitX& x, int64_t m0, const Int4Weight& w, int64_t n, int64_t b, __m256i keep0, __m256i keep1,
+    __m256 (&total)[MT][NT]) {
+  const int64_t B = x.B, G = x.G;
+  const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), by256 = _mm256_set1_epi16(256);
+#pragma GCC unroll 4
+  for (int j = 0; j < NT; ++j) {
+    const uint8_t* p = w.qw + (n + j) * w.row_bytes + b * 64;
+    // the next step's rows: the hardware prefetcher alone leaves the kernel waiting (as vnni_digits)
+    _mm_prefetch(reinterpret_cast<const char*>(p + kSplitRows * w.row_bytes), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(p + kSplitRows * w.row_bytes + 63), _MM_HINT_T0);
+    const __m256i v0 = kTail ? _mm256_maskload_epi32(reinterpret_cast<const int*>(p), keep0)
+                             : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i v1 = kTail ? _mm256_maskload_epi32(reinterpret_cast<const int*>(p + 32), keep1)
+                             : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
+    const __m256i lo0 = _mm256_and_si256(v0, low4), lo1 = _mm256_and_si256(v1, low4);
+    const __m256i hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low4);
+    const __m256i hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low4);
+    const float s = w.scales[(n + j) * G + x.block_group[b]];
+#pragma GCC unroll 4
+    for (int m = 0; m < MT; ++m) {
+      const int8_t* xb = x.digits + ((m0 + m) * B + b) * kBlockBytes<3>;
+      // Horner: 256 a + b in one step (vpmaddwd by 256 and by 1), then 256 (256 a + b) + c
+      __m256i acc = _mm256_add_epi32(_mm256_madd_epi16(digit_sums_avx2(lo0, lo1, hi0, hi1, xb), by256),
+                                     _mm256_madd_epi16(digit_sums_avx2(lo0, lo1, hi0, hi1, xb + kBlock), ones));
+      acc = _mm256_add_epi32(_mm256_slli_epi32(acc, 8),
+                             _mm256_madd_epi16(digit_sums_avx2(lo0, lo1, hi0, hi1, xb + 2 * kBlock), ones));
+      total[m][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(s * x.step[(m0 + m) * B + b]),
+                                    total[m][j]);
+    }
+  }
+}
+
 // Output rows n..n+NT-1 for rows m0..m0+MT-1 of x; tail_bytes: the bytes of a row's last block.
 template <int MT, int NT>
 __attribute__((target("avx2,fma"))) inline void digit_tile_avx2(const DigitX& x, int64_t m0, const Int4Weight& w,
                                                                  int64_t n, int64_t tail_bytes, float* out, int64_t N) {
   const int64_t B = x.B, G = x.G;
-  const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), by256 = _mm256_set1_epi16(256);
   __m256 total[MT][NT];
-  float corr[MT][NT];  // the zero-point term sum_g s z sum_g(x), in the units of total
   for (int j = 0; j < NT; ++j)
-    for (int m = 0; m < MT; ++m) {
-      total[m][j] = _mm256_setzero_ps();
-      float c = 0.f;
-      for (int64_t g = 0; g < G; ++g)
-        c += w.scales[(n + j) * G + g] * static_cast<float>(w.zeros[(n + j) * G + g]) * x.gsum[(m0 + m) * G + g];
-      corr[m][j] = c;
-    }
-  // a short last block (16, 32 or 48 bytes): masked loads, zero beyond, where zero digits meet them
-  // (a copy into a zeroed buffer stalled every row on store forwarding: 15% of K = 576's time)
+    for (int m = 0; m < MT; ++m) total[m][j] = _mm256_setzero_ps();
   const __m256i byte_at = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
   const __m256i keep0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(tail_bytes)), byte_at);
   const __m256i keep1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(tail_bytes) - 32), byte_at);
-  for (int64_t b = 0; b < B; ++b) {
-    const bool full = b + 1 < B || tail_bytes == 64;
-    for (int j = 0; j < NT; ++j) {
-      const uint8_t* p = w.qw + (n + j) * w.row_bytes + b * 64;
-      // the next step's rows: the hardware prefetcher alone leaves the kernel waiting (as vnni_digits)
-      _mm_prefetch(reinterpret_cast<const char*>(p + kSplitRows * w.row_bytes), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(p + kSplitRows * w.row_bytes + 63), _MM_HINT_T0);
-      const __m256i v0 = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
-                              : _mm256_maskload_epi32(reinterpret_cast<const int*>(p), keep0);
-      const __m256i v1 = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32))
-                              : _mm256_maskload_epi32(reinterpret_cast<const int*>(p + 32), keep1);
-      const __m256i lo0 = _mm256_and_si256(v0, low4), lo1 = _mm256_and_si256(v1, low4);
-      const __m256i hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low4);
-      const __m256i hi1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low4);
-      const float s = w.scales[(n + j) * G + x.block_group[b]];
-      for (int m = 0; m < MT; ++m) {
-        const int8_t* xb = x.digits + ((m0 + m) * B + b) * kBlockBytes<3>;
-        // Horner: 256 a + b in one step (vpmaddwd by 256 and by 1), then 256 (256 a + b) + c
-        __m256i acc = _mm256_add_epi32(_mm256_madd_epi16(digit_sums_avx2(lo0, lo1, hi0, hi1, xb), by256),
-                                       _mm256_madd_epi16(digit_sums_avx2(lo0, lo1, hi0, hi1, xb + kBlock), ones));
-        acc = _mm256_add_epi32(_mm256_slli_epi32(acc, 8),
-                               _mm256_madd_epi16(digit_sums_avx2(lo0, lo1, hi0, hi1, xb + 2 * kBlock), ones));
-        total[m][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(s * x.step[(m0 + m) * B + b]),
-                                      total[m][j]);
-      }
+  const int64_t full = tail_bytes == 64 ? B : B - 1;
+  for (int64_t b = 0; b < full; ++b) digit_block_avx2<MT, NT, false>(x, m0, w, n, b, keep0, keep1, total);
+  if (full < B) digit_block_avx2<MT, NT, true>(x, m0, w, n, full, keep0, keep1, total);
+  for (int j = 0; j < NT; ++j)
+    for (int m = 0; m < MT; ++m) {
+      float c = 0.f;  // the zero-point term sum_g s z sum_g(x), in the units of total
+      for (int64_t g = 0; g < G; ++g)
+        c += w.scales[(n + j) * G + g] * static_cast<float>(w.zeros[(n + j) * G + g]) * x.gsum[(m0 + m) * G + g];
+      out[(m0 + m) * N + n + j] = (hsum_avx2(total[m][j]) - c) * x.unscale[m0 + m];
     }
-  }
-  for (int m = 0; m < MT; ++m)
-    for (int j = 0; j < NT; ++j)
-      out[(m0 + m) * N + n + j] = (hsum_avx2(total[m][j]) - corr[m][j]) * x.unscale[m0 + m];
 }
 
 template <int MT>
