@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from pyllmops.nn.huge_pages import pack_huge_pages
 from pyllmops.quant.methods._walk import linear_layers, replace_module
 
 QuantizeFn = Callable[..., nn.Module]
@@ -82,6 +83,7 @@ def quantize(model: nn.Module, method: str, *, calib: Iterable[Any] | None = Non
                              "and not named by skip=)")
     finally:
         _STRICT.reset(token)
+    pack_huge_pages(model)  # the packed weights a decode step streams, in 2 MB pages
     return model
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from pyllmops.formats import FORMATS, FormatError, QuantizedLinear, detect, format_module
+from pyllmops.nn.huge_pages import pack_huge_pages
 from pyllmops.nn.w8a8 import W8A8Linear
 from pyllmops.nn.weight_only import WeightOnlyLinear
 from pyllmops.quant.methods import replace_module
@@ -247,7 +248,9 @@ def load_quantized(path: str | os.PathLike, *, device: str | torch.device = "cpu
         raise FormatError(f"{name}: the checkpoint lacks {sorted(missing)[:8]}")
     if tied and hasattr(model, "tie_weights"):
         model.tie_weights()
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    pack_huge_pages(model)  # the packed weights a decode step streams, in 2 MB pages
+    return model
 
 
 def _build(path: Path, config: dict) -> tuple[nn.Module, ModelKind]:
