@@ -99,6 +99,7 @@ CPP_KERNEL_CASES = [
     (1, 8, 96, -1, "vnni_digits"),       # M = 1, K < 128
     (1, 96, 256, 64, "avx512_fma"),
     (4, 40, 576, 64, "avx512_fma"),
+    (11, 40, 576, 128, "avx512_fma"),    # M = 11: three row tiles of x, the last one short (batched decode)
 ]
 
 
@@ -131,7 +132,8 @@ def test_w4a16_cpp_kernels(m, n, k, group_size, kernel, x_kind, seed):
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
-@pytest.mark.parametrize("m, k, group_size", [(1, 576, 128), (1, 96, -1), (3, 576, 128), (1, 1152, 256), (5, 320, 64)])
+@pytest.mark.parametrize("m, k, group_size", [(1, 576, 128), (1, 96, -1), (3, 576, 128), (1, 1152, 256), (5, 320, 64),
+                                               (9, 576, 128)])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_w4a16_gemm_multi_equals_single_calls(m, k, group_size, threads, seed):
     """w4a16_gemm_multi (the fused decode step's q/k/v and gate/up: x prepared once, the rows of all
