@@ -13,7 +13,8 @@ ratio of the two runs of a round does, and the median over rounds is what this r
 
 The rows name the llama.cpp build (the instruction sets it reports). Build llama-cpp-python for
 the CPU as bench/bench_model.py's docstring says (GGML_NATIVE=OFF with the CPU's extensions on).
-Runs under `chrt -f 10` where permitted (as the pytest benchmarks do through `python -m bench`).
+Runs both under `chrt -f 10` where permitted (as `python -m bench` is run), or with --no-chrt at
+normal priority, as users run them.
 """
 from __future__ import annotations
 
@@ -54,9 +55,12 @@ print(f"RESULT {rate:.3f} llama.cpp {llama_cpp.__version__} Q4_1 ({isa})")
 """
 
 
+_CHRT = True  # --no-chrt: as users run both, at normal priority
+
+
 def _prefix() -> list[str]:
     """chrt -f 10 where the process may use it (as python -m bench does), else nothing."""
-    chrt = shutil.which("chrt")
+    chrt = shutil.which("chrt") if _CHRT else None
     if chrt and subprocess.run([chrt, "-f", "10", "true"], capture_output=True).returncode == 0:
         return [chrt, "-f", "10"]
     return []
@@ -90,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--tokens", type=int, default=100, help="new tokens per run (default 100)")
     ap.add_argument("--json", type=Path, help="write the rounds and medians here")
+    ap.add_argument("--no-chrt", action="store_true", help="run both at normal priority")
     args = ap.parse_args(argv)
+    global _CHRT
+    _CHRT = not args.no_chrt
     out: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, text=True,
                                           capture_output=True).stdout.strip(),
