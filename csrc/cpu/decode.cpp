@@ -249,8 +249,10 @@ void llama_decode_layers(const LlamaDims& d, const std::vector<DecodeLayer>& lay
   const int64_t B = step.batch, D = d.head_dim, H = d.n_heads, KV = d.n_kv_heads, G = H / KV, S = step.slot + 1;
   std::vector<float> h(B * d.dim), q(B * H * D), k(B * KV * D), v(B * KV * D), attn(B * H * D), o(B * d.dim),
       gate(B * d.ffn_dim), up(B * d.ffn_dim);
-  // attention tasks of at least ~64k multiply-adds each, so a short cache stays on one thread
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, S * G * D));
+  // attention: a task per query head (the heads of a KV head share its cache rows, in L1 or L2),
+  // at least ~16k multiply-adds each; per KV head and ~64k each, SmolLM2's 3 KV heads stayed on
+  // one thread up to ~170 cached tokens while the other waited
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, S * D));
   for (size_t l = 0; l < layers.size(); ++l) {
     const DecodeLayer& L = layers[l];
     for (int64_t b = 0; b < B; ++b) rms_norm(x + b * d.dim, L.input_norm, d.dim, d.eps, h.data() + b * d.dim);
@@ -266,13 +268,13 @@ void llama_decode_layers(const LlamaDims& d, const std::vector<DecodeLayer>& lay
         std::copy_n(v.data() + (b * KV + kh) * D, D, step.v_cache[l] + at);
       }
     }
-    parallel_for(B * KV, threads, grain, [&](int64_t t0, int64_t t1) {
+    parallel_for(B * H, threads, grain, [&](int64_t t0, int64_t t1) {
       std::vector<float> scores(S);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / KV, kh = t % KV, base = (b * KV + kh) * step.capacity * D;
-        attend(q.data() + (b * H + kh * G) * D, G, D, step.k_cache[l] + base, step.v_cache[l] + base, S,
+        const int64_t b = t / H, h = t % H, base = (b * KV + h / G) * step.capacity * D;
+        attend(q.data() + (b * H + h) * D, 1, D, step.k_cache[l] + base, step.v_cache[l] + base, S,
                step.key_mask ? step.key_mask + b * step.capacity : nullptr, scores.data(),
-               attn.data() + (b * H + kh * G) * D);
+               attn.data() + (b * H + h) * D);
       }
     });
     linear(L.o, attn.data(), B, o.data(), threads);
