@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -30,8 +31,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.__main__ import _commit
+
 QUESTION = "Write a short story about a robot who learns to paint."
-HERE = Path(__file__).resolve().parent
 
 _LLAMA_WORKER = r"""
 import re, sys, time
@@ -60,7 +62,12 @@ _CHRT = True  # --no-chrt: as users run both, at normal priority
 
 def _prefix() -> list[str]:
     """chrt -f 10 where the process may use it (as python -m bench does), else nothing."""
-    chrt = shutil.which("chrt") if _CHRT else None
+    return _chrt() if _CHRT else []
+
+
+@functools.cache
+def _chrt() -> list[str]:
+    chrt = shutil.which("chrt")
     if chrt and subprocess.run([chrt, "-f", "10", "true"], capture_output=True).returncode == 0:
         return [chrt, "-f", "10"]
     return []
@@ -99,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     global _CHRT
     _CHRT = not args.no_chrt
     out: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, text=True,
-                                          capture_output=True).stdout.strip(),
+                 "commit": _commit(),
                  "cpu": _cpu_name(), "tokens": args.tokens, "chrt": bool(_prefix()), "threads": {}}
     for threads in [int(t) for t in args.threads.split(",")]:
         rounds = []

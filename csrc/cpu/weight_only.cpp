@@ -823,6 +823,27 @@ const char* w4a16_kernel(int64_t K, int64_t group_size, int64_t M) {
 
 namespace {
 
+// The activation side of a 3-digit call, made once per x: its digits (split_digits or
+// split_digits_avx2, which give the same values), steps and the group sums in their units.
+struct Digits3 {
+  using Split = void (*)(const float*, int64_t, int64_t, int8_t*, float*, int*);
+  Digits3(Split split, const float* x, int64_t M, int64_t K, int64_t group_size, const std::vector<double>& xs)
+      : B((K + kBlock - 1) / kBlock), G((K + group_size - 1) / group_size),
+        digits(static_cast<size_t>(M * B * kBlockBytes<3>)), step(static_cast<size_t>(M * B)),
+        gsum(static_cast<size_t>(M * G)), groups(block_groups(B, group_size)) {
+    std::vector<int> shift(static_cast<size_t>(M));
+    split(x, M, K, digits.data(), step.data(), shift.data());
+    for (int64_t i = 0; i < M * G; ++i) gsum[i] = static_cast<float>(std::ldexp(xs[i], shift[i / G]));
+    unscale = unscales(shift);
+  }
+  DigitX view() const { return {digits.data(), step.data(), gsum.data(), unscale.data(), groups.data(), B, G}; }
+
+  int64_t B, G;
+  std::vector<int8_t> digits;
+  std::vector<float> step, gsum, unscale;
+  std::vector<int32_t> groups;
+};
+
 // Runs fn(i, r0, r1) for the rows [r0, r1) of gemm i that fall in [n0, n1) of all gemms' rows.
 template <typename F>
 void for_segments(const Int4Gemm* gemms, int count, int64_t n0, int64_t n1, F&& fn) {
@@ -848,31 +869,16 @@ void w4a16_gemm_multi(const float* x, int64_t M, int64_t K, int64_t group_size, 
   for (int i = 0; i < count; ++i) rows += gemms[i].N;
   const std::vector<double> xs = group_sums(x, M, K, group_size, G);
   const std::string kernel = w4a16_kernel(K, group_size, M);
-  if (kernel == "vnni_digits") {
-    const int64_t B = (K + kBlock - 1) / kBlock;
-    std::vector<int8_t> digits(static_cast<size_t>(M * B * kBlockBytes<3>));
-    std::vector<float> step(static_cast<size_t>(M * B)), gsum(static_cast<size_t>(M * G));
-    std::vector<int> shift(static_cast<size_t>(M));
-    split_digits(x, M, K, digits.data(), step.data(), shift.data());
-    for (int64_t i = 0; i < M * G; ++i) gsum[i] = static_cast<float>(std::ldexp(xs[i], shift[i / G]));
-    const std::vector<int32_t> bg = block_groups(B, group_size);
-    const std::vector<float> unscale = unscales(shift);
-    for (int i = 0; i < count; ++i)
-      digit_gemm<3>({digits.data(), step.data(), gsum.data(), unscale.data(), bg.data(), B, G}, M, K,
-                    gemms[i].qweight, gemms[i].scales, gemms[i].zeros, gemms[i].N, gemms[i].out, threads);
-    return;
-  }
-  if (kernel == "avx2_digits") {
-    const int64_t B = (K + kBlock - 1) / kBlock;
-    std::vector<int8_t> digits(static_cast<size_t>(M * B * kBlockBytes<3>));
-    std::vector<float> step(static_cast<size_t>(M * B)), gsum(static_cast<size_t>(M * G));
-    std::vector<int> shift(static_cast<size_t>(M));
-    split_digits_avx2(x, M, K, digits.data(), step.data(), shift.data());
-    for (int64_t i = 0; i < M * G; ++i) gsum[i] = static_cast<float>(std::ldexp(xs[i], shift[i / G]));
-    const std::vector<int32_t> bg = block_groups(B, group_size);
-    const std::vector<float> unscale = unscales(shift);
-    const DigitX dx{digits.data(), step.data(), gsum.data(), unscale.data(), bg.data(), B, G};
-    const int64_t tail_bytes = (K - (B - 1) * kBlock) / 2;
+  if (kernel == "vnni_digits" || kernel == "avx2_digits") {
+    const Digits3 d(kernel == "vnni_digits" ? &split_digits : &split_digits_avx2, x, M, K, group_size, xs);
+    if (kernel == "vnni_digits") {
+      for (int i = 0; i < count; ++i)
+        digit_gemm<3>(d.view(), M, K, gemms[i].qweight, gemms[i].scales, gemms[i].zeros, gemms[i].N, gemms[i].out,
+                      threads);
+      return;
+    }
+    const DigitX dx = d.view();
+    const int64_t tail_bytes = (K - (d.B - 1) * kBlock) / 2;
     parallel_for(rows, threads, kGrainN, [&](int64_t n0, int64_t n1) {
       for_segments(gemms, count, n0, n1, [&](int i, int64_t r0, int64_t r1) {
         const Int4Weight w{gemms[i].qweight, gemms[i].scales, gemms[i].zeros, K / 2, 0};

@@ -14,6 +14,7 @@ has no MADV_HUGEPAGE, or a module is not on the CPU, the tensors stay where they
 from __future__ import annotations
 
 import mmap
+from typing import Optional
 
 import torch
 from torch import nn
@@ -41,12 +42,13 @@ def pack_huge_pages(model: nn.Module) -> int:
     Tensors already moved by an earlier call are left in place."""
     if not huge_pages_supported():
         return 0
-    def moved_already(t: torch.Tensor) -> bool:
-        return any(lo <= t.data_ptr() < hi for lo, hi in _REGIONS)
+
+    def movable(t: Optional[torch.Tensor]) -> bool:
+        return (t is not None and t.is_contiguous() and not t.requires_grad
+                and not any(lo <= t.data_ptr() < hi for lo, hi in _REGIONS))  # not moved by an earlier call
 
     todo = [(m, name, getattr(m, name)) for m in _weight_only_modules(model) for name in _PACKED
-            if getattr(m, name, None) is not None]
-    todo = [(m, name, t) for m, name, t in todo if t.is_contiguous() and not t.requires_grad and not moved_already(t)]
+            if movable(getattr(m, name, None))]
     if not todo:
         return 0
     sizes = [t.numel() * t.element_size() for _, _, t in todo]
