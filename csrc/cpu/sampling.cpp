@@ -521,12 +521,14 @@ int64_t keep_at_least_portable(float* w, int32_t* wi, int64_t n, float c) {
   return count;
 }
 
-// ------------------------------------------------------------------ AVX2 compress
-// Without AVX-512's compress instructions the portable loops copy candidates one at a time, a
-// cost per element when most of a row survives (flat distributions). With AVX2, 8 lanes are
-// left-packed at once by the permutation their 8-bit mask selects.
-#define PYLLMOPS_AVX2 __attribute__((target("avx2")))
-
+// ------------------------------------------------------------------ AVX2 block kernels
+// The portable loops' float operations in the portable loops' order on AVX2 + FMA (Zen 2/3,
+// Haswell and later without AVX-512): the kLanes = 16 lanes of a group are two 8-lane registers
+// (lo: lanes 0-7, hi: 8-15), so every lane accumulates the same elements in the same order and the
+// results are the same bits. GCC leaves the portable max, NaN check and histogram loops scalar
+// (measured: block_max_portable ran vmaxss / vcomiss per element), and without AVX-512's compress
+// the candidates are left-packed by the permutation their 8-bit mask selects.
+#define PYLLMOPS_AVX2 __attribute__((target("avx2,fma")))
 struct PackTable {  // lanes[mask]: the set lanes of mask, in order, then zeros
   alignas(32) int32_t lanes[256][8];
   PackTable() {
@@ -590,28 +592,206 @@ PYLLMOPS_AVX2 int64_t select_bits_avx2(const float* w, int64_t n, int shift, uin
   return c + select_bits_portable(w + i, n - i, shift, mask, key, out + c);
 }
 
+// A group of 16 floats as two registers; a short last group is copied into `pad` (filled with
+// `fill`) so the tail runs the full-group code on lanes whose contribution is neutral.
+struct Group {
+  __m256 lo, hi;
+};
+PYLLMOPS_AVX2 PYLLMOPS_INLINE Group load_group(const float* x, int64_t i, int64_t n, float fill) {
+  if (n - i >= kLanes) return {_mm256_loadu_ps(x + i), _mm256_loadu_ps(x + i + 8)};
+  alignas(32) float pad[kLanes];
+  for (int j = 0; j < kLanes; ++j) pad[j] = i + j < n ? x[i + j] : fill;
+  return {_mm256_load_ps(pad), _mm256_load_ps(pad + 8)};
+}
+
+PYLLMOPS_AVX2 PYLLMOPS_INLINE float hmax8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+
+// exp_nonpos on 8 lanes, the same operations (the power of two built from the exponent bits).
+PYLLMOPS_AVX2 PYLLMOPS_INLINE __m256 exp_nonpos8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3f), shifter = _mm256_set1_ps(12582912.0f);
+  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  const __m256 xc = _mm256_blendv_ps(x, lo, under);
+  const __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), shifter), shifter);
+  const __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f),
+                                   _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), xc));
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(y, r), r, r), _mm256_set1_ps(1.0f));
+  const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(pow2)));
+}
+
+// Four accumulators per half (max is exact in any order); +inf shows in the maximum, NaN in an
+// unordered compare.
+PYLLMOPS_AVX2 BlockMax block_max_avx2(const float* x, int64_t n) {
+  __m256 a0 = _mm256_set1_ps(kNegInf), a1 = a0, a2 = a0, a3 = a0, nan = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    const __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8),
+                 v2 = _mm256_loadu_ps(x + i + 16), v3 = _mm256_loadu_ps(x + i + 24);
+    a0 = _mm256_max_ps(a0, v0), a1 = _mm256_max_ps(a1, v1), a2 = _mm256_max_ps(a2, v2), a3 = _mm256_max_ps(a3, v3);
+    nan = _mm256_or_ps(nan, _mm256_or_ps(_mm256_cmp_ps(v0, v1, _CMP_UNORD_Q), _mm256_cmp_ps(v2, v3, _CMP_UNORD_Q)));
+  }
+  for (; i < n; i += kLanes) {
+    const Group g = load_group(x, i, n, kNegInf);
+    a0 = _mm256_max_ps(a0, g.lo), a1 = _mm256_max_ps(a1, g.hi);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(g.lo, g.hi, _CMP_UNORD_Q));
+  }
+  const float m = hmax8(_mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3)));
+  return {m, _mm256_movemask_ps(nan) != 0 || m > kFloatMax};
+}
+
+// chunk_max_portable's layout (group g into accumulator g % s); the accumulators live in `acc`
+// (L1 / L2: s * 64 bytes), too many for the 16 registers.
+PYLLMOPS_AVX2 BlockMax chunk_max_avx2(const float* x, int64_t n, int64_t s, float* acc) {
+  std::fill(acc, acc + s * kLanes, kNegInf);
+  __m256 nan = _mm256_setzero_ps(), mx = _mm256_set1_ps(kNegInf);
+  int64_t i = 0;
+  for (; i + s * kLanes <= n; i += s * kLanes) {
+    for (int64_t a = 0; a < s; ++a) {
+      const __m256 v0 = _mm256_loadu_ps(x + i + a * kLanes), v1 = _mm256_loadu_ps(x + i + a * kLanes + 8);
+      float* ac = acc + a * kLanes;
+      _mm256_storeu_ps(ac, _mm256_max_ps(_mm256_loadu_ps(ac), v0));
+      _mm256_storeu_ps(ac + 8, _mm256_max_ps(_mm256_loadu_ps(ac + 8), v1));
+      nan = _mm256_or_ps(nan, _mm256_cmp_ps(v0, v1, _CMP_UNORD_Q));
+    }
+  }
+  for (int64_t a = 0; i < n; i += kLanes, ++a) {
+    const Group g = load_group(x, i, n, kNegInf);
+    float* ac = acc + a * kLanes;
+    _mm256_storeu_ps(ac, _mm256_max_ps(_mm256_loadu_ps(ac), g.lo));
+    _mm256_storeu_ps(ac + 8, _mm256_max_ps(_mm256_loadu_ps(ac + 8), g.hi));
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(g.lo, g.hi, _CMP_UNORD_Q));
+  }
+  for (int64_t j = 0; j < s * kLanes; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(acc + j));
+  const float m = hmax8(mx);
+  return {m, _mm256_movemask_ps(nan) != 0 || m > kFloatMax};
+}
+
+// Appends the lanes of v set in `hit` (8 bits) and their indices first + lane.
+PYLLMOPS_AVX2 PYLLMOPS_INLINE void append8(float* cx, int32_t* ci, int64_t& cn, int hit, __m256 v, int32_t first) {
+  const __m256i perm = pack_lanes(hit);
+  const __m256i ids = _mm256_add_epi32(_mm256_set1_epi32(first), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  _mm256_storeu_ps(cx + cn, _mm256_permutevar8x32_ps(v, perm));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(ci + cn), _mm256_permutevar8x32_epi32(ids, perm));
+  cn += __builtin_popcount(hit);
+}
+
+// block_mass_portable's sum (lane by lane, adding 0 where the portable loop adds 0) and the
+// candidates x >= thr in the same pass.
+PYLLMOPS_AVX2 float block_mass_avx2(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth,
+                                    float thr, Cands& c) {
+  const __m256 vm = _mm256_set1_ps(m), vit = _mm256_set1_ps(inv_t), vk = _mm256_set1_ps(kth),
+               vthr = _mm256_set1_ps(thr);
+  __m256 acc_lo = _mm256_setzero_ps(), acc_hi = _mm256_setzero_ps();
+  float* cx = c.x.data();
+  int32_t* ci = c.idx.data();
+  int64_t cn = c.n;
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const Group g = load_group(x, i, n, kNegInf);  // a -inf lane weighs 0 and is no candidate
+    const __m256 w_lo = exp_nonpos8(_mm256_mul_ps(_mm256_sub_ps(g.lo, vm), vit));
+    const __m256 w_hi = exp_nonpos8(_mm256_mul_ps(_mm256_sub_ps(g.hi, vm), vit));
+    acc_lo = _mm256_add_ps(acc_lo, _mm256_and_ps(_mm256_cmp_ps(g.lo, vk, _CMP_GE_OQ), w_lo));
+    acc_hi = _mm256_add_ps(acc_hi, _mm256_and_ps(_mm256_cmp_ps(g.hi, vk, _CMP_GE_OQ), w_hi));
+    const int live = n - i >= kLanes ? 0xFFFF : (1 << (n - i)) - 1;
+    const int hit_lo = _mm256_movemask_ps(_mm256_cmp_ps(g.lo, vthr, _CMP_GE_OQ)) & live;
+    const int hit_hi = _mm256_movemask_ps(_mm256_cmp_ps(g.hi, vthr, _CMP_GE_OQ)) & (live >> 8);
+    append8(cx, ci, cn, hit_lo, g.lo, base + int32_t(i));
+    append8(cx, ci, cn, hit_hi, g.hi, base + int32_t(i) + 8);
+  }
+  c.n = cn;
+  alignas(32) float lanes[kLanes];
+  _mm256_store_ps(lanes, acc_lo);
+  _mm256_store_ps(lanes + 8, acc_hi);
+  return lane_sum(lanes);
+}
+
+// weigh() on 8 lanes (no accumulation: element by element the same operations).
+PYLLMOPS_AVX2 void weigh_avx2(const float* x, int64_t n, float m, float inv_t, float kth, float eps, float* w) {
+  const __m256 vm = _mm256_set1_ps(m), vit = _mm256_set1_ps(inv_t), vk = _mm256_set1_ps(kth),
+               veps = _mm256_set1_ps(eps);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 e = exp_nonpos8(_mm256_mul_ps(_mm256_sub_ps(v, vm), vit));
+    const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(v, vk, _CMP_GE_OQ), _mm256_cmp_ps(e, veps, _CMP_GE_OQ));
+    _mm256_storeu_ps(w + i, _mm256_and_ps(keep, e));
+  }
+  for (; i < n; ++i) {
+    const float e = exp_nonpos((x[i] - m) * inv_t);
+    w[i] = x[i] >= kth && e >= eps ? e : 0.0f;
+  }
+}
+
+// kept_sum_inline's 16 double lanes as four registers of 4.
+PYLLMOPS_AVX2 PYLLMOPS_INLINE double kept_sum8(const float* w, int64_t n, float tau) {
+  const __m256 vt = _mm256_set1_ps(tau);
+  __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const Group g = load_group(w, i, n, 0.0f);
+    const __m256 lo = _mm256_and_ps(_mm256_cmp_ps(g.lo, vt, _CMP_GE_OQ), g.lo);
+    const __m256 hi = _mm256_and_ps(_mm256_cmp_ps(g.hi, vt, _CMP_GE_OQ), g.hi);
+    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(lo)));
+    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1)));
+    a2 = _mm256_add_pd(a2, _mm256_cvtps_pd(_mm256_castps256_ps128(hi)));
+    a3 = _mm256_add_pd(a3, _mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)));
+  }
+  alignas(32) double lanes[kLanes];
+  _mm256_store_pd(lanes, a0), _mm256_store_pd(lanes + 4, a1), _mm256_store_pd(lanes + 8, a2),
+      _mm256_store_pd(lanes + 12, a3);
+  double sum = 0.0;
+  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
+  return sum;
+}
+
+PYLLMOPS_AVX2 double kept_sum_avx2(const float* w, int64_t n, float tau) { return kept_sum8(w, n, tau); }
+
+PYLLMOPS_AVX2 void block_sums_avx2(const float* w, int64_t n, float tau, double* sums) {
+  for (int64_t b = 0; b * kSumBlock < n; ++b)
+    sums[b] = kept_sum8(w + b * kSumBlock, std::min(kSumBlock, n - b * kSumBlock), tau);
+}
+
+
 // ------------------------------------------------------------------ dispatch
-// PYLLMOPS_NO_AVX512=1 forces the portable loops, without the AVX2 compress too (tests compare).
-bool use_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && !std::getenv("PYLLMOPS_NO_AVX512");
-  return yes;
+// The widest block kernels the CPU runs; PYLLMOPS_SAMPLING_ISA=avx2 or =portable (or the older
+// PYLLMOPS_NO_AVX512=1, = portable) caps it, so tests can compare the three on one machine.
+enum class Isa { kPortable, kAvx2, kAvx512 };
+Isa isa() {
+  static const Isa level = [] {
+    Isa cpu = __builtin_cpu_supports("avx512f") ? Isa::kAvx512
+              : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? Isa::kAvx2
+                                                                                : Isa::kPortable;
+    const char* cap = std::getenv("PYLLMOPS_SAMPLING_ISA");
+    if (std::getenv("PYLLMOPS_NO_AVX512") || (cap && std::strcmp(cap, "portable") == 0)) return Isa::kPortable;
+    if (cap && std::strcmp(cap, "avx2") == 0 && cpu == Isa::kAvx512) return Isa::kAvx2;
+    return cpu;
+  }();
+  return level;
 }
-bool use_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && !std::getenv("PYLLMOPS_NO_AVX512");
-  return yes;
-}
-void append_candidates(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
-  use_avx2() ? append_at_least_avx2(x, n, base, thr, c) : append_at_least(x, n, base, thr, c);
-}
+bool use_avx512() { return isa() == Isa::kAvx512; }
+bool use_avx2() { return isa() == Isa::kAvx2; }
+bool has_avx2() { return isa() != Isa::kPortable; }  // kernels without an AVX-512 version
 BlockMax block_max(const float* x, int64_t n) {
-  return use_avx512() ? block_max_avx512(x, n) : block_max_portable(x, n);
+  return use_avx512() ? block_max_avx512(x, n) : use_avx2() ? block_max_avx2(x, n) : block_max_portable(x, n);
 }
 BlockMax chunk_max(const float* x, int64_t n, int64_t s, float* acc) {
-  return use_avx512() ? chunk_max_avx512(x, n, s, acc) : chunk_max_portable(x, n, s, acc);
+  return use_avx512() ? chunk_max_avx512(x, n, s, acc)
+         : use_avx2() ? chunk_max_avx2(x, n, s, acc)
+                      : chunk_max_portable(x, n, s, acc);
 }
 void gather_at_least(const float* x, int64_t n, int32_t base, float thr, Cands& c) {
   c.room_for(n);
-  use_avx512() ? gather_at_least_avx512(x, n, base, thr, c) : append_candidates(x, n, base, thr, c);
+  use_avx512() ? gather_at_least_avx512(x, n, base, thr, c)
+  : use_avx2() ? append_at_least_avx2(x, n, base, thr, c)
+               : append_at_least(x, n, base, thr, c);
 }
 int64_t count_at_least(const uint32_t* keys, int64_t n, uint32_t t) {
   return use_avx512() ? count_at_least_avx512(keys, n, t) : count_at_least_portable(keys, n, t);
@@ -619,9 +799,19 @@ int64_t count_at_least(const uint32_t* keys, int64_t n, uint32_t t) {
 float block_mass(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth, float thr, Cands& c) {
   c.room_for(n);
   if (use_avx512()) return block_mass_avx512(x, n, base, m, inv_t, kth, thr, c);
+  if (use_avx2()) return block_mass_avx2(x, n, base, m, inv_t, kth, thr, c);
   const float z = block_mass_portable(x, n, m, inv_t, kth);
-  append_candidates(x, n, base, thr, c);
+  append_at_least(x, n, base, thr, c);
   return z;
+}
+void weigh_weights(const float* x, int64_t n, float m, float inv_t, float kth, float eps, float* w) {
+  has_avx2() ? weigh_avx2(x, n, m, inv_t, kth, eps, w) : weigh(x, n, m, inv_t, kth, eps, w);
+}
+double kept_mass(const float* w, int64_t n, float tau) {
+  return has_avx2() ? kept_sum_avx2(w, n, tau) : kept_sum(w, n, tau);
+}
+void block_masses(const float* w, int64_t n, float tau, double* sums) {
+  has_avx2() ? block_sums_avx2(w, n, tau, sums) : block_sums(w, n, tau, sums);
 }
 int64_t keep_at_least(float* w, int32_t* wi, int64_t n, float c) {
   return use_avx512() ? keep_at_least_avx512(w, wi, n, c) : keep_at_least_portable(w, wi, n, c);
@@ -922,7 +1112,7 @@ int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, 
              std::vector<double>& sums) {
   const int64_t nb = (n + kSumBlock - 1) / kSumBlock;
   sums.resize(nb);
-  block_sums(w, n, tau, sums.data());
+  block_masses(w, n, tau, sums.data());
   double total = 0.0;
   for (int64_t b = 0; b < nb; ++b) total += sums[b];
   if (probs) {
@@ -993,11 +1183,11 @@ int64_t finish_top_k(const Row& row, const RowPlan& pl, double u, float* probs, 
   // Candidates in vocabulary order (at least k: all values >= the k-th largest); keep the top k.
   const int64_t n = keep_at_least(all.x.data(), all.idx.data(), all.n, kth_largest(all.x.data(), all.n, pl.k, 32, s.keys));
   float* w = all.x.data();
-  weigh(w, n, m, pl.inv_t, kNegInf, 0.0f, w);
+  weigh_weights(w, n, m, pl.inv_t, kNegInf, 0.0f, w);
   float tau = pl.q;
   if (pl.p < 1.0f) {
     sort_descending(w, n, s.bucket);
-    tau = std::max(tau, top_p_walk(s.bucket.data(), n, 0.0, double(pl.p) * kept_sum(w, n, 0.0f)));
+    tau = std::max(tau, top_p_walk(s.bucket.data(), n, 0.0, double(pl.p) * kept_mass(w, n, 0.0f)));
   }
   return draw(w, all.idx.data(), n, tau, u, probs, V, s.sums);
 }
@@ -1015,7 +1205,7 @@ int64_t finish_full(const Row& row, const RowPlan& pl, const float* bmax, const 
   if (pl.p < 1.0f) eps = std::max(eps, float(kEpsShare * (1.0 - double(pl.p)) * z / double(V)));
   Cands& c = row_candidates(row, s);
   float* w = c.x.data();  // weighed in place
-  weigh(w, c.n, m, pl.inv_t, pl.kth, eps, w);
+  weigh_weights(w, c.n, m, pl.inv_t, pl.kth, eps, w);
   float tau = pl.q;
   if (pl.p < 1.0f) tau = std::max(tau, top_p_threshold(w, c.n, double(pl.p) * z, s.bucket));
   return draw(w, c.idx.data(), c.n, tau, u, probs, V, s.sums);

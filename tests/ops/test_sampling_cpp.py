@@ -1,6 +1,6 @@
 """The C++ CPU sampling kernel's own guarantees: the token of a row does not depend on the thread
 count (rows and row segments across threads), on the batch around it, or on the instruction set
-(AVX-512 or the portable loops); the eager fast path and the custom op agree; and the large-vocabulary
+(AVX-512, AVX2 or the portable loops); the eager fast path and the custom op agree; and the large-vocabulary
 paths (segments, the candidate bounds of top-p and min-p) match the float64 reference kept set."""
 import os
 import subprocess
@@ -149,9 +149,9 @@ def test_flat_top_p(top_p, seed):
 
 
 _PORTABLE_SCRIPT = """
-import torch, pyllmops
+import hashlib, torch, pyllmops
 g = torch.Generator().manual_seed(7)
-x = torch.randn(9, 40_000, generator=g) * 3
+x = torch.randn(9, 40_003, generator=g) * 3  # not a multiple of 16: every loop's tail runs
 x[:, ::5] = float("-inf")
 x[7] = x[7].round()  # ties
 x[4] = x[4] / 10  # flat: most of the row survives top-p
@@ -159,20 +159,28 @@ t = torch.tensor([0.7, 0.7, 1.3, 0.5, 1.0, 0.0, 0.9, 2.0, 0.8])
 k = torch.tensor([50, 0, 0, 3000, 0, 0, 1, 60, 0])
 p = torch.tensor([0.9, 0.9, 1.0, 0.8, 0.9, 1.0, 1.0, 0.5, 0.99])
 q = torch.tensor([0.0, 0.0, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0, 0.001])
-ids = [pyllmops.sample(x, t, k, p, q, seed=s, offset=s) for s in range(40)]
-print(torch.stack(ids).flatten().tolist())
+for logits in (x, x.half(), x[:, :1001]):
+    ids = [pyllmops.sample(logits, t, k, p, q, seed=s, offset=s) for s in range(40)]
+    print(torch.stack(ids).flatten().tolist())
+    probs = pyllmops.top_k_top_p_filter(logits, t, k, p, q)  # the weights, bit for bit
+    print(hashlib.sha256(probs.numpy().tobytes()).hexdigest())
 """
 
 
-def test_portable_loops_match_avx512():
-    """PYLLMOPS_NO_AVX512=1 runs the portable block loops: the same float operations, the same ids."""
+def test_isa_levels_give_the_same_ids():
+    """The portable block loops (PYLLMOPS_SAMPLING_ISA=portable, or PYLLMOPS_NO_AVX512=1), the
+    AVX2 ones (=avx2) and the widest this CPU runs do the same float operations in the same order:
+    the same ids."""
     def run(extra):
         env = dict(os.environ, **extra)
         done = subprocess.run([sys.executable, "-c", _PORTABLE_SCRIPT], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 
-    assert run({"PYLLMOPS_NO_AVX512": "1"}) == run({})
+    widest = run({})
+    assert run({"PYLLMOPS_SAMPLING_ISA": "portable"}) == widest
+    assert run({"PYLLMOPS_NO_AVX512": "1"}) == widest
+    assert run({"PYLLMOPS_SAMPLING_ISA": "avx2"}) == widest
 
 
 @pytest.mark.parametrize("config", FILTERED, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
