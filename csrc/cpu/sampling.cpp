@@ -252,13 +252,32 @@ PYLLMOPS_SIMD int64_t count_at_least_portable(const uint32_t* keys, int64_t n, u
   return c;
 }
 
-// Returns sum over x >= kth of exp((x - m) * inv_t) (block_mass appends the candidates).
-PYLLMOPS_SIMD float block_mass_portable(const float* x, int64_t n, float m, float inv_t, float kth) {
+// The weights of a block relative to the row's max m: w = exp((x - m) * inv_t). Returns their
+// mass over x >= kth (kLanes float lanes, added in lane order) and appends (w, base + i) to c for
+// x >= kth and w >= eps (every weight the row can keep: see finish_full).
+PYLLMOPS_SIMD float block_weights_portable(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth,
+                                           float eps, Cands& c) {
   float acc[kLanes] = {};
+  float w[kBlock];
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j] >= kth ? exp_nonpos((x[i + j] - m) * inv_t) : 0.0f;
-  for (; i < n; ++i) acc[i % kLanes] += x[i] >= kth ? exp_nonpos((x[i] - m) * inv_t) : 0.0f;
+    for (int j = 0; j < kLanes; ++j) {
+      w[i + j] = exp_nonpos((x[i + j] - m) * inv_t);
+      acc[j] += x[i + j] >= kth ? w[i + j] : 0.0f;
+    }
+  for (; i < n; ++i) {
+    w[i] = exp_nonpos((x[i] - m) * inv_t);
+    acc[i % kLanes] += x[i] >= kth ? w[i] : 0.0f;
+  }
+  float* cx = c.x.data();
+  int32_t* ci = c.idx.data();
+  int64_t cn = c.n;
+  for (i = 0; i < n; ++i) {
+    cx[cn] = w[i];
+    ci[cn] = base + int32_t(i);
+    cn += x[i] >= kth && w[i] >= eps && w[i] > 0.0f;
+  }
+  c.n = cn;
   return lane_sum(acc);
 }
 
@@ -455,30 +474,6 @@ PYLLMOPS_AVX512 int64_t count_at_least_avx512(const uint32_t* keys, int64_t n, u
   for (int64_t i = 0; i < n; i += kLanes)
     c += __builtin_popcount(_mm512_mask_cmpge_epu32_mask(live_mask(i, n), _mm512_maskz_loadu_epi32(live_mask(i, n), keys + i), vt));
   return c;
-}
-
-PYLLMOPS_AVX512 float block_mass_avx512(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth,
-                                        float thr, Cands& c) {
-  const __m512 vm = _mm512_set1_ps(m), vit = _mm512_set1_ps(inv_t), vk = _mm512_set1_ps(kth),
-               vthr = _mm512_set1_ps(thr);
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  __m512 acc = _mm512_setzero_ps();
-  Out o(c);
-  auto step = [&](int64_t i, __mmask16 live) __attribute__((always_inline, target("avx512f,fma"))) {
-    const __m512 v = _mm512_maskz_loadu_ps(live, x + i);
-    __mmask16 under;
-    const __m512 w = exp16_unmasked(_mm512_mul_ps(_mm512_sub_ps(v, vm), vit), under);
-    // Adding 0 (the portable loop) leaves a lane as it is, which the masked add does.
-    acc = _mm512_mask_add_ps(acc, _mm512_mask_cmp_ps_mask(live & ~under, v, vk, _CMP_GE_OQ), acc, w);
-    // Unconditional: with top-p most groups hold a candidate, and a branch would mispredict.
-    append(o, _mm512_mask_cmp_ps_mask(live, v, vthr, _CMP_GE_OQ), v,
-           _mm512_add_epi32(_mm512_set1_epi32(base + int32_t(i)), iota));
-  };
-  PYLLMOPS_FOR_GROUPS(n, step);
-  c.n = o.n;
-  alignas(64) float lanes[kLanes];
-  _mm512_store_ps(lanes, acc);
-  return lane_sum(lanes);
 }
 
 PYLLMOPS_AVX512 int64_t select_bits_avx512(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key,
@@ -685,33 +680,62 @@ PYLLMOPS_AVX2 PYLLMOPS_INLINE void append8(float* cx, int32_t* ci, int64_t& cn, 
   cn += __builtin_popcount(hit);
 }
 
-// block_mass_portable's sum (lane by lane, adding 0 where the portable loop adds 0) and the
-// candidates x >= thr in the same pass.
-PYLLMOPS_AVX2 float block_mass_avx2(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth,
-                                    float thr, Cands& c) {
-  const __m256 vm = _mm256_set1_ps(m), vit = _mm256_set1_ps(inv_t), vk = _mm256_set1_ps(kth),
-               vthr = _mm256_set1_ps(thr);
+// block_weights_portable on 8-lane halves (the same sums lane by lane: a padded -inf lane adds
+// 0, as the portable loop adds nothing). Two loops: the weights into an L1 buffer, then the
+// compress of the kept ones (in one loop the two stalled each other: measured 1.8x slower).
+PYLLMOPS_AVX2 float block_weights_avx2(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth,
+                                       float eps, Cands& c) {
+  const __m256 vm = _mm256_set1_ps(m), vit = _mm256_set1_ps(inv_t), vk = _mm256_set1_ps(kth);
   __m256 acc_lo = _mm256_setzero_ps(), acc_hi = _mm256_setzero_ps();
+  alignas(32) float w[kBlock + kLanes];
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const Group g = load_group(x, i, n, kNegInf);
+    // 0 outside the top-k (x < kth) and in the padding: those are neither mass nor candidates
+    const __m256 w_lo = _mm256_and_ps(_mm256_cmp_ps(g.lo, vk, _CMP_GE_OQ),
+                                      exp_nonpos8(_mm256_mul_ps(_mm256_sub_ps(g.lo, vm), vit)));
+    const __m256 w_hi = _mm256_and_ps(_mm256_cmp_ps(g.hi, vk, _CMP_GE_OQ),
+                                      exp_nonpos8(_mm256_mul_ps(_mm256_sub_ps(g.hi, vm), vit)));
+    acc_lo = _mm256_add_ps(acc_lo, w_lo);
+    acc_hi = _mm256_add_ps(acc_hi, w_hi);
+    _mm256_store_ps(w + i, w_lo);
+    _mm256_store_ps(w + i + 8, w_hi);
+  }
+  // Candidates: w >= eps and w > 0 (a zero weight is never drawn).
+  const __m256 veps = _mm256_set1_ps(std::max(eps, std::numeric_limits<float>::denorm_min()));
   float* cx = c.x.data();
   int32_t* ci = c.idx.data();
   int64_t cn = c.n;
-  for (int64_t i = 0; i < n; i += kLanes) {
-    const Group g = load_group(x, i, n, kNegInf);  // a -inf lane weighs 0 and is no candidate
-    const __m256 w_lo = exp_nonpos8(_mm256_mul_ps(_mm256_sub_ps(g.lo, vm), vit));
-    const __m256 w_hi = exp_nonpos8(_mm256_mul_ps(_mm256_sub_ps(g.hi, vm), vit));
-    acc_lo = _mm256_add_ps(acc_lo, _mm256_and_ps(_mm256_cmp_ps(g.lo, vk, _CMP_GE_OQ), w_lo));
-    acc_hi = _mm256_add_ps(acc_hi, _mm256_and_ps(_mm256_cmp_ps(g.hi, vk, _CMP_GE_OQ), w_hi));
-    const int live = n - i >= kLanes ? 0xFFFF : (1 << (n - i)) - 1;
-    const int hit_lo = _mm256_movemask_ps(_mm256_cmp_ps(g.lo, vthr, _CMP_GE_OQ)) & live;
-    const int hit_hi = _mm256_movemask_ps(_mm256_cmp_ps(g.hi, vthr, _CMP_GE_OQ)) & (live >> 8);
-    append8(cx, ci, cn, hit_lo, g.lo, base + int32_t(i));
-    append8(cx, ci, cn, hit_hi, g.hi, base + int32_t(i) + 8);
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 v = _mm256_load_ps(w + i);
+    const int live = n - i >= 8 ? 0xFF : (1 << (n - i)) - 1;
+    append8(cx, ci, cn, _mm256_movemask_ps(_mm256_cmp_ps(v, veps, _CMP_GE_OQ)) & live, v, base + int32_t(i));
   }
   c.n = cn;
   alignas(32) float lanes[kLanes];
   _mm256_store_ps(lanes, acc_lo);
   _mm256_store_ps(lanes + 8, acc_hi);
   return lane_sum(lanes);
+}
+
+// keep_at_least_portable with the 8-lane compress (in place: the stores stay behind the loads).
+PYLLMOPS_AVX2 int64_t keep_at_least_avx2(float* w, int32_t* wi, int64_t n, float c) {
+  const __m256 vc = _mm256_set1_ps(c);
+  int64_t count = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(w + i);
+    const __m256i id = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wi + i));
+    const int keep = _mm256_movemask_ps(_mm256_cmp_ps(v, vc, _CMP_GE_OQ));
+    const __m256i perm = pack_lanes(keep);
+    _mm256_storeu_ps(w + count, _mm256_permutevar8x32_ps(v, perm));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(wi + count), _mm256_permutevar8x32_epi32(id, perm));
+    count += __builtin_popcount(keep);
+  }
+  for (; i < n; ++i) {
+    w[count] = w[i];
+    wi[count] = wi[i];
+    count += w[i] >= c;
+  }
+  return count;
 }
 
 // weigh() on 8 lanes (no accumulation: element by element the same operations).
@@ -796,13 +820,10 @@ void gather_at_least(const float* x, int64_t n, int32_t base, float thr, Cands& 
 int64_t count_at_least(const uint32_t* keys, int64_t n, uint32_t t) {
   return use_avx512() ? count_at_least_avx512(keys, n, t) : count_at_least_portable(keys, n, t);
 }
-float block_mass(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth, float thr, Cands& c) {
+float block_weights(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth, float eps, Cands& c) {
   c.room_for(n);
-  if (use_avx512()) return block_mass_avx512(x, n, base, m, inv_t, kth, thr, c);
-  if (use_avx2()) return block_mass_avx2(x, n, base, m, inv_t, kth, thr, c);
-  const float z = block_mass_portable(x, n, m, inv_t, kth);
-  append_at_least(x, n, base, thr, c);
-  return z;
+  return has_avx2() ? block_weights_avx2(x, n, base, m, inv_t, kth, eps, c)
+                    : block_weights_portable(x, n, base, m, inv_t, kth, eps, c);
 }
 void weigh_weights(const float* x, int64_t n, float m, float inv_t, float kth, float eps, float* w) {
   has_avx2() ? weigh_avx2(x, n, m, inv_t, kth, eps, w) : weigh(x, n, m, inv_t, kth, eps, w);
@@ -814,7 +835,9 @@ void block_masses(const float* w, int64_t n, float tau, double* sums) {
   has_avx2() ? block_sums_avx2(w, n, tau, sums) : block_sums(w, n, tau, sums);
 }
 int64_t keep_at_least(float* w, int32_t* wi, int64_t n, float c) {
-  return use_avx512() ? keep_at_least_avx512(w, wi, n, c) : keep_at_least_portable(w, wi, n, c);
+  return use_avx512() ? keep_at_least_avx512(w, wi, n, c)
+         : use_avx2() ? keep_at_least_avx2(w, wi, n, c)
+                      : keep_at_least_portable(w, wi, n, c);
 }
 int64_t select_bits(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key, float* out) {
   return use_avx512() ? select_bits_avx512(w, n, shift, mask, key, out)
@@ -878,21 +901,21 @@ struct RowPlan {
   float t, inv_t, p, q;
   int64_t k;        // kTopK: k; kFull: k of a large top-k (its k-th largest found first), else 0
   float kth;        // kFull: that k-th largest (-inf without top-k), set by the segment-0 job
+  float m;          // kFull: the row's max (the weights are relative to it), set before the weights
+  bool bad;         // kFull: the row holds NaN or +inf (found with the max)
 };
 
 struct Segment {  // what one segment of a row leaves for the row's completion
   float max = kNegInf;
   bool bad = false;
   int64_t argmax = -1;  // greedy: first index of `max`
-  float m_run = kNegInf;  // full mode: running max and mass (a lower bound for the threshold)
-  double z_run = 0.0;
   Cands cand;
 };
 
 struct Scratch {
   std::vector<float> row;   // fp16/bf16 block converted to float; a row copy for a large k
   std::vector<float> tmp;   // nth_element copies
-  std::vector<float> bmax, bz;  // per block of the row (single-segment rows)
+  std::vector<float> bz;  // per block of the row (single-segment rows)
   std::vector<float> bucket;
   std::vector<double> sums;  // draw: block sums
   std::vector<uint32_t> keys;
@@ -902,7 +925,7 @@ struct Scratch {
 
 struct Workspace {  // multi-segment calls: state shared by a row's segments
   std::vector<Segment> segs;
-  std::vector<float> bmax, bz;
+  std::vector<float> bz;
   std::unique_ptr<std::atomic<int>[]> left;
   size_t left_size = 0;
 };
@@ -971,23 +994,30 @@ int64_t chunk_accumulators(int64_t k) {
   return s;
 }
 
-// The x above which a weight can still survive top-p / min-p, from the running max and mass of the
-// blocks read so far (see the file comment); 0.01 of log-weight of slack covers rounding (the
-// weights' float rounding is ~1e-6 of that).
-float survivor_bound(const RowPlan& pl, float m, double z, int64_t V) {
-  double lw = -std::numeric_limits<double>::infinity();
-  if (pl.q > 0.0f) lw = std::log(double(pl.q));
-  if (pl.p < 1.0f) lw = std::max(lw, std::log(kEpsShare * (1.0 - double(pl.p)) / double(V)) + std::log(std::max(z, 1.0)));
-  if (std::isinf(lw)) return pl.kth;  // no top-p / min-p: every top-k survivor
-  const double bound = double(m) + double(pl.t) * (lw - 0.01);
-  return std::max(pl.kth, bound < -double(kFloatMax) ? kNegInf : float(bound));
+// The weight below which none can survive top-p / min-p, from the mass z of the row's blocks read
+// so far (a lower bound of Z; see finish_full), less a margin far above the rounding of z.
+float running_eps(const RowPlan& pl, double z, int64_t V) {
+  double eps = pl.q;
+  if (pl.p < 1.0f) eps = std::max(eps, kEpsShare * (1.0 - double(pl.p)) * z / double(V));
+  return float(eps * 0.9999);
 }
 
-// One segment [lo, hi) of row x (block aligned) in the row's mode. bmax / bz: the row's per-block
-// arrays (full mode).
+// The max and NaN / +inf check of a row's segment [lo, hi) (full mode's first pass).
+BlockMax segment_max(const void* x, LogitsType dtype, int64_t lo, int64_t hi, Scratch& s) {
+  BlockMax r{kNegInf, false};
+  for (int64_t b = lo; b < hi && !r.bad; b += 16 * kBlock) {
+    const int64_t e = std::min(hi, b + 16 * kBlock);
+    const BlockMax bm = block_max(load(x, dtype, b, e, s), e - b);
+    r.max = std::max(r.max, bm.max), r.bad |= bm.bad;
+  }
+  return r;
+}
+
+// One segment [lo, hi) of row x (block aligned) in the row's mode. bz: the row's per-block masses
+// (full mode).
 void scan_segment(const void* x, LogitsType dtype, int64_t V, int64_t lo, int64_t hi, RowPlan& pl, Segment& sg,
-                  float* bmax, float* bz, Scratch& s) {
-  sg.max = kNegInf, sg.bad = false, sg.argmax = -1, sg.m_run = kNegInf, sg.z_run = 0.0, sg.cand.n = 0;
+                  float* bz, Scratch& s) {
+  sg.max = kNegInf, sg.bad = false, sg.argmax = -1, sg.cand.n = 0;
   if (pl.mode == Mode::kTopK) {
     // Pass 1: maxima of disjoint chunks (the whole segment converted at once for fp16 / bf16). k
     // chunks each hold a value >= the k-th largest of their maxima, so that is a lower bound of
@@ -1002,29 +1032,27 @@ void scan_segment(const void* x, LogitsType dtype, int64_t V, int64_t lo, int64_
                       sg.cand);
     return;
   }
+  if (pl.mode == Mode::kFull) {
+    // Second pass (the first found the row's max m): each block's weights and mass, and the
+    // weights that can survive (those below the bound from the mass so far cannot).
+    if (pl.bad || pl.m == kNegInf) return;
+    double z = 0.0;
+    for (int64_t b = lo; b < hi; b += kBlock) {
+      const int64_t e = std::min(hi, b + kBlock);
+      const float eps = running_eps(pl, z, V);
+      bz[b / kBlock] = block_weights(load(x, dtype, b, e, s), e - b, int32_t(b), pl.m, pl.inv_t, pl.kth, eps, sg.cand);
+      z += double(bz[b / kBlock]);
+    }
+    return;
+  }
   for (int64_t b = lo; b < hi && !sg.bad; b += kBlock) {
     const int64_t e = std::min(hi, b + kBlock);
     const float* v = load(x, dtype, b, e, s);
-    if (pl.mode == Mode::kGreedy) {
-      const BlockMax bm = block_max(v, e - b);
-      sg.bad |= bm.bad;
-      if (bm.max > sg.max) {
-        sg.max = bm.max;
-        sg.argmax = b + (std::find(v, v + (e - b), bm.max) - v);
-      }
-    } else {
-      const BlockMax bm = block_max(v, e - b);
-      sg.bad |= bm.bad;
-      const int64_t blk = b / kBlock;
-      bmax[blk] = bm.max, bz[blk] = 0.0f;
-      if (bm.bad || bm.max == kNegInf) continue;
-      const float m_new = std::max(sg.m_run, bm.max);
-      const double z_old = sg.m_run == kNegInf ? 0.0 : sg.z_run * std::exp(double(sg.m_run - m_new) * pl.inv_t);
-      const float bound = survivor_bound(pl, m_new, z_old, V);
-      bz[blk] = block_mass(v, e - b, int32_t(b), bm.max, pl.inv_t, pl.kth, bound, sg.cand);
-      sg.z_run = z_old + double(bz[blk]) * std::exp(double(bm.max - m_new) * pl.inv_t);
-      sg.m_run = m_new;
-      sg.max = m_new;
+    const BlockMax bm = block_max(v, e - b);
+    sg.bad |= bm.bad;
+    if (bm.max > sg.max) {  // greedy
+      sg.max = bm.max;
+      sg.argmax = b + (std::find(v, v + (e - b), bm.max) - v);
     }
   }
 }
@@ -1192,23 +1220,26 @@ int64_t finish_top_k(const Row& row, const RowPlan& pl, double u, float* probs, 
   return draw(w, all.idx.data(), n, tau, u, probs, V, s.sums);
 }
 
-int64_t finish_full(const Row& row, const RowPlan& pl, const float* bmax, const float* bz, double u, float* probs,
-                    int64_t V, Scratch& s) {
+// Z is the sum of the blocks' masses in block order (the same blocks, weights and order whatever
+// the segments). Weights below eps = 0.999 (1 - p) Z / V hold less than (1 - p) Z together, so
+// top-p cuts each of them; below min_p min-p does; zero ones are never drawn. The candidates are
+// first compacted to the weights >= eps (the segments' running bounds let a few more in, and which
+// depends on the segments): the arrays the threshold and the draw read, and so their sums, are then
+// the same whatever the thread count.
+int64_t finish_full(const Row& row, const RowPlan& pl, const float* bz, double u, float* probs, int64_t V,
+                    Scratch& s) {
+  if (pl.m == kNegInf) return kAllNegInf;
   const int64_t nblocks = (V + kBlock - 1) / kBlock;
-  float m = kNegInf;
-  for (int64_t b = 0; b < nblocks; ++b) m = std::max(m, bmax[b]);
-  if (m == kNegInf) return kAllNegInf;
   double z = 0.0;
-  for (int64_t b = 0; b < nblocks; ++b)
-    if (bmax[b] != kNegInf) z += double(bz[b]) * double(exp_nonpos((bmax[b] - m) * pl.inv_t));
+  for (int64_t b = 0; b < nblocks; ++b) z += double(bz[b]);
   float eps = std::max(pl.q, std::numeric_limits<float>::min());
   if (pl.p < 1.0f) eps = std::max(eps, float(kEpsShare * (1.0 - double(pl.p)) * z / double(V)));
   Cands& c = row_candidates(row, s);
-  float* w = c.x.data();  // weighed in place
-  weigh_weights(w, c.n, m, pl.inv_t, pl.kth, eps, w);
+  const int64_t n = keep_at_least(c.x.data(), c.idx.data(), c.n, eps);
+  const float* w = c.x.data();
   float tau = pl.q;
-  if (pl.p < 1.0f) tau = std::max(tau, top_p_threshold(w, c.n, double(pl.p) * z, s.bucket));
-  return draw(w, c.idx.data(), c.n, tau, u, probs, V, s.sums);
+  if (pl.p < 1.0f) tau = std::max(tau, top_p_threshold(w, n, double(pl.p) * z, s.bucket));
+  return draw(w, c.idx.data(), n, tau, u, probs, V, s.sums);
 }
 
 // The k-th largest of the row (large-k rows, before their scan).
@@ -1240,18 +1271,26 @@ int64_t sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, 
   std::vector<RowPlan> plans(B);
   for (int64_t r = 0; r < B; ++r) plans[r] = plan_row(prm, r, V);
 
-  auto finish = [&](int64_t r, const Row& row, const float* bmax, const float* bz, Scratch& s) {
+  // Full mode's first pass over a whole row: the k-th largest of a large top-k, the max, the check.
+  auto row_max = [&](int64_t r, Scratch& s) {
+    RowPlan& pl = plans[r];
+    if (pl.k > 0) find_kth(row_ptr(r), dtype, V, pl, s);
+    const BlockMax bm = segment_max(row_ptr(r), dtype, 0, V, s);
+    pl.m = bm.max, pl.bad = bm.bad;
+  };
+
+  auto finish = [&](int64_t r, const Row& row, const float* bz, Scratch& s) {
     RowPlan& pl = plans[r];
     float* out = probs ? probs + r * V : nullptr;
     int64_t id = pl.status;
-    bool bad = false;
+    bool bad = pl.mode == Mode::kFull && pl.bad;
     for (int i = 0; i < row.nseg; ++i) bad |= row.segs[i]->bad;
     if (pl.mode == Mode::kStatus) id = pl.status;
     else if (bad) id = kBadValue;
     else if (pl.mode == Mode::kGreedy) id = finish_greedy(row, V, out);
     else {
       const double u = row_uniform(prm.seed_at(r), prm.offset.at(r));
-      id = pl.mode == Mode::kTopK ? finish_top_k(row, pl, u, out, V, s) : finish_full(row, pl, bmax, bz, u, out, V, s);
+      id = pl.mode == Mode::kTopK ? finish_top_k(row, pl, u, out, V, s) : finish_full(row, pl, bz, u, out, V, s);
     }
     ids[r] = id;
   };
@@ -1261,41 +1300,58 @@ int64_t sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, 
   if (nseg == 1) {
     parallel_tasks(B, nthreads, [&](int64_t r) {
       Scratch& s = scratch;
-      s.bmax.resize(nblocks), s.bz.resize(nblocks);
+      s.bz.resize(nblocks);
       Segment* seg = &s.seg;
       RowPlan& pl = plans[r];
       if (pl.mode != Mode::kStatus) {
-        if (pl.k > 0 && pl.mode == Mode::kFull) find_kth(row_ptr(r), dtype, V, pl, s);
-        scan_segment(row_ptr(r), dtype, V, 0, V, pl, s.seg, s.bmax.data(), s.bz.data(), s);
+        if (pl.mode == Mode::kFull) row_max(r, s);
+        scan_segment(row_ptr(r), dtype, V, 0, V, pl, s.seg, s.bz.data(), s);
       }
-      finish(r, Row{&seg, 1}, s.bmax.data(), s.bz.data(), s);
+      finish(r, Row{&seg, 1}, s.bz.data(), s);
     });
   } else {
     std::unique_ptr<Workspace> ws = pool<Workspace>().get();
     const int64_t jobs = B * nseg;
     if (int64_t(ws->segs.size()) < jobs) ws->segs.resize(jobs);
-    ws->bmax.resize(B * nblocks), ws->bz.resize(B * nblocks);
+    ws->bz.resize(B * nblocks);
     if (ws->left_size < size_t(B)) ws->left.reset(new std::atomic<int>[B]), ws->left_size = B;
     for (int64_t r = 0; r < B; ++r) ws->left[r].store(int(nseg), std::memory_order_relaxed);
     std::vector<Segment*> seg_ptrs(jobs);
     for (int64_t j = 0; j < jobs; ++j) seg_ptrs[j] = &ws->segs[j];
+    auto seg_lo = [&](int64_t g) { return std::min(V, g * seg_blocks * kBlock); };
+    // Full-mode rows split into segments: the segments' maxima first (the weights need the row's).
+    // A large top-k's row is scanned whole by its segment 0 (its k-th largest comes first).
+    auto split_full = [&](const RowPlan& pl) { return pl.mode == Mode::kFull && pl.k == 0; };
+    if (std::any_of(plans.begin(), plans.end(), split_full)) {
+      parallel_tasks(jobs, nthreads, [&](int64_t j) {
+        const int64_t r = j / nseg, g = j % nseg;
+        if (!split_full(plans[r])) return;
+        const BlockMax bm = segment_max(row_ptr(r), dtype, seg_lo(g), seg_lo(g + 1), scratch);
+        ws->segs[j].max = bm.max, ws->segs[j].bad = bm.bad;
+      });
+      for (int64_t r = 0; r < B; ++r) {
+        if (!split_full(plans[r])) continue;
+        plans[r].m = kNegInf, plans[r].bad = false;
+        for (int64_t g = 0; g < nseg; ++g) {
+          plans[r].m = std::max(plans[r].m, ws->segs[r * nseg + g].max);
+          plans[r].bad |= ws->segs[r * nseg + g].bad;
+        }
+      }
+    }
     parallel_tasks(jobs, nthreads, [&](int64_t j) {
       Scratch& s = scratch;
       const int64_t r = j / nseg, g = j % nseg;
       RowPlan& pl = plans[r];
-      float* bmax = ws->bmax.data() + r * nblocks;
       float* bz = ws->bz.data() + r * nblocks;
       Segment& sg = ws->segs[j];
       sg.max = kNegInf, sg.bad = false, sg.cand.n = 0;
-      const bool large_k = pl.mode == Mode::kFull && pl.k > 0;  // segment 0 scans such a row alone
+      const bool large_k = pl.mode == Mode::kFull && pl.k > 0;
       if (pl.mode != Mode::kStatus && (g == 0 || !large_k)) {
-        if (large_k) find_kth(row_ptr(r), dtype, V, pl, s);
-        const int64_t lo = large_k ? 0 : std::min(V, g * seg_blocks * kBlock);
-        const int64_t hi = large_k ? V : std::min(V, (g + 1) * seg_blocks * kBlock);
-        scan_segment(row_ptr(r), dtype, V, lo, hi, pl, sg, bmax, bz, s);
+        if (large_k) row_max(r, s);
+        scan_segment(row_ptr(r), dtype, V, large_k ? 0 : seg_lo(g), large_k ? V : seg_lo(g + 1), pl, sg, bz, s);
       }
       if (ws->left[r].fetch_sub(1, std::memory_order_acq_rel) == 1)
-        finish(r, Row{seg_ptrs.data() + r * nseg, int(nseg)}, bmax, bz, s);
+        finish(r, Row{seg_ptrs.data() + r * nseg, int(nseg)}, bz, s);
     });
     pool<Workspace>().put(std::move(ws));
   }
