@@ -311,6 +311,22 @@ PYLLMOPS_SIMD void block_sums(const float* w, int64_t n, float tau, double* sums
     sums[b] = kept_sum_inline(w + b * kSumBlock, std::min(kSumBlock, n - b * kSumBlock), tau);
 }
 
+// The mass (kept_sum's lanes and order) of the weights w[0, n) >= hi, and the weights in [lo, hi)
+// copied to out (kLanes of slack); returns their count in *count.
+PYLLMOPS_SIMD double band_split_portable(const float* w, int64_t n, float lo, float hi, float* out, int64_t* count) {
+  double acc[kLanes] = {};
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    acc[i % kLanes] += double(w[i] >= hi ? w[i] : 0.0f);
+    out[c] = w[i];
+    c += w[i] >= lo && w[i] < hi;
+  }
+  *count = c;
+  double sum = 0.0;
+  for (int j = 0; j < kLanes; ++j) sum += acc[j];
+  return sum;
+}
+
 // Copies the weights w[0, n) with (bits >> shift) & mask == key to out (kLanes of slack); returns
 // their count.
 int64_t select_bits_portable(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key, float* out) {
@@ -784,6 +800,31 @@ PYLLMOPS_AVX2 void block_sums_avx2(const float* w, int64_t n, float tau, double*
 }
 
 
+PYLLMOPS_AVX2 double band_split_avx2(const float* w, int64_t n, float lo, float hi, float* out, int64_t* count) {
+  const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+  __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const Group g = load_group(w, i, n, -1.0f);  // a padded lane is neither above nor in the band
+    const __m256 half[2] = {g.lo, g.hi};
+    for (int h = 0; h < 2; ++h) {
+      const __m256 v = half[h];
+      const __m256 up = _mm256_and_ps(_mm256_cmp_ps(v, vhi, _CMP_GE_OQ), v);
+      a[2 * h] = _mm256_add_pd(a[2 * h], _mm256_cvtps_pd(_mm256_castps256_ps128(up)));
+      a[2 * h + 1] = _mm256_add_pd(a[2 * h + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(up, 1)));
+      const int in = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, vlo, _CMP_GE_OQ), _mm256_cmp_ps(v, vhi, _CMP_LT_OQ)));
+      _mm256_storeu_ps(out + c, _mm256_permutevar8x32_ps(v, pack_lanes(in)));
+      c += __builtin_popcount(in);
+    }
+  }
+  *count = c;
+  alignas(32) double lanes[kLanes];
+  for (int j = 0; j < 4; ++j) _mm256_store_pd(lanes + 4 * j, a[j]);
+  double sum = 0.0;
+  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
+  return sum;
+}
+
 // ------------------------------------------------------------------ dispatch
 // The widest block kernels the CPU runs; PYLLMOPS_SAMPLING_ISA=avx2 or =portable (or the older
 // PYLLMOPS_NO_AVX512=1, = portable) caps it, so tests can compare the three on one machine.
@@ -838,6 +879,9 @@ int64_t keep_at_least(float* w, int32_t* wi, int64_t n, float c) {
   return use_avx512() ? keep_at_least_avx512(w, wi, n, c)
          : use_avx2() ? keep_at_least_avx2(w, wi, n, c)
                       : keep_at_least_portable(w, wi, n, c);
+}
+double band_split(const float* w, int64_t n, float lo, float hi, float* out, int64_t* count) {
+  return has_avx2() ? band_split_avx2(w, n, lo, hi, out, count) : band_split_portable(w, n, lo, hi, out, count);
 }
 int64_t select_bits(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key, float* out) {
   return use_avx512() ? select_bits_avx512(w, n, shift, mask, key, out)
@@ -1107,16 +1151,50 @@ void select_bucket(const float* w, int64_t n, int shift, uint32_t mask, uint32_t
   vals.resize(select_bits(w, n, shift, mask, key, vals.data()));
 }
 
-// The top-p cut-off (smallest kept weight) among w[0, n) (0 = cut): a mass histogram by the
+// The top-p cut-off (smallest kept weight) among w[0, n) (0 = cut). A mass histogram by the
 // weights' top 12 bits finds the bucket where the descending mass reaches the target, a second one
 // by the next 10 bits narrows it (a flat distribution puts thousands of weights in one bucket), and
 // only what is left is sorted. 0 when rounding keeps the target out of reach (everything is kept).
+// Many weights (flat rows): the histogram of every 16th weight guesses the bucket, one vectorised
+// pass sums the mass above a band of buckets around the guess and copies the band's weights, and
+// only those go through the histograms (the full histogram when the target is not in the band).
+constexpr int64_t kSampleMin = 16384;  // fewer weights: the full histogram costs little
+constexpr int kSampleStride = 16;
+constexpr int kBand = 2;  // buckets (1/8 octave each) either side of the guess
+
+// The bucket where the mass of the sample, scaled by its stride, reaches the target; -1 if none.
+int sampled_bucket(const float* w, int64_t n, double target) {
+  double hist[kBuckets] = {};
+  for (int64_t i = 0; i < n; i += kSampleStride) hist[bits_of(w[i]) >> kBucketShift] += w[i];
+  double above = 0.0;
+  return reach(hist, kBuckets, above, target / kSampleStride);
+}
+
 float top_p_threshold(const float* w, int64_t n, double target, std::vector<float>& vals) {
   double hist[kBuckets] = {}, above = 0.0;
-  mass_histogram(w, n, kBucketShift, ~0u, hist, kBuckets);
-  const int b = reach(hist, kBuckets, above, target);
-  if (b < 0) return 0.0f;
-  select_bucket(w, n, kBucketShift, ~0u, uint32_t(b), vals);
+  int b = -1;
+  const int guess = n >= kSampleMin ? sampled_bucket(w, n, target) : -1;
+  if (guess >= 0) {
+    const int lo_b = std::max(guess - kBand, 0), hi_b = std::min(guess + kBand, kBuckets - 1);
+    const float lo = float_of(uint32_t(lo_b) << kBucketShift);
+    const float hi = hi_b + 1 < kBuckets ? float_of(uint32_t(hi_b + 1) << kBucketShift) : kFloatMax;
+    vals.resize(n + kLanes);
+    int64_t count = 0;
+    above = band_split(w, n, lo, hi, vals.data(), &count);
+    if (above < target) {
+      mass_histogram(vals.data(), count, kBucketShift, ~0u, hist, kBuckets);
+      b = reach(hist, kBuckets, above, target);
+      if (b >= lo_b) select_bucket(vals.data(), count, kBucketShift, ~0u, uint32_t(b), vals);
+      else b = -1;
+    }
+    if (b < 0) std::fill(hist, hist + kBuckets, 0.0), above = 0.0;
+  }
+  if (b < 0) {
+    mass_histogram(w, n, kBucketShift, ~0u, hist, kBuckets);
+    b = reach(hist, kBuckets, above, target);
+    if (b < 0) return 0.0f;
+    select_bucket(w, n, kBucketShift, ~0u, uint32_t(b), vals);
+  }
   if (vals.size() > 64) {
     constexpr int kSubShift = kBucketShift - 10;
     double sub[1 << 10] = {}, sub_above = above;
