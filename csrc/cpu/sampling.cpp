@@ -252,32 +252,20 @@ PYLLMOPS_SIMD int64_t count_at_least_portable(const uint32_t* keys, int64_t n, u
   return c;
 }
 
-// The weights of a block relative to the row's max m: w = exp((x - m) * inv_t). Returns their
-// mass over x >= kth (kLanes float lanes, added in lane order) and appends (w, base + i) to c for
-// x >= kth and w >= eps (every weight the row can keep: see finish_full).
-PYLLMOPS_SIMD float block_weights_portable(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth,
-                                           float eps, Cands& c) {
+// The weights of a block relative to the row's max m into w: exp((x - m) * inv_t) where x >= kth,
+// else 0 (outside a large top-k). Returns their mass (kLanes float lanes, added in lane order).
+PYLLMOPS_SIMD float block_weights_portable(const float* x, int64_t n, float m, float inv_t, float kth, float* w) {
   float acc[kLanes] = {};
-  float w[kBlock];
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int j = 0; j < kLanes; ++j) {
-      w[i + j] = exp_nonpos((x[i + j] - m) * inv_t);
-      acc[j] += x[i + j] >= kth ? w[i + j] : 0.0f;
+      w[i + j] = x[i + j] >= kth ? exp_nonpos((x[i + j] - m) * inv_t) : 0.0f;
+      acc[j] += w[i + j];
     }
   for (; i < n; ++i) {
-    w[i] = exp_nonpos((x[i] - m) * inv_t);
-    acc[i % kLanes] += x[i] >= kth ? w[i] : 0.0f;
+    w[i] = x[i] >= kth ? exp_nonpos((x[i] - m) * inv_t) : 0.0f;
+    acc[i % kLanes] += w[i];
   }
-  float* cx = c.x.data();
-  int32_t* ci = c.idx.data();
-  int64_t cn = c.n;
-  for (i = 0; i < n; ++i) {
-    cx[cn] = w[i];
-    ci[cn] = base + int32_t(i);
-    cn += x[i] >= kth && w[i] >= eps && w[i] > 0.0f;
-  }
-  c.n = cn;
   return lane_sum(acc);
 }
 
@@ -697,36 +685,29 @@ PYLLMOPS_AVX2 PYLLMOPS_INLINE void append8(float* cx, int32_t* ci, int64_t& cn, 
 }
 
 // block_weights_portable on 8-lane halves (the same sums lane by lane: a padded -inf lane adds
-// 0, as the portable loop adds nothing). Two loops: the weights into an L1 buffer, then the
-// compress of the kept ones (in one loop the two stalled each other: measured 1.8x slower).
-PYLLMOPS_AVX2 float block_weights_avx2(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth,
-                                       float eps, Cands& c) {
+// 0, as the portable loop adds nothing).
+PYLLMOPS_AVX2 float block_weights_avx2(const float* x, int64_t n, float m, float inv_t, float kth, float* w) {
   const __m256 vm = _mm256_set1_ps(m), vit = _mm256_set1_ps(inv_t), vk = _mm256_set1_ps(kth);
   __m256 acc_lo = _mm256_setzero_ps(), acc_hi = _mm256_setzero_ps();
-  alignas(32) float w[kBlock + kLanes];
-  for (int64_t i = 0; i < n; i += kLanes) {
+  int64_t i = 0;
+  for (; i < n; i += kLanes) {
     const Group g = load_group(x, i, n, kNegInf);
-    // 0 outside the top-k (x < kth) and in the padding: those are neither mass nor candidates
     const __m256 w_lo = _mm256_and_ps(_mm256_cmp_ps(g.lo, vk, _CMP_GE_OQ),
                                       exp_nonpos8(_mm256_mul_ps(_mm256_sub_ps(g.lo, vm), vit)));
     const __m256 w_hi = _mm256_and_ps(_mm256_cmp_ps(g.hi, vk, _CMP_GE_OQ),
                                       exp_nonpos8(_mm256_mul_ps(_mm256_sub_ps(g.hi, vm), vit)));
     acc_lo = _mm256_add_ps(acc_lo, w_lo);
     acc_hi = _mm256_add_ps(acc_hi, w_hi);
-    _mm256_store_ps(w + i, w_lo);
-    _mm256_store_ps(w + i + 8, w_hi);
+    if (n - i >= kLanes) {
+      _mm256_storeu_ps(w + i, w_lo);
+      _mm256_storeu_ps(w + i + 8, w_hi);
+    } else {
+      alignas(32) float tail[kLanes];
+      _mm256_store_ps(tail, w_lo);
+      _mm256_store_ps(tail + 8, w_hi);
+      std::copy(tail, tail + (n - i), w + i);
+    }
   }
-  // Candidates: w >= eps and w > 0 (a zero weight is never drawn).
-  const __m256 veps = _mm256_set1_ps(std::max(eps, std::numeric_limits<float>::denorm_min()));
-  float* cx = c.x.data();
-  int32_t* ci = c.idx.data();
-  int64_t cn = c.n;
-  for (int64_t i = 0; i < n; i += 8) {
-    const __m256 v = _mm256_load_ps(w + i);
-    const int live = n - i >= 8 ? 0xFF : (1 << (n - i)) - 1;
-    append8(cx, ci, cn, _mm256_movemask_ps(_mm256_cmp_ps(v, veps, _CMP_GE_OQ)) & live, v, base + int32_t(i));
-  }
-  c.n = cn;
   alignas(32) float lanes[kLanes];
   _mm256_store_ps(lanes, acc_lo);
   _mm256_store_ps(lanes + 8, acc_hi);
@@ -861,10 +842,8 @@ void gather_at_least(const float* x, int64_t n, int32_t base, float thr, Cands& 
 int64_t count_at_least(const uint32_t* keys, int64_t n, uint32_t t) {
   return use_avx512() ? count_at_least_avx512(keys, n, t) : count_at_least_portable(keys, n, t);
 }
-float block_weights(const float* x, int64_t n, int32_t base, float m, float inv_t, float kth, float eps, Cands& c) {
-  c.room_for(n);
-  return has_avx2() ? block_weights_avx2(x, n, base, m, inv_t, kth, eps, c)
-                    : block_weights_portable(x, n, base, m, inv_t, kth, eps, c);
+float block_weights(const float* x, int64_t n, float m, float inv_t, float kth, float* w) {
+  return has_avx2() ? block_weights_avx2(x, n, m, inv_t, kth, w) : block_weights_portable(x, n, m, inv_t, kth, w);
 }
 void weigh_weights(const float* x, int64_t n, float m, float inv_t, float kth, float eps, float* w) {
   has_avx2() ? weigh_avx2(x, n, m, inv_t, kth, eps, w) : weigh(x, n, m, inv_t, kth, eps, w);
@@ -947,6 +926,24 @@ struct RowPlan {
   float kth;        // kFull: that k-th largest (-inf without top-k), set by the segment-0 job
   float m;          // kFull: the row's max (the weights are relative to it), set before the weights
   bool bad;         // kFull: the row holds NaN or +inf (found with the max)
+  // kFull with top-p: the band of weights [lo, hi) expected to hold the cut-off (guess_band);
+  // lo_b is lo's 12-bit bucket. banded = false: no guess, the weights are searched whole.
+  bool banded;
+  int lo_b;
+  float lo, hi;
+};
+
+// Full mode's per-row arrays: every weight of the row (0 outside a large top-k), and per block of
+// kBlock logits its mass z (float lanes), its mass above the band (double lanes) and how many of
+// its weights fell in the band (those weights, in vocabulary order, are the segments' candidates).
+struct FullRow {
+  std::vector<float> w, bz;
+  std::vector<double> ba;
+  std::vector<int64_t> bc;
+  void size_for(int64_t V, int64_t nblocks) {
+    if (int64_t(w.size()) < V) w.resize(V);
+    if (int64_t(bz.size()) < nblocks) bz.resize(nblocks), ba.resize(nblocks), bc.resize(nblocks);
+  }
 };
 
 struct Segment {  // what one segment of a row leaves for the row's completion
@@ -959,17 +956,18 @@ struct Segment {  // what one segment of a row leaves for the row's completion
 struct Scratch {
   std::vector<float> row;   // fp16/bf16 block converted to float; a row copy for a large k
   std::vector<float> tmp;   // nth_element copies
-  std::vector<float> bz;  // per block of the row (single-segment rows)
+  FullRow full;  // single-segment rows
   std::vector<float> bucket;
   std::vector<double> sums;  // draw: block sums
   std::vector<uint32_t> keys;
   std::vector<float> chunks;  // top-k: chunk maxima
+  std::vector<float> sample;  // full mode: the logits guess_band weighs
   Segment seg;  // single-segment rows
 };
 
 struct Workspace {  // multi-segment calls: state shared by a row's segments
   std::vector<Segment> segs;
-  std::vector<float> bz;
+  std::vector<FullRow> full;  // per row
   std::unique_ptr<std::atomic<int>[]> left;
   size_t left_size = 0;
 };
@@ -1038,14 +1036,6 @@ int64_t chunk_accumulators(int64_t k) {
   return s;
 }
 
-// The weight below which none can survive top-p / min-p, from the mass z of the row's blocks read
-// so far (a lower bound of Z; see finish_full), less a margin far above the rounding of z.
-float running_eps(const RowPlan& pl, double z, int64_t V) {
-  double eps = pl.q;
-  if (pl.p < 1.0f) eps = std::max(eps, kEpsShare * (1.0 - double(pl.p)) * z / double(V));
-  return float(eps * 0.9999);
-}
-
 // The max and NaN / +inf check of a row's segment [lo, hi) (full mode's first pass).
 BlockMax segment_max(const void* x, LogitsType dtype, int64_t lo, int64_t hi, Scratch& s) {
   BlockMax r{kNegInf, false};
@@ -1057,10 +1047,9 @@ BlockMax segment_max(const void* x, LogitsType dtype, int64_t lo, int64_t hi, Sc
   return r;
 }
 
-// One segment [lo, hi) of row x (block aligned) in the row's mode. bz: the row's per-block masses
-// (full mode).
-void scan_segment(const void* x, LogitsType dtype, int64_t V, int64_t lo, int64_t hi, RowPlan& pl, Segment& sg,
-                  float* bz, Scratch& s) {
+// One segment [lo, hi) of row x (block aligned) in the row's mode. fr: the row's full-mode arrays.
+void scan_segment(const void* x, LogitsType dtype, int64_t lo, int64_t hi, RowPlan& pl, Segment& sg, FullRow& fr,
+                  Scratch& s) {
   sg.max = kNegInf, sg.bad = false, sg.argmax = -1, sg.cand.n = 0;
   if (pl.mode == Mode::kTopK) {
     // Pass 1: maxima of disjoint chunks (the whole segment converted at once for fp16 / bf16). k
@@ -1077,15 +1066,18 @@ void scan_segment(const void* x, LogitsType dtype, int64_t V, int64_t lo, int64_
     return;
   }
   if (pl.mode == Mode::kFull) {
-    // Second pass (the first found the row's max m): each block's weights and mass, and the
-    // weights that can survive (those below the bound from the mass so far cannot).
+    // Second pass (the first found the row's max m): each block's weights and mass, then, while
+    // they are in L1, the mass above the band and the weights in it.
     if (pl.bad || pl.m == kNegInf) return;
-    double z = 0.0;
     for (int64_t b = lo; b < hi; b += kBlock) {
-      const int64_t e = std::min(hi, b + kBlock);
-      const float eps = running_eps(pl, z, V);
-      bz[b / kBlock] = block_weights(load(x, dtype, b, e, s), e - b, int32_t(b), pl.m, pl.inv_t, pl.kth, eps, sg.cand);
-      z += double(bz[b / kBlock]);
+      const int64_t e = std::min(hi, b + kBlock), blk = b / kBlock;
+      float* w = fr.w.data() + b;
+      fr.bz[blk] = block_weights(load(x, dtype, b, e, s), e - b, pl.m, pl.inv_t, pl.kth, w);
+      if (pl.banded) {
+        sg.cand.room_for(e - b);
+        fr.ba[blk] = band_split(w, e - b, pl.lo, pl.hi, sg.cand.x.data() + sg.cand.n, &fr.bc[blk]);
+        sg.cand.n += fr.bc[blk];
+      }
     }
     return;
   }
@@ -1170,6 +1162,8 @@ int sampled_bucket(const float* w, int64_t n, double target) {
   return reach(hist, kBuckets, above, target / kSampleStride);
 }
 
+float narrow_and_walk(std::vector<float>& vals, double above, double target);
+
 float top_p_threshold(const float* w, int64_t n, double target, std::vector<float>& vals) {
   double hist[kBuckets] = {}, above = 0.0;
   int b = -1;
@@ -1195,6 +1189,13 @@ float top_p_threshold(const float* w, int64_t n, double target, std::vector<floa
     if (b < 0) return 0.0f;
     select_bucket(w, n, kBucketShift, ~0u, uint32_t(b), vals);
   }
+  return narrow_and_walk(vals, above, target);
+}
+
+// The cut-off inside one 12-bit bucket: vals holds the bucket's weights, `above` the mass of the
+// weights above the bucket. A histogram by the next 10 bits narrows a crowded bucket; the rest is
+// sorted and walked.
+float narrow_and_walk(std::vector<float>& vals, double above, double target) {
   if (vals.size() > 64) {
     constexpr int kSubShift = kBucketShift - 10;
     double sub[1 << 10] = {}, sub_above = above;
@@ -1209,7 +1210,67 @@ float top_p_threshold(const float* w, int64_t n, double target, std::vector<floa
   return top_p_walk(vals.data(), vals.size(), above, target);
 }
 
-// The draw from weights w[0, n) at vocabulary ids wi (ascending): min-p / top-p cut at tau, the
+// The band [lo, hi) of weights expected to hold the top-p cut-off, from every 32nd logit of the
+// row (weighed exactly; their mass histogram's bucket where the target share is reached): 2 buckets
+// (1/4 octave) either side when at least 64 sampled weights lie above it (flat rows), else from 2
+// octaves below it up (peaky rows, where the few heavy tokens make the guess coarse; the band then
+// holds only the head of the row). The guess only decides how much work the exact search does:
+// finish_full checks that the cut-off is inside the band and searches the whole row if not.
+constexpr int kGuessStride = 32;
+constexpr int kBandWide = 16;
+constexpr int64_t kBandMinAbove = 64;
+
+void guess_band(const void* x, LogitsType dtype, int64_t V, RowPlan& pl, std::vector<float>& buf) {
+  pl.banded = false;
+  if (!(pl.p < 1.0f) || pl.bad || pl.m == kNegInf) return;
+  const int64_t ns = (V + kGuessStride - 1) / kGuessStride;
+  buf.resize(ns + kLanes);
+  for (int64_t i = 0; i < ns; ++i) {
+    const int64_t j = i * kGuessStride;
+    if (dtype == LogitsType::F32) buf[i] = static_cast<const float*>(x)[j];
+    else {
+      const uint16_t h = static_cast<const uint16_t*>(x)[j];
+      buf[i] = dtype == LogitsType::BF16 ? float_of(uint32_t(h) << 16) : half_to_float(h);
+    }
+  }
+  weigh_weights(buf.data(), ns, pl.m, pl.inv_t, pl.kth, 0.0f, buf.data());
+  double hist[kBuckets] = {};
+  int32_t count[kBuckets] = {};
+  for (int64_t i = 0; i < ns; ++i) {
+    const uint32_t b = bits_of(buf[i]) >> kBucketShift;
+    hist[b] += buf[i];
+    count[b] += 1;
+  }
+  double total = 0.0, above = 0.0;
+  for (int b = 0; b < kBuckets; ++b) total += hist[b];
+  const int g = reach(hist, kBuckets, above, double(pl.p) * total);
+  if (g < 0) return;
+  int64_t n_above = 0;
+  for (int b = g; b < kBuckets; ++b) n_above += count[b];
+  const bool narrow = n_above >= kBandMinAbove;
+  pl.lo_b = std::max(0, g - (narrow ? kBand : kBandWide));
+  pl.lo = float_of(uint32_t(pl.lo_b) << kBucketShift);
+  pl.hi = narrow && g + kBand + 1 < kBuckets ? float_of(uint32_t(g + kBand + 1) << kBucketShift)
+                                             : std::numeric_limits<float>::infinity();
+  pl.banded = true;
+}
+
+// The top-p cut-off from the band's weights mid[0, n) and the mass above the band; false when the
+// target is not reached inside the band.
+bool band_threshold(const float* mid, int64_t n, int lo_b, double above, double target, std::vector<float>& vals,
+                    float* tau) {
+  double hist[kBuckets] = {};
+  mass_histogram(mid, n, kBucketShift, ~0u, hist, kBuckets);
+  const int b = reach(hist, kBuckets, above, target);
+  if (b < lo_b) return false;  // also b = -1
+  vals.resize(n + kLanes);
+  vals.resize(select_bits(mid, n, kBucketShift, ~0u, uint32_t(b), vals.data()));
+  *tau = narrow_and_walk(vals, above, target);
+  return true;
+}
+
+// The draw from weights w[0, n) at vocabulary ids wi (ascending; null: the ids are 0..n-1, the
+// row's dense weights): min-p / top-p cut at tau, the
 // inverse CDF of u, and the renormalised distribution into probs (when set). The sums run in
 // double in one fixed order: blocks of 64 weights in vocabulary order (block_sums);
 // the running sum adds whole blocks, then the weights of the block where it passes u * W one by
@@ -1224,7 +1285,7 @@ int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, 
   if (probs) {
     std::fill(probs, probs + V, 0.0f);
     for (int64_t i = 0; i < n; ++i)
-      if (w[i] >= tau) probs[wi[i]] = float(w[i] / total);
+      if (w[i] >= tau) probs[wi ? wi[i] : i] = float(w[i] / total);
   }
   const double target = u * total;
   double run = 0.0;
@@ -1235,14 +1296,49 @@ int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, 
         if (!(w[i] >= tau && w[i] > 0.0f)) continue;
         last = i;
         run += double(w[i]);
-        if (run > target) return wi[i];
+        if (run > target) return wi ? wi[i] : i;
       }
-      return wi[last];  // rounding: the block's last kept token
+      return wi ? wi[last] : last;  // rounding: the block's last kept token
     }
     run += sums[b];
   }
   for (int64_t j = n - 1; j >= 0; --j)  // rounding left u * W out of reach: the last kept token
-    if (w[j] >= tau && w[j] > 0.0f) return wi[j];
+    if (w[j] >= tau && w[j] > 0.0f) return wi ? wi[j] : j;
+  return -1;
+}
+
+// draw() for a banded row: every weight >= hi is kept (tau is inside the band), so a block's kept
+// mass is its mass above the band plus its band weights >= tau (in vocabulary order); the block
+// where the running sum passes u * W is then walked weight by weight.
+int64_t draw_banded(const float* w, int64_t V, const FullRow& fr, const float* mid, float tau, double u, float* probs,
+                    std::vector<double>& sums) {
+  const int64_t nblocks = (V + kBlock - 1) / kBlock;
+  sums.resize(nblocks);
+  double total = 0.0;
+  for (int64_t b = 0, j = 0; b < nblocks; ++b) {
+    sums[b] = fr.ba[b] + kept_mass(mid + j, fr.bc[b], tau);
+    j += fr.bc[b];
+    total += sums[b];
+  }
+  if (probs)
+    for (int64_t i = 0; i < V; ++i) probs[i] = w[i] >= tau ? float(w[i] / total) : 0.0f;
+  const double target = u * total;
+  double run = 0.0;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    if (run + sums[b] > target) {  // the block holds a kept weight; selects instead of branches
+      int64_t last = -1;
+      for (int64_t i = b * kBlock; i < std::min(V, (b + 1) * kBlock); ++i) {
+        const bool kept = w[i] >= tau && w[i] > 0.0f;
+        last = kept ? i : last;
+        run += kept ? double(w[i]) : 0.0;
+        if (kept && run > target) return i;
+      }
+      return last;  // rounding: the block's last kept token
+    }
+    run += sums[b];
+  }
+  for (int64_t j = V - 1; j >= 0; --j)  // rounding left u * W out of reach: the last kept token
+    if (w[j] >= tau && w[j] > 0.0f) return j;
   return -1;
 }
 
@@ -1300,24 +1396,36 @@ int64_t finish_top_k(const Row& row, const RowPlan& pl, double u, float* probs, 
 
 // Z is the sum of the blocks' masses in block order (the same blocks, weights and order whatever
 // the segments). Weights below eps = 0.999 (1 - p) Z / V hold less than (1 - p) Z together, so
-// top-p cuts each of them; below min_p min-p does; zero ones are never drawn. The candidates are
-// first compacted to the weights >= eps (the segments' running bounds let a few more in, and which
-// depends on the segments): the arrays the threshold and the draw read, and so their sums, are then
-// the same whatever the thread count.
-int64_t finish_full(const Row& row, const RowPlan& pl, const float* bz, double u, float* probs, int64_t V,
+// top-p cuts each of them (so a band below eps changes nothing). A banded row whose cut-off lies in
+// its band is finished from the band's weights and the blocks' sums; any other row's weights >= eps
+// are searched whole and drawn from the row of weights. Every array read is the same whatever
+// the thread count (the dense row, per-block sums, the band's weights in vocabulary order).
+int64_t finish_full(const Row& row, const RowPlan& pl, const FullRow& fr, double u, float* probs, int64_t V,
                     Scratch& s) {
   if (pl.m == kNegInf) return kAllNegInf;
   const int64_t nblocks = (V + kBlock - 1) / kBlock;
   double z = 0.0;
-  for (int64_t b = 0; b < nblocks; ++b) z += double(bz[b]);
-  float eps = std::max(pl.q, std::numeric_limits<float>::min());
-  if (pl.p < 1.0f) eps = std::max(eps, float(kEpsShare * (1.0 - double(pl.p)) * z / double(V)));
-  Cands& c = row_candidates(row, s);
-  const int64_t n = keep_at_least(c.x.data(), c.idx.data(), c.n, eps);
-  const float* w = c.x.data();
-  float tau = pl.q;
-  if (pl.p < 1.0f) tau = std::max(tau, top_p_threshold(w, n, double(pl.p) * z, s.bucket));
-  return draw(w, c.idx.data(), n, tau, u, probs, V, s.sums);
+  for (int64_t b = 0; b < nblocks; ++b) z += double(fr.bz[b]);
+  const float* w = fr.w.data();
+  if (!(pl.p < 1.0f)) return draw(w, nullptr, V, pl.q, u, probs, V, s.sums);
+  const double target = double(pl.p) * z;
+  if (pl.banded) {
+    const Cands& mid = row_candidates(row, s);
+    double above = 0.0;
+    for (int64_t b = 0; b < nblocks; ++b) above += fr.ba[b];
+    float tau_p;
+    if (above < target && band_threshold(mid.x.data(), mid.n, pl.lo_b, above, target, s.bucket, &tau_p)) {
+      const float tau = std::max(pl.q, tau_p);
+      if (tau < pl.hi) return draw_banded(w, V, fr, mid.x.data(), tau, u, probs, s.sums);
+    }
+  }
+  const float eps = std::max({pl.q, std::numeric_limits<float>::min(),
+                              float(kEpsShare * (1.0 - double(pl.p)) * z / double(V))});
+  s.tmp.resize(V + kLanes);
+  int64_t n = 0;
+  band_split(w, V, eps, std::numeric_limits<float>::infinity(), s.tmp.data(), &n);
+  const float tau = std::max(pl.q, top_p_threshold(s.tmp.data(), n, target, s.bucket));
+  return draw(w, nullptr, V, tau, u, probs, V, s.sums);
 }
 
 // The k-th largest of the row (large-k rows, before their scan).
@@ -1349,15 +1457,17 @@ int64_t sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, 
   std::vector<RowPlan> plans(B);
   for (int64_t r = 0; r < B; ++r) plans[r] = plan_row(prm, r, V);
 
-  // Full mode's first pass over a whole row: the k-th largest of a large top-k, the max, the check.
+  // Full mode's first pass over a whole row: the k-th largest of a large top-k, the max, the check;
+  // then the band guess.
   auto row_max = [&](int64_t r, Scratch& s) {
     RowPlan& pl = plans[r];
     if (pl.k > 0) find_kth(row_ptr(r), dtype, V, pl, s);
     const BlockMax bm = segment_max(row_ptr(r), dtype, 0, V, s);
     pl.m = bm.max, pl.bad = bm.bad;
+    guess_band(row_ptr(r), dtype, V, pl, s.sample);
   };
 
-  auto finish = [&](int64_t r, const Row& row, const float* bz, Scratch& s) {
+  auto finish = [&](int64_t r, const Row& row, const FullRow& fr, Scratch& s) {
     RowPlan& pl = plans[r];
     float* out = probs ? probs + r * V : nullptr;
     int64_t id = pl.status;
@@ -1368,7 +1478,7 @@ int64_t sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, 
     else if (pl.mode == Mode::kGreedy) id = finish_greedy(row, V, out);
     else {
       const double u = row_uniform(prm.seed_at(r), prm.offset.at(r));
-      id = pl.mode == Mode::kTopK ? finish_top_k(row, pl, u, out, V, s) : finish_full(row, pl, bz, u, out, V, s);
+      id = pl.mode == Mode::kTopK ? finish_top_k(row, pl, u, out, V, s) : finish_full(row, pl, fr, u, out, V, s);
     }
     ids[r] = id;
   };
@@ -1378,20 +1488,22 @@ int64_t sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, 
   if (nseg == 1) {
     parallel_tasks(B, nthreads, [&](int64_t r) {
       Scratch& s = scratch;
-      s.bz.resize(nblocks);
       Segment* seg = &s.seg;
       RowPlan& pl = plans[r];
-      if (pl.mode != Mode::kStatus) {
-        if (pl.mode == Mode::kFull) row_max(r, s);
-        scan_segment(row_ptr(r), dtype, V, 0, V, pl, s.seg, s.bz.data(), s);
+      if (pl.mode == Mode::kFull) {
+        s.full.size_for(V, nblocks);
+        row_max(r, s);
       }
-      finish(r, Row{&seg, 1}, s.bz.data(), s);
+      if (pl.mode != Mode::kStatus) scan_segment(row_ptr(r), dtype, 0, V, pl, s.seg, s.full, s);
+      finish(r, Row{&seg, 1}, s.full, s);
     });
   } else {
     std::unique_ptr<Workspace> ws = pool<Workspace>().get();
     const int64_t jobs = B * nseg;
     if (int64_t(ws->segs.size()) < jobs) ws->segs.resize(jobs);
-    ws->bz.resize(B * nblocks);
+    if (int64_t(ws->full.size()) < B) ws->full.resize(B);
+    for (int64_t r = 0; r < B; ++r)
+      if (plans[r].mode == Mode::kFull) ws->full[r].size_for(V, nblocks);
     if (ws->left_size < size_t(B)) ws->left.reset(new std::atomic<int>[B]), ws->left_size = B;
     for (int64_t r = 0; r < B; ++r) ws->left[r].store(int(nseg), std::memory_order_relaxed);
     std::vector<Segment*> seg_ptrs(jobs);
@@ -1414,22 +1526,23 @@ int64_t sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, 
           plans[r].m = std::max(plans[r].m, ws->segs[r * nseg + g].max);
           plans[r].bad |= ws->segs[r * nseg + g].bad;
         }
+        guess_band(row_ptr(r), dtype, V, plans[r], scratch.sample);
       }
     }
     parallel_tasks(jobs, nthreads, [&](int64_t j) {
       Scratch& s = scratch;
       const int64_t r = j / nseg, g = j % nseg;
       RowPlan& pl = plans[r];
-      float* bz = ws->bz.data() + r * nblocks;
+      FullRow& fr = ws->full[r];
       Segment& sg = ws->segs[j];
       sg.max = kNegInf, sg.bad = false, sg.cand.n = 0;
       const bool large_k = pl.mode == Mode::kFull && pl.k > 0;
       if (pl.mode != Mode::kStatus && (g == 0 || !large_k)) {
         if (large_k) row_max(r, s);
-        scan_segment(row_ptr(r), dtype, V, large_k ? 0 : seg_lo(g), large_k ? V : seg_lo(g + 1), pl, sg, bz, s);
+        scan_segment(row_ptr(r), dtype, large_k ? 0 : seg_lo(g), large_k ? V : seg_lo(g + 1), pl, sg, fr, s);
       }
       if (ws->left[r].fetch_sub(1, std::memory_order_acq_rel) == 1)
-        finish(r, Row{seg_ptrs.data() + r * nseg, int(nseg)}, bz, s);
+        finish(r, Row{seg_ptrs.data() + r * nseg, int(nseg)}, fr, s);
     });
     pool<Workspace>().put(std::move(ws));
   }
