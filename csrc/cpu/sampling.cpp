@@ -893,8 +893,9 @@ float kth_largest(const float* x, int64_t n, int64_t k, int bits, std::vector<ui
   return t < key_of(kNegInf) ? kNegInf : float_of_key(t);  // a truncated key below -inf's is a NaN
 }
 
-// w[0, n) in descending order into out. Up to 256 values each goes straight to its rank (the
-// number of values before it in that order: larger ones, and equal ones at lower positions).
+// w[0, n) in descending order into out, each value straight to its rank (the number of values
+// before it in that order: larger ones, and equal ones at lower positions); n <= kRankSortMax.
+constexpr int64_t kRankSortMax = 256;
 PYLLMOPS_SIMD void rank_sort_descending(const float* w, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) {
     const float v = w[i];
@@ -903,16 +904,6 @@ PYLLMOPS_SIMD void rank_sort_descending(const float* w, int64_t n, float* out) {
     for (int64_t j = i + 1; j < n; ++j) rank += w[j] > v;
     out[rank] = v;
   }
-}
-
-void sort_descending(const float* w, int64_t n, std::vector<float>& out) {
-  out.resize(n);
-  if (n > 256) {
-    out.assign(w, w + n);
-    std::sort(out.begin(), out.end(), [](float a, float b) { return a > b; });
-    return;
-  }
-  rank_sort_descending(w, n, out.data());
 }
 
 // ------------------------------------------------------------------ per-row plan and state
@@ -1388,8 +1379,15 @@ int64_t finish_top_k(const Row& row, const RowPlan& pl, double u, float* probs, 
   weigh_weights(w, n, m, pl.inv_t, kNegInf, 0.0f, w);
   float tau = pl.q;
   if (pl.p < 1.0f) {
-    sort_descending(w, n, s.bucket);
-    tau = std::max(tau, top_p_walk(s.bucket.data(), n, 0.0, double(pl.p) * kept_mass(w, n, 0.0f)));
+    // Up to 256 survivors each goes straight to its rank; more (a large k) take the histograms.
+    const double target = double(pl.p) * kept_mass(w, n, 0.0f);
+    if (n > kRankSortMax) {
+      tau = std::max(tau, top_p_threshold(w, n, target, s.bucket));
+    } else {
+      s.bucket.resize(n);
+      rank_sort_descending(w, n, s.bucket.data());
+      tau = std::max(tau, top_p_walk(s.bucket.data(), n, 0.0, target));
+    }
   }
   return draw(w, all.idx.data(), n, tau, u, probs, V, s.sums);
 }

@@ -195,3 +195,61 @@ def test_large_vocab_filter_matches_reference(config, seed):
     probs = _with_threads(3, lambda: pyllmops.top_k_top_p_filter(x, **config))
     assert torch.equal(probs > 0, ref > 0)
     torch.testing.assert_close(probs.double(), ref, rtol=1e-5, atol=1e-7)
+
+
+def _heavy_row(v, positions, seed):
+    """A flat row (randn x 0.3) with a few heavy tokens at `positions`."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(v, generator=g) * 0.3
+    x[torch.tensor(positions)] = torch.linspace(6.0, 4.0, len(positions))
+    return x
+
+
+# Heavy tokens in different blocks of 2048 logits. "spread": none at a multiple of 32, so the
+# band guess (every 32nd logit) misses them; "sampled": all at multiples of 32, so it overrates
+# them; "flat": a nucleus of thousands of tokens (the narrow band); min-p 0.2: the cut-off lies
+# above any band. They take different ways to the cut-off (the band, or the whole row); the draw
+# must be the exact inverse CDF either way.
+BAND_CASES = {"spread": ([101, 2500, 4099, 6203, 8001, 9990], dict(temperature=1.0, top_p=0.9)),
+              "sampled": ([96, 2496, 4096, 6208, 8000, 9984], dict(temperature=1.0, top_p=0.9)),
+              "flat": ([101, 2500], dict(temperature=2.0, top_p=0.6)),
+              "min-p above band": ([101, 2500, 4099, 6203], dict(temperature=1.0, top_p=0.95, min_p=0.2))}
+
+
+@pytest.mark.parametrize("case", list(BAND_CASES))
+@pytest.mark.parametrize("threads", [1, 3])
+def test_band_and_whole_row_draws_are_the_inverse_cdf(case, threads, seed):
+    """Draws at one uniform near the centre of each of n strata of [0, 1): the inverse CDF in
+    vocabulary order maps any run of consecutive tokens of total probability P to an interval of
+    length P, which holds n P +- 1.2 of the points, deterministically. Checked for every token
+    and every run of 500 tokens (the flat case's tokens are too light for single counts)."""
+    from .test_sampling import _centred_seeds
+
+    positions, params = BAND_CASES[case]
+    v, n = 10_000, 1000
+    x = _heavy_row(v, positions, seed)
+    full = dict(top_k=0, min_p=0.0) | params
+    one = torch.ones(1)
+    probs = reference_filter(x[None], one * full["temperature"], one.long() * 0, one * full["top_p"],
+                             one * full["min_p"])[0]
+    seeds = _centred_seeds(n, 7, seed * 1_000_003)
+    draws = _with_threads(threads, lambda: pyllmops.sample(x.expand(n, -1), seed=seeds, offset=7, **params))
+    assert bool((probs[draws] > 0).all()), "a draw fell outside the kept set"
+    dev = torch.bincount(draws, minlength=v).double() - n * probs
+    assert float(dev.abs().max()) <= 1.2, f"token {int(dev.abs().argmax())} off by {float(dev.abs().max()):.2f}"
+    runs = dev.view(-1, 500).sum(-1)
+    assert float(runs.abs().max()) <= 1.2, f"tokens {500 * int(runs.abs().argmax())}+: off by {float(runs.abs().max()):.2f}"
+
+
+@pytest.mark.parametrize("case", list(BAND_CASES))
+def test_band_and_whole_row_filter_match_reference(case, seed):
+    """The kept set and probabilities of those rows: the float64 reference's."""
+    positions, params = BAND_CASES[case]
+    x = _heavy_row(10_000, positions, seed)[None].expand(2, -1).contiguous()
+    full = dict(top_k=0, min_p=0.0) | params
+    ones = torch.ones(2)
+    ref = reference_filter(x, ones * full["temperature"], ones.long() * 0, ones * full["top_p"], ones * full["min_p"])
+    for threads in (1, 3):
+        probs = _with_threads(threads, lambda: pyllmops.top_k_top_p_filter(x, **params))
+        assert int(((probs > 0) != (ref > 0)).sum()) == 0
+        torch.testing.assert_close(probs.double(), ref, rtol=1e-5, atol=1e-7)
