@@ -1,48 +1,48 @@
-// CPU sampling kernel: no full sort, one read of the logits per row (two for a small top-k).
+// CPU sampling kernel: no full sort; the logits read once from memory per row, and at most once
+// more from the cache.
 //
-// Except for a small top-k, a row is read in blocks of kBlock logits (L1-resident while a block is
-// worked on). Per row mode:
+// Per row mode:
 //
 //  greedy (t == 0)   block max + NaN check; the first index of the running max.
-//  small top-k       two passes over the row: maxima of ~4k disjoint chunks (in registers), whose
-//                    k-th largest (searched bit by bit on order-preserving integer keys) bounds
-//                    the row's k-th largest from below; then a gather of the values >= that bound
-//                    (~1.1 k on random logits). The exact k-th largest of the candidates, the
-//                    survivors' weights, a rank sort for the top-p walk, min-p and the inverse
-//                    CDF follow. Nothing branches on the data per element or per candidate: on
-//                    fresh logits such branches mispredict about half the time, which cost more
-//                    than reading the row.
-//  top-k off / large each block: its max m_b and mass z_b = sum exp((x - m_b) / t) (over x >= the
-//                    k-th largest for a large k, found first by nth_element), and a compress of
-//                    the values that can survive: a weight below 0.999 (1 - p) Z / V is always cut
-//                    by top-p (all of them together hold less than (1 - p) Z), one below min_p by
-//                    min-p, and Z >= Z_so_far * exp((m_so_far - m) / t) bounds that in x from
-//                    the blocks read so far. Then Z = sum z_b exp((m_b - m) / t) over the blocks in
-//                    order, and the candidates' exact weights (a vectorised map, 0 for a cut one).
-//                    A mass histogram by their top 12 bits, then one by the next 10 bits inside
-//                    the bucket where the descending mass reaches p Z, finds the top-p cut-off
-//                    (only the last bucket is sorted). Every step is a fixed number of passes over
-//                    the candidates, whatever the number of tokens the nucleus keeps.
+//  small top-k       two passes over the row: maxima of ~4k disjoint chunks, whose k-th largest
+//                    (searched bit by bit on order-preserving integer keys) bounds the row's k-th
+//                    largest from below; then a gather of the values >= that bound (~1.1 k on
+//                    random logits). The exact k-th largest of the candidates, the survivors'
+//                    weights, the top-p cut-off (a rank sort up to 256 survivors, the histograms
+//                    below beyond), min-p and the inverse CDF follow. Nothing branches on the data
+//                    per element or per candidate: on fresh logits such branches mispredict about
+//                    half the time, which cost more than reading the row.
+//  top-k off / large the row's max m (and the k-th largest of a large k, by nth_element) first.
+//                    Then, per block of kBlock logits, every weight w = exp((x - m) / t) once into
+//                    a dense row (0 outside a large top-k) and the block's mass z_b (float lanes);
+//                    Z = sum z_b in block order. With top-p, a band of weights expected to hold the
+//                    cut-off is guessed before the weights from every 32nd logit (guess_band), and
+//                    each block, still in L1, also yields its mass above the band and its weights
+//                    in it. The cut-off is searched among the band's weights only (a mass histogram
+//                    by their top 12 bits, one by the next 10 bits inside the bucket where the
+//                    descending mass reaches p Z, a sort of what is left) and the draw runs on the
+//                    blocks' sums and one block. When the cut-off is not in the band the whole row's
+//                    weights >= 0.999 (1 - p) Z / V are searched (lighter ones hold less than
+//                    (1 - p) Z together, so top-p cuts them). Either way the work is a fixed number
+//                    of passes over the row, whatever the number of tokens the nucleus keeps.
 //  Sums of weights run in double in a fixed order (kLanes lanes, added in lane order, per block
-//  of 64 weights in vocabulary order for the inverse CDF; bucket by bucket from the top for the
-//  top-p search, then descending inside the last bucket), which decides the token where a sum
-//  meets a boundary. Where the sums are exact (as on flat rows: thousands of weights of similar
-//  size) that is the bits of the sequential sums.
+//  for the inverse CDF; bucket by bucket from the top for the top-p search, then descending inside
+//  the last bucket), which decides the token where a sum meets a boundary.
 //  (1 / t is applied as a multiplication by its float reciprocal.)
 //
 // Threads (parallel_tasks: torch's OpenMP team, whose threads are warm after the op that made the
-// logits, as the work is often tens of microseconds): rows
-// across threads; with fewer rows than threads a row is also split into block-aligned segments of
-// at least 16k logits (the last segment of a row to finish completes it). Per-block results are
-// combined in block order and the candidate sets are exact after the final filter, so the ids do
-// not depend on the thread count or on the batch.
+// logits, as the work is often tens of microseconds): rows across threads; with fewer rows than
+// threads a row is also split into block-aligned segments of at least 16k logits (full mode: the
+// segments' maxima first, then their weights; the last segment of a row to finish completes it).
+// Blocks, their sums and the arrays the search and the draw read are the same however the row was
+// split, so the ids do not depend on the thread count or on the batch.
 //
-// The block loops exist twice: AVX-512 intrinsics, and portable loops (compiled for x86-64-v3, i.e.
-// AVX2 + FMA, and baseline) doing the same float operations in the same order, so both give the
-// same bits; without AVX-512 the compressions (candidates, bucket selection) use AVX2 permutes
-// (PYLLMOPS_NO_AVX512=1 selects the portable loops for all of it). Implicit floating-point contraction
-// is off (FMAs are explicit, std::fma in the portable code); no-trapping-math lets the portable
-// loops vectorise.
+// The block loops exist as portable loops (compiled for x86-64-v3, i.e. AVX2 + FMA, and baseline),
+// AVX2 intrinsics and, for some, AVX-512 intrinsics, all doing the same float operations in the
+// same order (16 lanes: one AVX-512 register or two AVX2 ones), so all give the same bits.
+// PYLLMOPS_SAMPLING_ISA=avx2 or =portable caps the level (tests compare them). Implicit
+// floating-point contraction is off (FMAs are explicit, std::fma in the portable code);
+// no-trapping-math lets the portable loops vectorise.
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF  // (clang does not trap on floating point by default)
 #else
@@ -610,11 +610,14 @@ PYLLMOPS_AVX2 PYLLMOPS_INLINE float hmax8(__m256 v) {
 }
 
 // exp_nonpos on 8 lanes, the same operations (the power of two built from the exponent bits).
+// (NaN never reaches it: rows holding one are refused first. The shifted sum's low mantissa bits
+// hold n + 1.5 * 2^23, whose exponent field after adding 127 and shifting is n's power of two.)
 PYLLMOPS_AVX2 PYLLMOPS_INLINE __m256 exp_nonpos8(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.3f), shifter = _mm256_set1_ps(12582912.0f);
   const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  const __m256 xc = _mm256_blendv_ps(x, lo, under);
-  const __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), shifter), shifter);
+  const __m256 xc = _mm256_max_ps(x, lo);
+  const __m256 shifted = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), shifter);
+  const __m256 n = _mm256_sub_ps(shifted, shifter);
   const __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f),
                                    _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), xc));
   __m256 y = _mm256_set1_ps(1.9875691500e-4f);
@@ -624,7 +627,7 @@ PYLLMOPS_AVX2 PYLLMOPS_INLINE __m256 exp_nonpos8(__m256 x) {
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
   y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(y, r), r, r), _mm256_set1_ps(1.0f));
-  const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(127)), 23);
   return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(pow2)));
 }
 
