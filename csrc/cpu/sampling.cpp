@@ -144,7 +144,7 @@ PYLLMOPS_SIMD void convert_row(const uint16_t* src, float* dst, int64_t n, bool 
 }
 
 // exp(x) for x <= 0 to ~2 ulp (Cephes expf polynomial, with fused multiply-adds), 0 below -87.3
-// (no subnormals); branch-free. exp16_unmasked below is the same sequence of float operations on 16
+// (no subnormals); branch-free. exp_nonpos8 below is the same sequence of float operations on 8
 // lanes (std::fma rounds once, as the vector FMA does).
 PYLLMOPS_INLINE float exp_nonpos(float x) {
   const float xc = x < -87.3f ? -87.3f : x;  // also maps -inf; NaN stays NaN (bad rows only)
@@ -327,31 +327,6 @@ int64_t select_bits_portable(const float* w, int64_t n, int shift, uint32_t mask
 }
 
 // ------------------------------------------------------------------ AVX-512 block kernels
-// exp_nonpos on 16 lanes, except that lanes below -87.3 (flagged in `under`) hold garbage instead
-// of 0; callers mask them. The power of two is applied with scalef (exact, like the multiply).
-PYLLMOPS_AVX512 PYLLMOPS_INLINE __m512 exp16_unmasked(__m512 x, __mmask16& under) {
-  const __m512 lo = _mm512_set1_ps(-87.3f), shifter = _mm512_set1_ps(12582912.0f);
-  under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-  const __m512 xc = _mm512_max_ps(x, lo);
-  const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), shifter), shifter);
-  const __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f),
-                                   _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), xc));
-  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-  y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(y, r), r, r), _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(y, n);
-}
-
-PYLLMOPS_AVX512 PYLLMOPS_INLINE __m512 exp_nonpos16(__m512 x) {
-  __mmask16 under;
-  const __m512 e = exp16_unmasked(x, under);
-  return _mm512_maskz_mov_ps(~under, e);
-}
-
 PYLLMOPS_AVX512 PYLLMOPS_INLINE __mmask16 live_mask(int64_t i, int64_t n) {
   return n - i >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
 }
