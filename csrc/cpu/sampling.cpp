@@ -759,29 +759,43 @@ PYLLMOPS_AVX2 void block_sums_avx2(const float* w, int64_t n, float tau, double*
 }
 
 
-PYLLMOPS_AVX2 double band_split_avx2(const float* w, int64_t n, float lo, float hi, float* out, int64_t* count) {
+// Above: with a finite hi, the mass above the band (16 double lanes); a head band (hi = inf) has
+// none, and its loop skips the sums.
+template <bool Above>
+PYLLMOPS_AVX2 PYLLMOPS_INLINE double band_split8(const float* w, int64_t n, float lo, float hi, float* out,
+                                                int64_t* count) {
   const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
-  __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+  __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
   int64_t c = 0;
   for (int64_t i = 0; i < n; i += kLanes) {
     const Group g = load_group(w, i, n, -1.0f);  // a padded lane is neither above nor in the band
-    const __m256 half[2] = {g.lo, g.hi};
-    for (int h = 0; h < 2; ++h) {
-      const __m256 v = half[h];
-      const __m256 up = _mm256_and_ps(_mm256_cmp_ps(v, vhi, _CMP_GE_OQ), v);
-      a[2 * h] = _mm256_add_pd(a[2 * h], _mm256_cvtps_pd(_mm256_castps256_ps128(up)));
-      a[2 * h + 1] = _mm256_add_pd(a[2 * h + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(up, 1)));
-      const int in = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(v, vlo, _CMP_GE_OQ), _mm256_cmp_ps(v, vhi, _CMP_LT_OQ)));
-      _mm256_storeu_ps(out + c, _mm256_permutevar8x32_ps(v, pack_lanes(in)));
-      c += __builtin_popcount(in);
+    if (Above) {
+      const __m256 up_lo = _mm256_and_ps(_mm256_cmp_ps(g.lo, vhi, _CMP_GE_OQ), g.lo);
+      const __m256 up_hi = _mm256_and_ps(_mm256_cmp_ps(g.hi, vhi, _CMP_GE_OQ), g.hi);
+      a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(up_lo)));
+      a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(up_lo, 1)));
+      a2 = _mm256_add_pd(a2, _mm256_cvtps_pd(_mm256_castps256_ps128(up_hi)));
+      a3 = _mm256_add_pd(a3, _mm256_cvtps_pd(_mm256_extractf128_ps(up_hi, 1)));
     }
+    const int in_lo = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(g.lo, vlo, _CMP_GE_OQ), _mm256_cmp_ps(g.lo, vhi, _CMP_LT_OQ)));
+    const int in_hi = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(g.hi, vlo, _CMP_GE_OQ), _mm256_cmp_ps(g.hi, vhi, _CMP_LT_OQ)));
+    _mm256_storeu_ps(out + c, _mm256_permutevar8x32_ps(g.lo, pack_lanes(in_lo)));
+    c += __builtin_popcount(in_lo);
+    _mm256_storeu_ps(out + c, _mm256_permutevar8x32_ps(g.hi, pack_lanes(in_hi)));
+    c += __builtin_popcount(in_hi);
   }
   *count = c;
   alignas(32) double lanes[kLanes];
-  for (int j = 0; j < 4; ++j) _mm256_store_pd(lanes + 4 * j, a[j]);
+  _mm256_store_pd(lanes, a0), _mm256_store_pd(lanes + 4, a1), _mm256_store_pd(lanes + 8, a2),
+      _mm256_store_pd(lanes + 12, a3);
   double sum = 0.0;
   for (int j = 0; j < kLanes; ++j) sum += lanes[j];
   return sum;
+}
+
+PYLLMOPS_AVX2 double band_split_avx2(const float* w, int64_t n, float lo, float hi, float* out, int64_t* count) {
+  return hi == std::numeric_limits<float>::infinity() ? band_split8<false>(w, n, lo, hi, out, count)
+                                                      : band_split8<true>(w, n, lo, hi, out, count);
 }
 
 // ------------------------------------------------------------------ dispatch
