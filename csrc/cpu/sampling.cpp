@@ -1030,6 +1030,9 @@ BlockMax segment_max(const void* x, LogitsType dtype, int64_t lo, int64_t hi, Sc
   return r;
 }
 
+// A full-mode row with min-p and no top-p (its survivors are the logits above a bound).
+bool min_p_only(const RowPlan& pl) { return !(pl.p < 1.0f) && pl.q > 0.0f; }
+
 // One segment [lo, hi) of row x (block aligned) in the row's mode. fr: the row's full-mode arrays.
 void scan_segment(const void* x, LogitsType dtype, int64_t lo, int64_t hi, RowPlan& pl, Segment& sg, FullRow& fr,
                   Scratch& s) {
@@ -1052,6 +1055,17 @@ void scan_segment(const void* x, LogitsType dtype, int64_t lo, int64_t hi, RowPl
     // Second pass (the first found the row's max m): each block's weights and mass, then, while
     // they are in L1, the mass above the band and the weights in it.
     if (pl.bad || pl.m == kNegInf) return;
+    if (min_p_only(pl)) {
+      // Only w >= min_p survives, which needs no Z: the logits above the bound in x of that (a
+      // little lower: rounding) are the candidates, weighed by finish_full.
+      const double bound = double(pl.m) + double(pl.t) * (std::log(double(pl.q)) - 0.01);
+      const float thr = std::max(pl.kth, bound < -double(kFloatMax) ? kNegInf : float(bound));
+      for (int64_t b = lo; b < hi; b += 16 * kBlock) {
+        const int64_t e = std::min(hi, b + 16 * kBlock);
+        gather_at_least(load(x, dtype, b, e, s), e - b, int32_t(b), thr, sg.cand);
+      }
+      return;
+    }
     for (int64_t b = lo; b < hi; b += kBlock) {
       const int64_t e = std::min(hi, b + kBlock), blk = b / kBlock;
       float* w = fr.w.data() + b;
@@ -1393,6 +1407,11 @@ int64_t finish_top_k(const Row& row, const RowPlan& pl, double u, float* probs, 
 int64_t finish_full(const Row& row, const RowPlan& pl, const FullRow& fr, double u, float* probs, int64_t V,
                     Scratch& s) {
   if (pl.m == kNegInf) return kAllNegInf;
+  if (min_p_only(pl)) {  // the candidates in vocabulary order, weighed (0 below min_p)
+    Cands& c = row_candidates(row, s);
+    weigh_weights(c.x.data(), c.n, pl.m, pl.inv_t, pl.kth, pl.q, c.x.data());
+    return draw(c.x.data(), c.idx.data(), c.n, pl.q, u, probs, V, s.sums);
+  }
   const int64_t nblocks = (V + kBlock - 1) / kBlock;
   double z = 0.0;
   for (int64_t b = 0; b < nblocks; ++b) z += double(fr.bz[b]);

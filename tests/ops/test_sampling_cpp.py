@@ -208,12 +208,14 @@ def _heavy_row(v, positions, seed):
 # Heavy tokens in different blocks of 2048 logits. "spread": none at a multiple of 32, so the
 # band guess (every 32nd logit) misses them; "sampled": all at multiples of 32, so it overrates
 # them; "flat": a nucleus of thousands of tokens (the narrow band); min-p 0.2: the cut-off lies
-# above any band. They take different ways to the cut-off (the band, or the whole row); the draw
-# must be the exact inverse CDF either way.
+# above any band; min-p alone: candidates by a bound on the logits. They take different ways to
+# the cut-off (the band, the whole row, the logit bound); the draw must be the exact inverse CDF
+# each way.
 BAND_CASES = {"spread": ([101, 2500, 4099, 6203, 8001, 9990], dict(temperature=1.0, top_p=0.9)),
               "sampled": ([96, 2496, 4096, 6208, 8000, 9984], dict(temperature=1.0, top_p=0.9)),
               "flat": ([101, 2500], dict(temperature=2.0, top_p=0.6)),
-              "min-p above band": ([101, 2500, 4099, 6203], dict(temperature=1.0, top_p=0.95, min_p=0.2))}
+              "min-p above band": ([101, 2500, 4099, 6203], dict(temperature=1.0, top_p=0.95, min_p=0.2)),
+              "min-p only": ([101, 2500, 4099, 6203], dict(temperature=1.5, top_p=1.0, min_p=0.01))}
 
 
 @pytest.mark.parametrize("case", list(BAND_CASES))
