@@ -34,9 +34,9 @@ float32 exp differs by an ulp or two (cpp uses its own vectorised polynomial and
 compiled Triton's tl.exp is ex2.approx.f32, and its probabilities divide with div.full.f32, so
 top_k_top_p_filter's probabilities agree across backends to float32 tolerance, not bit for bit).
 Within one backend the result is bit-reproducible whatever the batch; the cpp backend's also
-whatever the thread count (torch.get_num_threads()) and instruction set (AVX-512 or not). Ties at
-the top-p boundary: HF's sort keeps an arbitrary part of a tied group; here the whole group is
-kept, as top-k does.
+whatever the thread count (torch.get_num_threads()) and instruction set (AVX-512, AVX2 or
+neither). Ties at the top-p boundary: HF's sort keeps an arbitrary part of a tied group; here the
+whole group is kept, as top-k does.
 
 CPU calls: in eager mode on CPU tensors, sample() calls the C++ kernel directly (no custom-op
 dispatch, Python scalars passed as scalars, a few microseconds per call); under torch.compile, or
