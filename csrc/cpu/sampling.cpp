@@ -730,25 +730,37 @@ PYLLMOPS_AVX2 void weigh_avx2(const float* x, int64_t n, float m, float inv_t, f
   }
 }
 
-// kept_sum_inline's 16 double lanes as four registers of 4.
-PYLLMOPS_AVX2 PYLLMOPS_INLINE double kept_sum8(const float* w, int64_t n, float tau) {
-  const __m256 vt = _mm256_set1_ps(tau);
-  __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
-  for (int64_t i = 0; i < n; i += kLanes) {
-    const Group g = load_group(w, i, n, 0.0f);
-    const __m256 lo = _mm256_and_ps(_mm256_cmp_ps(g.lo, vt, _CMP_GE_OQ), g.lo);
-    const __m256 hi = _mm256_and_ps(_mm256_cmp_ps(g.hi, vt, _CMP_GE_OQ), g.hi);
-    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(lo)));
-    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1)));
-    a2 = _mm256_add_pd(a2, _mm256_cvtps_pd(_mm256_castps256_ps128(hi)));
-    a3 = _mm256_add_pd(a3, _mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)));
-  }
+// kept_sum_inline's 16 double lanes as four registers of 4: a group's two halves added in, and
+// the lanes summed in lane order.
+struct DoubleLanes {
+  __m256d a[4];
+};
+PYLLMOPS_AVX2 PYLLMOPS_INLINE DoubleLanes zero_lanes() {
+  return {{_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()}};
+}
+PYLLMOPS_AVX2 PYLLMOPS_INLINE void add_lanes(DoubleLanes& d, __m256 lo, __m256 hi) {
+  d.a[0] = _mm256_add_pd(d.a[0], _mm256_cvtps_pd(_mm256_castps256_ps128(lo)));
+  d.a[1] = _mm256_add_pd(d.a[1], _mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1)));
+  d.a[2] = _mm256_add_pd(d.a[2], _mm256_cvtps_pd(_mm256_castps256_ps128(hi)));
+  d.a[3] = _mm256_add_pd(d.a[3], _mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)));
+}
+PYLLMOPS_AVX2 PYLLMOPS_INLINE double sum_lanes(const DoubleLanes& d) {
   alignas(32) double lanes[kLanes];
-  _mm256_store_pd(lanes, a0), _mm256_store_pd(lanes + 4, a1), _mm256_store_pd(lanes + 8, a2),
-      _mm256_store_pd(lanes + 12, a3);
+  for (int j = 0; j < 4; ++j) _mm256_store_pd(lanes + 4 * j, d.a[j]);
   double sum = 0.0;
   for (int j = 0; j < kLanes; ++j) sum += lanes[j];
   return sum;
+}
+
+PYLLMOPS_AVX2 PYLLMOPS_INLINE double kept_sum8(const float* w, int64_t n, float tau) {
+  const __m256 vt = _mm256_set1_ps(tau);
+  DoubleLanes d = zero_lanes();
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const Group g = load_group(w, i, n, 0.0f);
+    add_lanes(d, _mm256_and_ps(_mm256_cmp_ps(g.lo, vt, _CMP_GE_OQ), g.lo),
+              _mm256_and_ps(_mm256_cmp_ps(g.hi, vt, _CMP_GE_OQ), g.hi));
+  }
+  return sum_lanes(d);
 }
 
 PYLLMOPS_AVX2 double kept_sum_avx2(const float* w, int64_t n, float tau) { return kept_sum8(w, n, tau); }
@@ -765,18 +777,13 @@ template <bool Above>
 PYLLMOPS_AVX2 PYLLMOPS_INLINE double band_split8(const float* w, int64_t n, float lo, float hi, float* out,
                                                 int64_t* count) {
   const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
-  __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+  DoubleLanes d = zero_lanes();
   int64_t c = 0;
   for (int64_t i = 0; i < n; i += kLanes) {
     const Group g = load_group(w, i, n, -1.0f);  // a padded lane is neither above nor in the band
-    if (Above) {
-      const __m256 up_lo = _mm256_and_ps(_mm256_cmp_ps(g.lo, vhi, _CMP_GE_OQ), g.lo);
-      const __m256 up_hi = _mm256_and_ps(_mm256_cmp_ps(g.hi, vhi, _CMP_GE_OQ), g.hi);
-      a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(up_lo)));
-      a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(up_lo, 1)));
-      a2 = _mm256_add_pd(a2, _mm256_cvtps_pd(_mm256_castps256_ps128(up_hi)));
-      a3 = _mm256_add_pd(a3, _mm256_cvtps_pd(_mm256_extractf128_ps(up_hi, 1)));
-    }
+    if (Above)
+      add_lanes(d, _mm256_and_ps(_mm256_cmp_ps(g.lo, vhi, _CMP_GE_OQ), g.lo),
+                _mm256_and_ps(_mm256_cmp_ps(g.hi, vhi, _CMP_GE_OQ), g.hi));
     const int in_lo = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(g.lo, vlo, _CMP_GE_OQ), _mm256_cmp_ps(g.lo, vhi, _CMP_LT_OQ)));
     const int in_hi = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(g.hi, vlo, _CMP_GE_OQ), _mm256_cmp_ps(g.hi, vhi, _CMP_LT_OQ)));
     _mm256_storeu_ps(out + c, _mm256_permutevar8x32_ps(g.lo, pack_lanes(in_lo)));
@@ -785,12 +792,7 @@ PYLLMOPS_AVX2 PYLLMOPS_INLINE double band_split8(const float* w, int64_t n, floa
     c += __builtin_popcount(in_hi);
   }
   *count = c;
-  alignas(32) double lanes[kLanes];
-  _mm256_store_pd(lanes, a0), _mm256_store_pd(lanes + 4, a1), _mm256_store_pd(lanes + 8, a2),
-      _mm256_store_pd(lanes + 12, a3);
-  double sum = 0.0;
-  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
-  return sum;
+  return sum_lanes(d);
 }
 
 PYLLMOPS_AVX2 double band_split_avx2(const float* w, int64_t n, float lo, float hi, float* out, int64_t* count) {
