@@ -1142,55 +1142,6 @@ void select_bucket(const float* w, int64_t n, int shift, uint32_t mask, uint32_t
   vals.resize(select_bits(w, n, shift, mask, key, vals.data()));
 }
 
-// The top-p cut-off (smallest kept weight) among w[0, n) (0 = cut). A mass histogram by the
-// weights' top 12 bits finds the bucket where the descending mass reaches the target, a second one
-// by the next 10 bits narrows it (a flat distribution puts thousands of weights in one bucket), and
-// only what is left is sorted. 0 when rounding keeps the target out of reach (everything is kept).
-// Many weights (flat rows): the histogram of every 16th weight guesses the bucket, one vectorised
-// pass sums the mass above a band of buckets around the guess and copies the band's weights, and
-// only those go through the histograms (the full histogram when the target is not in the band).
-constexpr int64_t kSampleMin = 16384;  // fewer weights: the full histogram costs little
-constexpr int kSampleStride = 16;
-constexpr int kBand = 2;  // buckets (1/8 octave each) either side of the guess
-
-// The bucket where the mass of the sample, scaled by its stride, reaches the target; -1 if none.
-int sampled_bucket(const float* w, int64_t n, double target) {
-  double hist[kBuckets] = {};
-  for (int64_t i = 0; i < n; i += kSampleStride) hist[bits_of(w[i]) >> kBucketShift] += w[i];
-  double above = 0.0;
-  return reach(hist, kBuckets, above, target / kSampleStride);
-}
-
-float narrow_and_walk(std::vector<float>& vals, double above, double target);
-
-float top_p_threshold(const float* w, int64_t n, double target, std::vector<float>& vals) {
-  double hist[kBuckets] = {}, above = 0.0;
-  int b = -1;
-  const int guess = n >= kSampleMin ? sampled_bucket(w, n, target) : -1;
-  if (guess >= 0) {
-    const int lo_b = std::max(guess - kBand, 0), hi_b = std::min(guess + kBand, kBuckets - 1);
-    const float lo = float_of(uint32_t(lo_b) << kBucketShift);
-    const float hi = hi_b + 1 < kBuckets ? float_of(uint32_t(hi_b + 1) << kBucketShift) : kFloatMax;
-    vals.resize(n + kLanes);
-    int64_t count = 0;
-    above = band_split(w, n, lo, hi, vals.data(), &count);
-    if (above < target) {
-      mass_histogram(vals.data(), count, kBucketShift, ~0u, hist, kBuckets);
-      b = reach(hist, kBuckets, above, target);
-      if (b >= lo_b) select_bucket(vals.data(), count, kBucketShift, ~0u, uint32_t(b), vals);
-      else b = -1;
-    }
-    if (b < 0) std::fill(hist, hist + kBuckets, 0.0), above = 0.0;
-  }
-  if (b < 0) {
-    mass_histogram(w, n, kBucketShift, ~0u, hist, kBuckets);
-    b = reach(hist, kBuckets, above, target);
-    if (b < 0) return 0.0f;
-    select_bucket(w, n, kBucketShift, ~0u, uint32_t(b), vals);
-  }
-  return narrow_and_walk(vals, above, target);
-}
-
 // The cut-off inside one 12-bit bucket: vals holds the bucket's weights, `above` the mass of the
 // weights above the bucket. A histogram by the next 10 bits narrows a crowded bucket; the rest is
 // sorted and walked.
@@ -1282,8 +1233,10 @@ void guess_band(const void* x, LogitsType dtype, int64_t V, RowPlan& pl, std::ve
   pl.hi = hi_b < kBuckets ? float_of(uint32_t(hi_b) << kBucketShift) : std::numeric_limits<float>::infinity();
 }
 
-// The top-p cut-off from the band's weights mid[0, n) and the mass above the band; false when the
-// target is not reached inside the band.
+// The top-p cut-off from the band's weights mid[0, n) and the mass above the band: a mass histogram
+// by the weights' top 12 bits finds the bucket where the descending mass reaches the target
+// (bucket sums of weights sharing an exponent are exact), narrow_and_walk the weight inside it;
+// false when the target is not reached inside the band.
 bool band_threshold(const float* mid, int64_t n, int lo_b, double above, double target, std::vector<float>& vals,
                     float* tau) {
   double hist[kBuckets] = {};
@@ -1296,17 +1249,23 @@ bool band_threshold(const float* mid, int64_t n, int lo_b, double above, double 
   return true;
 }
 
-// The draw from weights w[0, n) at vocabulary ids wi (ascending; null: the ids are 0..n-1, the
-// row's dense weights): min-p / top-p cut at tau, the
-// inverse CDF of u, and the renormalised distribution into probs (when set). The sums run in
-// double in one fixed order: blocks of 64 weights in vocabulary order (block_sums);
-// the running sum adds whole blocks, then the weights of the block where it passes u * W one by
-// one. (Where the sums are exact, as on flat rows, this gives the bits of the sequential sums.)
-int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, float* probs, int64_t V,
-             std::vector<double>& sums) {
-  const int64_t nb = (n + kSumBlock - 1) / kSumBlock;
-  sums.resize(nb);
-  block_masses(w, n, tau, sums.data());
+// The top-p cut-off (smallest kept weight) among w[0, n): band_threshold with every weight in the
+// band (0 when rounding keeps the target out of reach: everything is kept).
+float top_p_threshold(const float* w, int64_t n, double target, std::vector<float>& vals) {
+  float tau = 0.0f;
+  band_threshold(w, n, 0, 0.0, target, vals, &tau);
+  return tau;
+}
+
+// The inverse CDF over the weights w[0, n) >= tau (and > 0) at vocabulary ids wi (ascending; null:
+// the ids are 0..n-1, a row's dense weights), given their sums per block of `block` weights: the
+// first kept weight whose running sum (double, in order) passes u * W, W the blocks' total. Whole
+// blocks are skipped by their sums; the block holding the point is walked weight by weight (the
+// last kept one when rounding leaves the point out of reach). Also the renormalised distribution
+// into probs (when set).
+int64_t inverse_cdf(const float* w, const int32_t* wi, int64_t n, int64_t block, const std::vector<double>& sums,
+                    float tau, double u, float* probs, int64_t V) {
+  const int64_t nb = (n + block - 1) / block;
   double total = 0.0;
   for (int64_t b = 0; b < nb; ++b) total += sums[b];
   if (probs) {
@@ -1317,15 +1276,15 @@ int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, 
   const double target = u * total;
   double run = 0.0;
   for (int64_t b = 0; b < nb; ++b) {
-    if (run + sums[b] > target) {  // the block holds a kept weight
+    if (run + sums[b] > target) {  // the block holds a kept weight; selects instead of branches
       int64_t last = -1;
-      for (int64_t i = b * kSumBlock; i < std::min(n, (b + 1) * kSumBlock); ++i) {
-        if (!(w[i] >= tau && w[i] > 0.0f)) continue;
-        last = i;
-        run += double(w[i]);
-        if (run > target) return wi ? wi[i] : i;
+      for (int64_t i = b * block; i < std::min(n, (b + 1) * block); ++i) {
+        const bool kept = w[i] >= tau && w[i] > 0.0f;
+        last = kept ? i : last;
+        run += kept ? double(w[i]) : 0.0;
+        if (kept && run > target) return wi ? wi[i] : i;
       }
-      return wi ? wi[last] : last;  // rounding: the block's last kept token
+      return wi ? wi[last] : last;
     }
     run += sums[b];
   }
@@ -1334,39 +1293,23 @@ int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, 
   return -1;
 }
 
+// The draw from weights w[0, n) at ids wi (see inverse_cdf), cut at tau (min-p / top-p), the sums
+// per block of 64 weights (16 double lanes, in lane order).
+int64_t draw(const float* w, const int32_t* wi, int64_t n, float tau, double u, float* probs, int64_t V,
+             std::vector<double>& sums) {
+  sums.resize((n + kSumBlock - 1) / kSumBlock);
+  block_masses(w, n, tau, sums.data());
+  return inverse_cdf(w, wi, n, kSumBlock, sums, tau, u, probs, V);
+}
+
 // draw() for a banded row: every weight >= hi is kept (tau is inside the band), so a block's kept
-// mass is its mass above the band plus its band weights >= tau (in vocabulary order); the block
-// where the running sum passes u * W is then walked weight by weight.
+// mass is its mass above the band plus its band weights >= tau (in vocabulary order).
 int64_t draw_banded(const float* w, int64_t V, const FullRow& fr, const float* mid, float tau, double u, float* probs,
                     std::vector<double>& sums) {
-  const int64_t nblocks = (V + kBlock - 1) / kBlock;
-  sums.resize(nblocks);
-  double total = 0.0;
-  for (int64_t b = 0, j = 0; b < nblocks; ++b) {
+  sums.resize((V + kBlock - 1) / kBlock);
+  for (int64_t b = 0, j = 0; b < int64_t(sums.size()); j += fr.bc[b], ++b)
     sums[b] = fr.ba[b] + kept_mass(mid + j, fr.bc[b], tau);
-    j += fr.bc[b];
-    total += sums[b];
-  }
-  if (probs)
-    for (int64_t i = 0; i < V; ++i) probs[i] = w[i] >= tau ? float(w[i] / total) : 0.0f;
-  const double target = u * total;
-  double run = 0.0;
-  for (int64_t b = 0; b < nblocks; ++b) {
-    if (run + sums[b] > target) {  // the block holds a kept weight; selects instead of branches
-      int64_t last = -1;
-      for (int64_t i = b * kBlock; i < std::min(V, (b + 1) * kBlock); ++i) {
-        const bool kept = w[i] >= tau && w[i] > 0.0f;
-        last = kept ? i : last;
-        run += kept ? double(w[i]) : 0.0;
-        if (kept && run > target) return i;
-      }
-      return last;  // rounding: the block's last kept token
-    }
-    run += sums[b];
-  }
-  for (int64_t j = V - 1; j >= 0; --j)  // rounding left u * W out of reach: the last kept token
-    if (w[j] >= tau && w[j] > 0.0f) return j;
-  return -1;
+  return inverse_cdf(w, nullptr, V, kBlock, sums, tau, u, probs, V);
 }
 
 struct Row {  // a row's segments, in vocabulary order
