@@ -28,7 +28,8 @@
 //  Sums of weights run in double in a fixed order (kLanes lanes, added in lane order, per block
 //  for the inverse CDF; bucket by bucket from the top for the top-p search, then descending inside
 //  the last bucket), which decides the token where a sum meets a boundary.
-//  (1 / t is applied as a multiplication by its float reciprocal.)
+//  Weights are computed as 2^((x - m) * w_scale), w_scale = log2(e) / t rounded to float once
+//  (exp2_nonpos: seven multiply-adds per lane).
 //
 // Threads (parallel_tasks: torch's OpenMP team, whose threads are warm after the op that made the
 // logits, as the work is often tens of microseconds): rows across threads; with fewer rows than
@@ -143,23 +144,27 @@ PYLLMOPS_SIMD void convert_row(const uint16_t* src, float* dst, int64_t n, bool 
   }
 }
 
-// exp(x) for x <= 0 to ~2 ulp (Cephes expf polynomial, with fused multiply-adds), 0 below -87.3
-// (no subnormals); branch-free. exp_nonpos8 below is the same sequence of float operations on 8
-// lanes (std::fma rounds once, as the vector FMA does).
-PYLLMOPS_INLINE float exp_nonpos(float x) {
-  const float xc = x < -87.3f ? -87.3f : x;  // also maps -inf; NaN stays NaN (bad rows only)
-  // Round to nearest with the 1.5 * 2^23 trick (exact for |v| < 2^22; floor() would not vectorise).
-  const float n = std::fma(xc, 1.44269504088896341f, 12582912.0f) - 12582912.0f;
-  const float r = std::fma(n, 2.12194440e-4f, std::fma(n, -0.693359375f, xc));
-  float y = 1.9875691500e-4f;
-  y = std::fma(y, r, 1.3981999507e-3f);
-  y = std::fma(y, r, 8.3334519073e-3f);
-  y = std::fma(y, r, 4.1665795894e-2f);
-  y = std::fma(y, r, 1.6666665459e-1f);
-  y = std::fma(y, r, 5.0000001201e-1f);
-  y = std::fma(y * r, r, r) + 1.0f;
-  const float scaled = y * float_of(uint32_t(int32_t(n) + 127) << 23);
-  return x < -87.3f ? 0.0f : scaled;
+// 2^v for v <= 0 to ~1.5 ulp, 0 below -125 (no subnormals); branch-free. A weight is
+// 2^((x - m) * log2(e) / t): one multiply, then 2^n * 2^f (n = v rounded, f in [-1/2, 1/2]) with a
+// degree-6 polynomial for 2^f (relative minimax with p(0) = 1, so the max weighs exactly 1). Seven
+// multiply-adds per lane against Cephes expf's twelve (the weights are the FMA pipes' work: they
+// set top-p's time); the rounding of v costs the same |v| * 2^-24 as (x - m) / t's did before.
+// exp2_nonpos8 below is the same sequence of float operations on 8 lanes (std::fma rounds once,
+// as the vector FMA does).
+constexpr float kExp2Low = -125.0f;  // 2^n * 2^f stays a normal float
+constexpr float kRoundShifter = 12582912.0f;  // 1.5 * 2^23: v + it rounds v to an integer (|v| < 2^22)
+constexpr float kExp2Poly[6] = {0.6931471824645996f, 0.24022647738456726f, 0.055503323674201965f,
+                                0.009618437848985195f, 0.0013398880837485194f, 0.00015353367780335248f};
+PYLLMOPS_INLINE float exp2_nonpos(float v) {
+  const float vc = v < kExp2Low ? kExp2Low : v;  // also maps -inf; NaN stays NaN (bad rows only)
+  const float shifted = vc + kRoundShifter;      // its low mantissa bits hold n
+  const float f = vc - (shifted - kRoundShifter);
+  float y = kExp2Poly[5];
+  for (int k = 4; k >= 0; --k) y = std::fma(y, f, kExp2Poly[k]);
+  y = std::fma(y, f, 1.0f);
+  // y in [0.70, 1.42]: adding n to its exponent field multiplies by 2^n (n >= -125: still normal).
+  const float scaled = float_of(bits_of(y) + (bits_of(shifted) << 23));
+  return v < kExp2Low ? 0.0f : scaled;
 }
 
 PYLLMOPS_INLINE bool is_bad(float v) { return v != v || v > kFloatMax; }  // NaN or +inf
@@ -252,28 +257,28 @@ PYLLMOPS_SIMD int64_t count_at_least_portable(const uint32_t* keys, int64_t n, u
   return c;
 }
 
-// The weights of a block relative to the row's max m into w: exp((x - m) * inv_t) where x >= kth,
+// The weights of a block relative to the row's max m into w: 2^((x - m) * w_scale) where x >= kth,
 // else 0 (outside a large top-k). Returns their mass (kLanes float lanes, added in lane order).
-PYLLMOPS_SIMD float block_weights_portable(const float* x, int64_t n, float m, float inv_t, float kth, float* w) {
+PYLLMOPS_SIMD float block_weights_portable(const float* x, int64_t n, float m, float w_scale, float kth, float* w) {
   float acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int j = 0; j < kLanes; ++j) {
-      w[i + j] = x[i + j] >= kth ? exp_nonpos((x[i + j] - m) * inv_t) : 0.0f;
+      w[i + j] = x[i + j] >= kth ? exp2_nonpos((x[i + j] - m) * w_scale) : 0.0f;
       acc[j] += w[i + j];
     }
   for (; i < n; ++i) {
-    w[i] = x[i] >= kth ? exp_nonpos((x[i] - m) * inv_t) : 0.0f;
+    w[i] = x[i] >= kth ? exp2_nonpos((x[i] - m) * w_scale) : 0.0f;
     acc[i % kLanes] += w[i];
   }
   return lane_sum(acc);
 }
 
-// Weights of the candidates x[0, n) (w may be x): w[i] = exp((x[i] - m) * inv_t) where x[i] >= kth
+// Weights of the candidates x[0, n) (w may be x): w[i] = 2^((x[i] - m) * w_scale) where x[i] >= kth
 // and that is >= eps, else 0 (a cut weight: every sum skips it and no cut-off keeps it).
-PYLLMOPS_SIMD void weigh(const float* x, int64_t n, float m, float inv_t, float kth, float eps, float* w) {
+PYLLMOPS_SIMD void weigh(const float* x, int64_t n, float m, float w_scale, float kth, float eps, float* w) {
   for (int64_t i = 0; i < n; ++i) {
-    const float e = exp_nonpos((x[i] - m) * inv_t);
+    const float e = exp2_nonpos((x[i] - m) * w_scale);
     w[i] = x[i] >= kth && e >= eps ? e : 0.0f;
   }
 }
@@ -584,26 +589,39 @@ PYLLMOPS_AVX2 PYLLMOPS_INLINE float hmax8(__m256 v) {
   return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
 }
 
-// exp_nonpos on 8 lanes, the same operations (the power of two built from the exponent bits).
-// (NaN never reaches it: rows holding one are refused first. The shifted sum's low mantissa bits
-// hold n + 1.5 * 2^23, whose exponent field after adding 127 and shifting is n's power of two.)
-PYLLMOPS_AVX2 PYLLMOPS_INLINE __m256 exp_nonpos8(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.3f), shifter = _mm256_set1_ps(12582912.0f);
-  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  const __m256 xc = _mm256_max_ps(x, lo);
-  const __m256 shifted = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), shifter);
-  const __m256 n = _mm256_sub_ps(shifted, shifter);
-  const __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f),
-                                   _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), xc));
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(y, r), r, r), _mm256_set1_ps(1.0f));
-  const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(pow2)));
+// exp2_nonpos on 8 lanes, the same operations. (NaN never reaches it: rows holding one are
+// refused first. bits(shifted) << 23 is n << 23: the shifter's own bits shift out.)
+PYLLMOPS_AVX2 PYLLMOPS_INLINE __m256 exp2_nonpos8(__m256 v) {
+  const __m256 lo = _mm256_set1_ps(kExp2Low), shifter = _mm256_set1_ps(kRoundShifter);
+  const __m256 under = _mm256_cmp_ps(v, lo, _CMP_LT_OQ);
+  const __m256 vc = _mm256_max_ps(v, lo);
+  const __m256 shifted = _mm256_add_ps(vc, shifter);
+  const __m256 f = _mm256_sub_ps(vc, _mm256_sub_ps(shifted, shifter));
+  __m256 y = _mm256_set1_ps(kExp2Poly[5]);
+  for (int k = 4; k >= 0; --k) y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(kExp2Poly[k]));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(_mm256_castps_si256(shifted), 23));
+  return _mm256_andnot_ps(under, _mm256_castsi256_ps(e));
+}
+
+// exp2_nonpos8 on N registers in lock-step (the same operations per lane): N independent chains
+// in the core's window at once.
+template <int N>
+PYLLMOPS_AVX2 PYLLMOPS_INLINE void exp2_nonpos8n(__m256 (&v)[N]) {
+  const __m256 lo = _mm256_set1_ps(kExp2Low), shifter = _mm256_set1_ps(kRoundShifter);
+  __m256 under[N], shifted[N], f[N], y[N];
+#define PYLLMOPS_EACH _Pragma("GCC unroll 8") for (int j = 0; j < N; ++j)
+  PYLLMOPS_EACH under[j] = _mm256_cmp_ps(v[j], lo, _CMP_LT_OQ);
+  PYLLMOPS_EACH v[j] = _mm256_max_ps(v[j], lo);
+  PYLLMOPS_EACH shifted[j] = _mm256_add_ps(v[j], shifter);
+  PYLLMOPS_EACH f[j] = _mm256_sub_ps(v[j], _mm256_sub_ps(shifted[j], shifter));
+  PYLLMOPS_EACH y[j] = _mm256_fmadd_ps(_mm256_set1_ps(kExp2Poly[5]), f[j], _mm256_set1_ps(kExp2Poly[4]));
+  for (int k = 3; k >= 0; --k) PYLLMOPS_EACH y[j] = _mm256_fmadd_ps(y[j], f[j], _mm256_set1_ps(kExp2Poly[k]));
+  PYLLMOPS_EACH y[j] = _mm256_fmadd_ps(y[j], f[j], _mm256_set1_ps(1.0f));
+  PYLLMOPS_EACH v[j] = _mm256_andnot_ps(
+      under[j], _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y[j]),
+                                                     _mm256_slli_epi32(_mm256_castps_si256(shifted[j]), 23))));
+#undef PYLLMOPS_EACH
 }
 
 // Four accumulators per half (max is exact in any order); +inf shows in the maximum, NaN in an
@@ -664,16 +682,30 @@ PYLLMOPS_AVX2 PYLLMOPS_INLINE void append8(float* cx, int32_t* ci, int64_t& cn, 
 
 // block_weights_portable on 8-lane halves (the same sums lane by lane: a padded -inf lane adds
 // 0, as the portable loop adds nothing).
-PYLLMOPS_AVX2 float block_weights_avx2(const float* x, int64_t n, float m, float inv_t, float kth, float* w) {
-  const __m256 vm = _mm256_set1_ps(m), vit = _mm256_set1_ps(inv_t), vk = _mm256_set1_ps(kth);
+PYLLMOPS_AVX2 float block_weights_avx2(const float* x, int64_t n, float m, float w_scale, float kth, float* w) {
+  const __m256 vm = _mm256_set1_ps(m), vit = _mm256_set1_ps(w_scale), vk = _mm256_set1_ps(kth);
   __m256 acc_lo = _mm256_setzero_ps(), acc_hi = _mm256_setzero_ps();
   int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {  // two groups at once (exp2_nonpos8n)
+    __m256 v[4], e[4];
+    for (int j = 0; j < 4; ++j) v[j] = _mm256_loadu_ps(x + i + 8 * j);
+    for (int j = 0; j < 4; ++j) e[j] = _mm256_mul_ps(_mm256_sub_ps(v[j], vm), vit);
+    exp2_nonpos8n<4>(e);
+    for (int j = 0; j < 4; ++j) {
+      e[j] = _mm256_and_ps(_mm256_cmp_ps(v[j], vk, _CMP_GE_OQ), e[j]);
+      _mm256_storeu_ps(w + i + 8 * j, e[j]);
+    }
+    acc_lo = _mm256_add_ps(acc_lo, e[0]);  // group order per lane, as below
+    acc_hi = _mm256_add_ps(acc_hi, e[1]);
+    acc_lo = _mm256_add_ps(acc_lo, e[2]);
+    acc_hi = _mm256_add_ps(acc_hi, e[3]);
+  }
   for (; i < n; i += kLanes) {
     const Group g = load_group(x, i, n, kNegInf);
     const __m256 w_lo = _mm256_and_ps(_mm256_cmp_ps(g.lo, vk, _CMP_GE_OQ),
-                                      exp_nonpos8(_mm256_mul_ps(_mm256_sub_ps(g.lo, vm), vit)));
+                                      exp2_nonpos8(_mm256_mul_ps(_mm256_sub_ps(g.lo, vm), vit)));
     const __m256 w_hi = _mm256_and_ps(_mm256_cmp_ps(g.hi, vk, _CMP_GE_OQ),
-                                      exp_nonpos8(_mm256_mul_ps(_mm256_sub_ps(g.hi, vm), vit)));
+                                      exp2_nonpos8(_mm256_mul_ps(_mm256_sub_ps(g.hi, vm), vit)));
     acc_lo = _mm256_add_ps(acc_lo, w_lo);
     acc_hi = _mm256_add_ps(acc_hi, w_hi);
     if (n - i >= kLanes) {
@@ -714,18 +746,18 @@ PYLLMOPS_AVX2 int64_t keep_at_least_avx2(float* w, int32_t* wi, int64_t n, float
 }
 
 // weigh() on 8 lanes (no accumulation: element by element the same operations).
-PYLLMOPS_AVX2 void weigh_avx2(const float* x, int64_t n, float m, float inv_t, float kth, float eps, float* w) {
-  const __m256 vm = _mm256_set1_ps(m), vit = _mm256_set1_ps(inv_t), vk = _mm256_set1_ps(kth),
+PYLLMOPS_AVX2 void weigh_avx2(const float* x, int64_t n, float m, float w_scale, float kth, float eps, float* w) {
+  const __m256 vm = _mm256_set1_ps(m), vit = _mm256_set1_ps(w_scale), vk = _mm256_set1_ps(kth),
                veps = _mm256_set1_ps(eps);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_loadu_ps(x + i);
-    const __m256 e = exp_nonpos8(_mm256_mul_ps(_mm256_sub_ps(v, vm), vit));
+    const __m256 e = exp2_nonpos8(_mm256_mul_ps(_mm256_sub_ps(v, vm), vit));
     const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(v, vk, _CMP_GE_OQ), _mm256_cmp_ps(e, veps, _CMP_GE_OQ));
     _mm256_storeu_ps(w + i, _mm256_and_ps(keep, e));
   }
   for (; i < n; ++i) {
-    const float e = exp_nonpos((x[i] - m) * inv_t);
+    const float e = exp2_nonpos((x[i] - m) * w_scale);
     w[i] = x[i] >= kth && e >= eps ? e : 0.0f;
   }
 }
@@ -836,11 +868,11 @@ void gather_at_least(const float* x, int64_t n, int32_t base, float thr, Cands& 
 int64_t count_at_least(const uint32_t* keys, int64_t n, uint32_t t) {
   return use_avx512() ? count_at_least_avx512(keys, n, t) : count_at_least_portable(keys, n, t);
 }
-float block_weights(const float* x, int64_t n, float m, float inv_t, float kth, float* w) {
-  return has_avx2() ? block_weights_avx2(x, n, m, inv_t, kth, w) : block_weights_portable(x, n, m, inv_t, kth, w);
+float block_weights(const float* x, int64_t n, float m, float w_scale, float kth, float* w) {
+  return has_avx2() ? block_weights_avx2(x, n, m, w_scale, kth, w) : block_weights_portable(x, n, m, w_scale, kth, w);
 }
-void weigh_weights(const float* x, int64_t n, float m, float inv_t, float kth, float eps, float* w) {
-  has_avx2() ? weigh_avx2(x, n, m, inv_t, kth, eps, w) : weigh(x, n, m, inv_t, kth, eps, w);
+void weigh_weights(const float* x, int64_t n, float m, float w_scale, float kth, float eps, float* w) {
+  has_avx2() ? weigh_avx2(x, n, m, w_scale, kth, eps, w) : weigh(x, n, m, w_scale, kth, eps, w);
 }
 double kept_mass(const float* w, int64_t n, float tau) {
   return has_avx2() ? kept_sum_avx2(w, n, tau) : kept_sum(w, n, tau);
@@ -906,7 +938,7 @@ enum class Mode : uint8_t { kStatus, kGreedy, kTopK, kFull };
 struct RowPlan {
   Mode mode;
   int64_t status;  // kStatus rows
-  float t, inv_t, p, q;
+  float t, w_scale, p, q;  // w_scale: log2(e) / t (weights are 2^((x - m) * w_scale))
   int64_t k;        // kTopK: k; kFull: k of a large top-k (its k-th largest found first), else 0
   float kth;        // kFull: that k-th largest (-inf without top-k), set by the segment-0 job
   float m;          // kFull: the row's max (the weights are relative to it), set before the weights
@@ -997,7 +1029,8 @@ RowPlan plan_row(const SampleParams& prm, int64_t r, int64_t V) {
     pl.mode = Mode::kStatus;
     return pl;
   }
-  pl.inv_t = pl.t > 0.0f ? std::min(1.0f / pl.t, kFloatMax) : 0.0f;  // a subnormal t: only the max ties survive
+  // w_scale = log2(e) / t, rounded once (a subnormal t: kFloatMax, only the max ties survive)
+  pl.w_scale = pl.t > 0.0f ? float(std::min(1.4426950408889634 / double(pl.t), double(kFloatMax))) : 0.0f;
   const bool topk = k > 0 && k < V;
   if (pl.t == 0.0f) pl.mode = Mode::kGreedy;
   else if (topk && k <= std::min(kMaxTopK, std::max<int64_t>(64, V / 32))) pl.mode = Mode::kTopK, pl.k = k;
@@ -1071,7 +1104,7 @@ void scan_segment(const void* x, LogitsType dtype, int64_t lo, int64_t hi, RowPl
     for (int64_t b = lo; b < hi; b += kBlock) {
       const int64_t e = std::min(hi, b + kBlock), blk = b / kBlock;
       float* w = fr.w.data() + b;
-      fr.bz[blk] = block_weights(load(x, dtype, b, e, s), e - b, pl.m, pl.inv_t, pl.kth, w);
+      fr.bz[blk] = block_weights(load(x, dtype, b, e, s), e - b, pl.m, pl.w_scale, pl.kth, w);
       if (pl.banded) {
         sg.cand.room_for(e - b);
         fr.ba[blk] = band_split(w, e - b, pl.lo, pl.hi, sg.cand.x.data() + sg.cand.n, &fr.bc[blk]);
@@ -1186,7 +1219,7 @@ void guess_band(const void* x, LogitsType dtype, int64_t V, RowPlan& pl, std::ve
       buf[i] = dtype == LogitsType::BF16 ? float_of(uint32_t(h) << 16) : half_to_float(h);
     }
   }
-  weigh_weights(buf.data(), ns, pl.m, pl.inv_t, pl.kth, 0.0f, buf.data());
+  weigh_weights(buf.data(), ns, pl.m, pl.w_scale, pl.kth, 0.0f, buf.data());
   double hist[kBuckets] = {};
   int32_t count[kBuckets] = {};
   float top = 0.0f;
@@ -1355,7 +1388,7 @@ int64_t finish_top_k(const Row& row, const RowPlan& pl, double u, float* probs, 
   // Candidates in vocabulary order (at least k: all values >= the k-th largest); keep the top k.
   const int64_t n = keep_at_least(all.x.data(), all.idx.data(), all.n, kth_largest(all.x.data(), all.n, pl.k, 32, s.keys));
   float* w = all.x.data();
-  weigh_weights(w, n, m, pl.inv_t, kNegInf, 0.0f, w);
+  weigh_weights(w, n, m, pl.w_scale, kNegInf, 0.0f, w);
   float tau = pl.q;
   if (pl.p < 1.0f) {
     // Up to 256 survivors each goes straight to its rank; more (a large k) take the histograms.
@@ -1382,7 +1415,7 @@ int64_t finish_full(const Row& row, const RowPlan& pl, const FullRow& fr, double
   if (pl.m == kNegInf) return kAllNegInf;
   if (min_p_only(pl)) {  // the candidates in vocabulary order, weighed (0 below min_p)
     Cands& c = row_candidates(row, s);
-    weigh_weights(c.x.data(), c.n, pl.m, pl.inv_t, pl.kth, pl.q, c.x.data());
+    weigh_weights(c.x.data(), c.n, pl.m, pl.w_scale, pl.kth, pl.q, c.x.data());
     return draw(c.x.data(), c.idx.data(), c.n, pl.q, u, probs, V, s.sums);
   }
   const int64_t nblocks = (V + kBlock - 1) / kBlock;
