@@ -262,6 +262,23 @@ def test_band_and_whole_row_draws_are_the_inverse_cdf(case, threads, seed):
     assert float(runs.abs().max()) <= 1.2, f"tokens {500 * int(runs.abs().argmax())}+: off by {float(runs.abs().max()):.2f}"
 
 
+@pytest.mark.parametrize("scale,temperature", [(1.0, 0.8), (0.3, 0.8), (1.0, 2.0)])
+def test_wide_band_filter_matches_reference(scale, temperature, seed):
+    """Flat rows of a real vocabulary's size put 10-60k weights in the band, where the cut-off's
+    bucket is guessed from a subsample and checked with masked sums: the kept set is the float64
+    reference's but for tokens within float32 rounding of the cut-off, the probabilities the kept
+    float64 weights renormalised, at 1 and 3 threads."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(151_936, generator=g) * scale
+    params = dict(temperature=temperature, top_p=0.9)
+    ref, w, boundary = _reference_for(x, params)
+    for threads in (1, 3):
+        row = _with_threads(threads, lambda: pyllmops.top_k_top_p_filter(x[None], **params))[0]
+        differ = (row > 0) != (ref > 0)
+        assert not bool((differ & ~boundary).any()), f"{int(differ.sum())} tokens decided unlike the reference"
+        torch.testing.assert_close(row.double(), _renormalised(w, row > 0), rtol=1e-5, atol=1e-9)
+
+
 @pytest.mark.parametrize("case", list(BAND_CASES))
 def test_band_and_whole_row_filter_match_reference(case, seed):
     """The kept set of those rows: the float64 reference's but for tokens within float32 rounding
