@@ -327,6 +327,27 @@ PYLLMOPS_SIMD double band_split_portable(const float* w, int64_t n, float lo, fl
   return sum;
 }
 
+// The masses of the weights w[0, n) >= lo and >= hi (band_split_portable's pairs and lanes each).
+PYLLMOPS_SIMD void masses_above_portable(const float* w, int64_t n, float lo, float hi, double* m_lo, double* m_hi) {
+  constexpr int kHalf = kLanes / 2;
+  double acc_lo[kHalf] = {}, acc_hi[kHalf] = {};
+  for (int64_t i = 0; i < n; i += kLanes) {
+    float a[kLanes], b[kLanes];
+    for (int j = 0; j < kLanes; ++j) {
+      const float v = i + j < n ? w[i + j] : 0.0f;
+      a[j] = v >= lo ? v : 0.0f;
+      b[j] = v >= hi ? v : 0.0f;
+    }
+    for (int j = 0; j < kHalf; ++j) {
+      acc_lo[j] += double(a[j] + a[j + kHalf]);
+      acc_hi[j] += double(b[j] + b[j + kHalf]);
+    }
+  }
+  double sum_lo = 0.0, sum_hi = 0.0;
+  for (int j = 0; j < kHalf; ++j) sum_lo += acc_lo[j], sum_hi += acc_hi[j];
+  *m_lo = sum_lo, *m_hi = sum_hi;
+}
+
 // Copies the weights w[0, n) with (bits >> shift) & mask == key to out (kLanes of slack); returns
 // their count.
 int64_t select_bits_portable(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key, float* out) {
@@ -842,6 +863,28 @@ PYLLMOPS_AVX2 PYLLMOPS_INLINE double band_split8(const float* w, int64_t n, floa
   return sum;
 }
 
+// masses_above_portable on 8-lane halves.
+PYLLMOPS_AVX2 void masses_above_avx2(const float* w, int64_t n, float lo, float hi, double* m_lo, double* m_hi) {
+  const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+  __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0;
+  auto add = [](__m256d& d0, __m256d& d1, __m256 pair) {
+    d0 = _mm256_add_pd(d0, _mm256_cvtps_pd(_mm256_castps256_ps128(pair)));
+    d1 = _mm256_add_pd(d1, _mm256_cvtps_pd(_mm256_extractf128_ps(pair, 1)));
+  };
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const Group g = load_group(w, i, n, 0.0f);
+    add(a0, a1, _mm256_add_ps(_mm256_and_ps(_mm256_cmp_ps(g.lo, vlo, _CMP_GE_OQ), g.lo),
+                              _mm256_and_ps(_mm256_cmp_ps(g.hi, vlo, _CMP_GE_OQ), g.hi)));
+    add(b0, b1, _mm256_add_ps(_mm256_and_ps(_mm256_cmp_ps(g.lo, vhi, _CMP_GE_OQ), g.lo),
+                              _mm256_and_ps(_mm256_cmp_ps(g.hi, vhi, _CMP_GE_OQ), g.hi)));
+  }
+  alignas(32) double la[kLanes / 2], lb[kLanes / 2];
+  _mm256_store_pd(la, a0), _mm256_store_pd(la + 4, a1), _mm256_store_pd(lb, b0), _mm256_store_pd(lb + 4, b1);
+  double sum_lo = 0.0, sum_hi = 0.0;
+  for (int j = 0; j < kLanes / 2; ++j) sum_lo += la[j], sum_hi += lb[j];
+  *m_lo = sum_lo, *m_hi = sum_hi;
+}
+
 PYLLMOPS_AVX2 double band_split_avx2(const float* w, int64_t n, float lo, float hi, float* out, int64_t* count) {
   return hi == std::numeric_limits<float>::infinity() ? band_split8<false>(w, n, lo, hi, out, count)
                                                       : band_split8<true>(w, n, lo, hi, out, count);
@@ -888,6 +931,9 @@ float block_weights(const float* x, int64_t n, float m, float w_scale, float kth
 }
 void weigh_weights(const float* x, int64_t n, float m, float w_scale, float kth, float eps, float* w) {
   has_avx2() ? weigh_avx2(x, n, m, w_scale, kth, eps, w) : weigh(x, n, m, w_scale, kth, eps, w);
+}
+void masses_above(const float* w, int64_t n, float lo, float hi, double* m_lo, double* m_hi) {
+  has_avx2() ? masses_above_avx2(w, n, lo, hi, m_lo, m_hi) : masses_above_portable(w, n, lo, hi, m_lo, m_hi);
 }
 double kept_mass(const float* w, int64_t n, float tau) {
   return has_avx2() ? kept_sum_avx2(w, n, tau) : kept_sum(w, n, tau);
@@ -1070,12 +1116,19 @@ int64_t chunk_accumulators(int64_t k) {
 }
 
 // The max and NaN / +inf check of a row's segment [lo, hi) (full mode's first pass).
-BlockMax segment_max(const void* x, LogitsType dtype, int64_t lo, int64_t hi, Scratch& s) {
+// sample (when set): also every kGuessStride-th logit, x[j] into sample[j / kGuessStride], read
+// while its chunk is in L1 (guess_band's own strided gather from L3 was half of its time).
+constexpr int kGuessStride = 32;
+BlockMax segment_max(const void* x, LogitsType dtype, int64_t lo, int64_t hi, Scratch& s, float* sample = nullptr) {
   BlockMax r{kNegInf, false};
   for (int64_t b = lo; b < hi && !r.bad; b += 16 * kBlock) {
     const int64_t e = std::min(hi, b + 16 * kBlock);
-    const BlockMax bm = block_max(load(x, dtype, b, e, s), e - b);
+    const float* v = load(x, dtype, b, e, s);
+    const BlockMax bm = block_max(v, e - b);
     r.max = std::max(r.max, bm.max), r.bad |= bm.bad;
+    if (sample)
+      for (int64_t j = (b + kGuessStride - 1) / kGuessStride * kGuessStride; j < e; j += kGuessStride)
+        sample[j / kGuessStride] = v[j - b];
   }
   return r;
 }
@@ -1217,16 +1270,16 @@ float narrow_and_walk(std::vector<float>& vals, double above, double target) {
 // weight, up. The guess only decides how much work the exact search does: finish_full checks that
 // the cut-off is inside the band and searches the whole row if not (1% of randn x 3 rows at T 0.7,
 // none of the flat benchmark rows).
-constexpr int kGuessStride = 32;
 constexpr int kBandWide = 16;
 constexpr int64_t kBandMinAbove = 64;
 
-void guess_band(const void* x, LogitsType dtype, int64_t V, RowPlan& pl, std::vector<float>& buf) {
+// buf: the sampled logits when `gathered` (segment_max collected them), else gathered here.
+void guess_band(const void* x, LogitsType dtype, int64_t V, RowPlan& pl, std::vector<float>& buf, bool gathered) {
   pl.banded = false;
   if (!(pl.p < 1.0f) || pl.bad || pl.m == kNegInf) return;
   const int64_t ns = (V + kGuessStride - 1) / kGuessStride;
   buf.resize(ns + kLanes);
-  for (int64_t i = 0; i < ns; ++i) {
+  for (int64_t i = 0; i < ns && !gathered; ++i) {
     const int64_t j = i * kGuessStride;
     if (dtype == LogitsType::F32) buf[i] = static_cast<const float*>(x)[j];
     else {
@@ -1297,18 +1350,19 @@ int cutoff_bucket(const float* mid, int64_t n, double above, double target, doub
     double a = above;
     int b = std::max(0, reach(hist, kBuckets, a, target));
     for (int step = 0; step < 4; ++step) {
-      const double m_hi = above + kept_mass(mid, n, start(b + 1));  // start(kBuckets) > 1: none
-      if (m_hi >= target) {
+      double m_lo, m_hi;
+      masses_above(mid, n, start(b), start(b + 1), &m_lo, &m_hi);  // start(kBuckets) > 1: none
+      if (above + m_hi >= target) {
         if (b + 1 >= kBuckets) break;
         ++b;
         continue;
       }
-      if (above + kept_mass(mid, n, start(b)) < target) {
+      if (above + m_lo < target) {
         if (b == 0) return -1;
         --b;
         continue;
       }
-      *above_b = m_hi;
+      *above_b = above + m_hi;
       return b;
     }
   }
@@ -1526,9 +1580,11 @@ int64_t sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, 
   auto row_max = [&](int64_t r, Scratch& s) {
     RowPlan& pl = plans[r];
     if (pl.k > 0) find_kth(row_ptr(r), dtype, V, pl, s);
-    const BlockMax bm = segment_max(row_ptr(r), dtype, 0, V, s);
+    const bool sampled = pl.p < 1.0f;  // guess_band's sample read with the max
+    if (sampled) s.sample.resize((V + kGuessStride - 1) / kGuessStride + kLanes);
+    const BlockMax bm = segment_max(row_ptr(r), dtype, 0, V, s, sampled ? s.sample.data() : nullptr);
     pl.m = bm.max, pl.bad = bm.bad;
-    guess_band(row_ptr(r), dtype, V, pl, s.sample);
+    guess_band(row_ptr(r), dtype, V, pl, s.sample, sampled);
   };
 
   auto finish = [&](int64_t r, const Row& row, const FullRow& fr, Scratch& s) {
@@ -1590,7 +1646,7 @@ int64_t sample_rows(const void* logits, LogitsType dtype, int64_t B, int64_t V, 
           plans[r].m = std::max(plans[r].m, ws->segs[r * nseg + g].max);
           plans[r].bad |= ws->segs[r * nseg + g].bad;
         }
-        guess_band(row_ptr(r), dtype, V, plans[r], scratch.sample);
+        guess_band(row_ptr(r), dtype, V, plans[r], scratch.sample, false);
       }
     }
     parallel_tasks(jobs, nthreads, [&](int64_t j) {

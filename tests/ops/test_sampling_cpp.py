@@ -164,6 +164,9 @@ for logits in (x, x.half(), x[:, :1001]):
     print(torch.stack(ids).flatten().tolist())
     probs = pyllmops.top_k_top_p_filter(logits, t, k, p, q)  # the weights, bit for bit
     print(hashlib.sha256(probs.numpy().tobytes()).hexdigest())
+wide = torch.randn(2, 151_936, generator=g) * torch.tensor([[1.0], [0.3]])  # bands of 10-60k weights
+print(torch.stack([pyllmops.sample(wide, 0.8, 0, 0.9, seed=s, offset=s) for s in range(40)]).flatten().tolist())
+print(hashlib.sha256(pyllmops.top_k_top_p_filter(wide, 0.8, 0, 0.9).numpy().tobytes()).hexdigest())
 """
 
 
