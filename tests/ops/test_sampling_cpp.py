@@ -265,6 +265,22 @@ def test_band_and_whole_row_draws_are_the_inverse_cdf(case, threads, seed):
     assert float(runs.abs().max()) <= 1.2, f"tokens {500 * int(runs.abs().argmax())}+: off by {float(runs.abs().max()):.2f}"
 
 
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 1.6])
+def test_weights_match_float64_exp(temperature, seed):
+    """The weights' exp (2^v with a degree-6 polynomial for 2^f): without top-p the filter's
+    probabilities over the max's are exp((x - m) / t) within 1e-6 relative for the tokens within
+    3 / t nats of the max, whose weights are not dominated by the rounding of (x - m) / t (the
+    implementation measures ~4e-7; the polynomial without its degree-6 term measures 3.5e-6)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 50_000, generator=g) * 2
+    p = pyllmops.top_k_top_p_filter(x, temperature, 0, 1.0).double()
+    z = (x.double() - x.double().max(-1, keepdim=True).values) / temperature
+    ratio = p / p.max(-1, keepdim=True).values
+    near = z >= -3
+    err = ((ratio - z.exp()).abs() / z.exp())[near]
+    assert float(err.max()) < 1e-6, f"relative error {float(err.max()):.3g}"
+
+
 @pytest.mark.parametrize("scale,temperature", [(1.0, 0.8), (0.3, 0.8), (1.0, 2.0)])
 def test_wide_band_filter_matches_reference(scale, temperature, seed):
     """Flat rows of a real vocabulary's size put 10-60k weights in the band, where the cut-off's
