@@ -231,12 +231,14 @@ def test_awq_inspects_the_module_each_group_feeds(seed, monkeypatch):
     """With inspect=True the q/k/v and gate/up searches score the attention and MLP
     outputs (each token's error weighted by its residual stream's norm with "sink"); down_proj
     (and everything with inspect=False) scores its own output; o_proj is not scaled under GQA.
-    Every way the model beats RTN."""
+    Every way the model beats RTN by 20% on 32 x 24 held-out tokens (100 fresh seeds and the six
+    worst of 200 earlier ones: at most 0.68 x RTN; with 4 x 24 tokens the former bound of 0.7 x
+    failed 3% of seeds, worst 0.90)."""
     from pyllmops.quant.methods import weight_only
 
     model = _tiny_llama()
     calib = [torch.randint(0, 97, (2, 24)) for _ in range(4)]
-    test = torch.randint(0, 97, (4, 24))
+    test = torch.randint(0, 97, (32, 24))
     with torch.no_grad():
         ref = model(test)
     real = weight_only.awq_search_scale
@@ -253,6 +255,6 @@ def test_awq_inspects_the_module_each_group_feeds(seed, monkeypatch):
                               inspect=inspect, inspect_weighting=weighting)
         assert seen == [inspect, inspect, False] * 2
         errs[inspect, weighting] = _err(q, test, ref)
-    assert all(e < 0.7 * errs["rtn"] for key, e in errs.items() if key != "rtn"), errs
+    assert all(e < 0.8 * errs["rtn"] for key, e in errs.items() if key != "rtn"), errs
     with pytest.raises(ValueError, match="inspect_weighting must be one of"):
         pyllmops.quantize(copy.deepcopy(model), "w4a16-awq", calib=calib, inspect_weighting="nope")
