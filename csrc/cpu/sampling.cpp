@@ -18,9 +18,10 @@
 //                    Z = sum z_b in block order. With top-p, a band of weights expected to hold the
 //                    cut-off is guessed before the weights from every 32nd logit (guess_band), and
 //                    each block, still in L1, also yields its mass above the band and its weights
-//                    in it. The cut-off is searched among the band's weights only (a mass histogram
-//                    by their top 12 bits, one by the next 10 bits inside the bucket where the
-//                    descending mass reaches p Z, a sort of what is left) and the draw runs on the
+//                    in it. The cut-off is searched among the band's weights only (the bucket of
+//                    their top 12 bits where the descending mass reaches p Z, from a histogram of
+//                    every 8th weight checked by masked sums on a wide band; histograms by the next
+//                    6 bits inside it; a sort of what is left) and the draw runs on the
 //                    blocks' sums and one block. When the cut-off is not in the band the whole row's
 //                    weights >= 0.999 (1 - p) Z / V are searched (lighter ones hold less than
 //                    (1 - p) Z together, so top-p cuts them). Either way the work is a fixed number
@@ -1244,18 +1245,18 @@ void select_bucket(const float* w, int64_t n, int shift, uint32_t mask, uint32_t
 }
 
 // The cut-off inside one 12-bit bucket: vals holds the bucket's weights, `above` the mass of the
-// weights above the bucket. A histogram by the next 10 bits narrows a crowded bucket; the rest is
-// sorted and walked.
+// weights above the bucket. Histograms by the next 6 bits, level by level, narrow a crowded bucket
+// to at most 64 weights (or to its last 2 bits); the rest is sorted and walked.
 float narrow_and_walk(std::vector<float>& vals, double above, double target) {
-  if (vals.size() > 64) {
-    constexpr int kSubShift = kBucketShift - 10;
-    double sub[1 << 10] = {}, sub_above = above;
-    mass_histogram(vals.data(), int64_t(vals.size()), kSubShift, 0x3FFu, sub, 1 << 10);
-    const int j = reach(sub, 1 << 10, sub_above, target);
-    if (j >= 0) {
-      above = sub_above;
-      select_bucket(vals.data(), int64_t(vals.size()), kSubShift, 0x3FFu, uint32_t(j), vals);
-    }
+  constexpr int kSubBits = 6;  // 64 sub-buckets a level: 10 bits at once zeroed and walked 1024
+  constexpr uint32_t kSubMask = (1u << kSubBits) - 1;
+  for (int shift = kBucketShift - kSubBits; vals.size() > 64 && shift >= 0; shift -= kSubBits) {
+    double sub[1 << kSubBits] = {}, sub_above = above;
+    mass_histogram(vals.data(), int64_t(vals.size()), shift, kSubMask, sub, 1 << kSubBits);
+    const int j = reach(sub, 1 << kSubBits, sub_above, target);
+    if (j < 0) break;
+    above = sub_above;
+    select_bucket(vals.data(), int64_t(vals.size()), shift, kSubMask, uint32_t(j), vals);
   }
   std::sort(vals.begin(), vals.end(), [](float x, float y) { return x > y; });
   return top_p_walk(vals.data(), vals.size(), above, target);
