@@ -26,9 +26,10 @@
 //                    weights >= 0.999 (1 - p) Z / V are searched (lighter ones hold less than
 //                    (1 - p) Z together, so top-p cuts them). Either way the work is a fixed number
 //                    of passes over the row, whatever the number of tokens the nucleus keeps.
-//  Sums of weights run in double in a fixed order (kLanes lanes, added in lane order, per block
-//  for the inverse CDF; bucket by bucket from the top for the top-p search, then descending inside
-//  the last bucket), which decides the token where a sum meets a boundary.
+//  Sums of weights run in double in a fixed order (kLanes lanes, or a group's two halves paired in
+//  float then 8 lanes, added in lane order, per block for the inverse CDF; bucket by bucket from
+//  the top for the top-p search, then descending inside the last bucket), which decides the token
+//  where a sum meets a boundary.
 //  Weights are computed as 2^((x - m) * w_scale), w_scale = log2(e) / t rounded to float once
 //  (exp2_nonpos: seven multiply-adds per lane).
 //
