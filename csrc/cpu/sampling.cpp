@@ -306,48 +306,53 @@ PYLLMOPS_SIMD void block_sums(const float* w, int64_t n, float tau, double* sums
     sums[b] = kept_sum_inline(w + b * kSumBlock, std::min(kSumBlock, n - b * kSumBlock), tau);
 }
 
-// The mass of the weights w[0, n) >= hi, and the weights in [lo, hi) copied to out (kLanes of
-// slack); returns their count in *count. The mass: per group of kLanes weights its two halves
-// added in float (a pair sum is no less exact than a weight), then 8 double lanes summed in lane
-// order.
-PYLLMOPS_SIMD double band_split_portable(const float* w, int64_t n, float lo, float hi, float* out, int64_t* count) {
-  constexpr int kHalf = kLanes / 2;
-  double acc[kHalf] = {};
-  int64_t c = 0;
-  for (int64_t i = 0; i < n; i += kLanes) {
-    float a[kLanes];
-    for (int j = 0; j < kLanes; ++j) a[j] = i + j < n && w[i + j] >= hi ? w[i + j] : 0.0f;
-    for (int j = 0; j < kHalf; ++j) acc[j] += double(a[j] + a[j + kHalf]);
+// Pair sums: the mass of weights >= t, per group of kLanes its two halves added in float (a pair
+// sum is no less exact than a weight), then 8 double lanes summed in lane order.
+struct PairSums {
+  double acc[kLanes / 2] = {};
+  void add(const float* g, float t) {  // one group, padded with 0
+    for (int j = 0; j < kLanes / 2; ++j)
+      acc[j] += double((g[j] >= t ? g[j] : 0.0f) + (g[j + kLanes / 2] >= t ? g[j + kLanes / 2] : 0.0f));
   }
+  double total() const {
+    double sum = 0.0;
+    for (int j = 0; j < kLanes / 2; ++j) sum += acc[j];
+    return sum;
+  }
+};
+
+// Group i of w[0, n) into g, padded with 0.
+PYLLMOPS_INLINE void padded_group(const float* w, int64_t i, int64_t n, float* g) {
+  for (int j = 0; j < kLanes; ++j) g[j] = i + j < n ? w[i + j] : 0.0f;
+}
+
+// The mass (PairSums) of the weights w[0, n) >= hi, and the weights in [lo, hi) copied to out
+// (kLanes of slack); returns their count in *count.
+PYLLMOPS_SIMD double band_split_portable(const float* w, int64_t n, float lo, float hi, float* out, int64_t* count) {
+  PairSums above;
+  for (int64_t i = 0; i < n; i += kLanes) {
+    float g[kLanes];
+    padded_group(w, i, n, g);
+    above.add(g, hi);
+  }
+  int64_t c = 0;
   for (int64_t i = 0; i < n; ++i) {
     out[c] = w[i];
     c += w[i] >= lo && w[i] < hi;
   }
   *count = c;
-  double sum = 0.0;
-  for (int j = 0; j < kHalf; ++j) sum += acc[j];
-  return sum;
+  return above.total();
 }
 
-// The masses of the weights w[0, n) >= lo and >= hi (band_split_portable's pairs and lanes each).
+// The masses (PairSums each) of the weights w[0, n) >= lo and >= hi.
 PYLLMOPS_SIMD void masses_above_portable(const float* w, int64_t n, float lo, float hi, double* m_lo, double* m_hi) {
-  constexpr int kHalf = kLanes / 2;
-  double acc_lo[kHalf] = {}, acc_hi[kHalf] = {};
+  PairSums a, b;
   for (int64_t i = 0; i < n; i += kLanes) {
-    float a[kLanes], b[kLanes];
-    for (int j = 0; j < kLanes; ++j) {
-      const float v = i + j < n ? w[i + j] : 0.0f;
-      a[j] = v >= lo ? v : 0.0f;
-      b[j] = v >= hi ? v : 0.0f;
-    }
-    for (int j = 0; j < kHalf; ++j) {
-      acc_lo[j] += double(a[j] + a[j + kHalf]);
-      acc_hi[j] += double(b[j] + b[j + kHalf]);
-    }
+    float g[kLanes];
+    padded_group(w, i, n, g);
+    a.add(g, lo), b.add(g, hi);
   }
-  double sum_lo = 0.0, sum_hi = 0.0;
-  for (int j = 0; j < kHalf; ++j) sum_lo += acc_lo[j], sum_hi += acc_hi[j];
-  *m_lo = sum_lo, *m_hi = sum_hi;
+  *m_lo = a.total(), *m_hi = b.total();
 }
 
 // Copies the weights w[0, n) with (bits >> shift) & mask == key to out (kLanes of slack); returns
@@ -814,6 +819,26 @@ PYLLMOPS_AVX2 PYLLMOPS_INLINE double sum_lanes(const DoubleLanes& d) {
   return sum;
 }
 
+// PairSums on 8-lane halves: a group's lanes >= t, its halves added in float, into 2 x 4 doubles.
+struct PairLanes {
+  __m256d a[2];
+};
+PYLLMOPS_AVX2 PYLLMOPS_INLINE PairLanes zero_pairs() { return {{_mm256_setzero_pd(), _mm256_setzero_pd()}}; }
+PYLLMOPS_AVX2 PYLLMOPS_INLINE void add_pairs(PairLanes& d, const Group& g, __m256 t) {
+  const __m256 pair = _mm256_add_ps(_mm256_and_ps(_mm256_cmp_ps(g.lo, t, _CMP_GE_OQ), g.lo),
+                                    _mm256_and_ps(_mm256_cmp_ps(g.hi, t, _CMP_GE_OQ), g.hi));
+  d.a[0] = _mm256_add_pd(d.a[0], _mm256_cvtps_pd(_mm256_castps256_ps128(pair)));
+  d.a[1] = _mm256_add_pd(d.a[1], _mm256_cvtps_pd(_mm256_extractf128_ps(pair, 1)));
+}
+PYLLMOPS_AVX2 PYLLMOPS_INLINE double sum_pairs(const PairLanes& d) {
+  alignas(32) double lanes[kLanes / 2];
+  _mm256_store_pd(lanes, d.a[0]);
+  _mm256_store_pd(lanes + 4, d.a[1]);
+  double sum = 0.0;
+  for (int j = 0; j < kLanes / 2; ++j) sum += lanes[j];
+  return sum;
+}
+
 PYLLMOPS_AVX2 PYLLMOPS_INLINE double kept_sum8(const float* w, int64_t n, float tau) {
   const __m256 vt = _mm256_set1_ps(tau);
   DoubleLanes d = zero_lanes();
@@ -833,22 +858,17 @@ PYLLMOPS_AVX2 void block_sums_avx2(const float* w, int64_t n, float tau, double*
 }
 
 
-// Above: with a finite hi, the mass above the band (band_split_portable's pairs and lanes); a head
+// Above: with a finite hi, the mass above the band (PairLanes); a head
 // band (hi = inf) has none, and its loop skips the sums.
 template <bool Above>
 PYLLMOPS_AVX2 PYLLMOPS_INLINE double band_split8(const float* w, int64_t n, float lo, float hi, float* out,
                                                 int64_t* count) {
   const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
-  __m256d up_lo = _mm256_setzero_pd(), up_hi = _mm256_setzero_pd();
+  PairLanes above = zero_pairs();
   int64_t c = 0;
   for (int64_t i = 0; i < n; i += kLanes) {
     const Group g = load_group(w, i, n, -1.0f);  // a padded lane is neither above nor in the band
-    if (Above) {
-      const __m256 pair = _mm256_add_ps(_mm256_and_ps(_mm256_cmp_ps(g.lo, vhi, _CMP_GE_OQ), g.lo),
-                                        _mm256_and_ps(_mm256_cmp_ps(g.hi, vhi, _CMP_GE_OQ), g.hi));
-      up_lo = _mm256_add_pd(up_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(pair)));
-      up_hi = _mm256_add_pd(up_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(pair, 1)));
-    }
+    if (Above) add_pairs(above, g, vhi);
     const int in_lo = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(g.lo, vlo, _CMP_GE_OQ), _mm256_cmp_ps(g.lo, vhi, _CMP_LT_OQ)));
     const int in_hi = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(g.hi, vlo, _CMP_GE_OQ), _mm256_cmp_ps(g.hi, vhi, _CMP_LT_OQ)));
     _mm256_storeu_ps(out + c, _mm256_permutevar8x32_ps(g.lo, pack_lanes(in_lo)));
@@ -857,34 +877,18 @@ PYLLMOPS_AVX2 PYLLMOPS_INLINE double band_split8(const float* w, int64_t n, floa
     c += __builtin_popcount(in_hi);
   }
   *count = c;
-  alignas(32) double lanes[kLanes / 2];
-  _mm256_store_pd(lanes, up_lo);
-  _mm256_store_pd(lanes + 4, up_hi);
-  double sum = 0.0;
-  for (int j = 0; j < kLanes / 2; ++j) sum += lanes[j];
-  return sum;
+  return sum_pairs(above);
 }
 
 // masses_above_portable on 8-lane halves.
 PYLLMOPS_AVX2 void masses_above_avx2(const float* w, int64_t n, float lo, float hi, double* m_lo, double* m_hi) {
   const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
-  __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0;
-  auto add = [](__m256d& d0, __m256d& d1, __m256 pair) {
-    d0 = _mm256_add_pd(d0, _mm256_cvtps_pd(_mm256_castps256_ps128(pair)));
-    d1 = _mm256_add_pd(d1, _mm256_cvtps_pd(_mm256_extractf128_ps(pair, 1)));
-  };
+  PairLanes a = zero_pairs(), b = zero_pairs();
   for (int64_t i = 0; i < n; i += kLanes) {
     const Group g = load_group(w, i, n, 0.0f);
-    add(a0, a1, _mm256_add_ps(_mm256_and_ps(_mm256_cmp_ps(g.lo, vlo, _CMP_GE_OQ), g.lo),
-                              _mm256_and_ps(_mm256_cmp_ps(g.hi, vlo, _CMP_GE_OQ), g.hi)));
-    add(b0, b1, _mm256_add_ps(_mm256_and_ps(_mm256_cmp_ps(g.lo, vhi, _CMP_GE_OQ), g.lo),
-                              _mm256_and_ps(_mm256_cmp_ps(g.hi, vhi, _CMP_GE_OQ), g.hi)));
+    add_pairs(a, g, vlo), add_pairs(b, g, vhi);
   }
-  alignas(32) double la[kLanes / 2], lb[kLanes / 2];
-  _mm256_store_pd(la, a0), _mm256_store_pd(la + 4, a1), _mm256_store_pd(lb, b0), _mm256_store_pd(lb + 4, b1);
-  double sum_lo = 0.0, sum_hi = 0.0;
-  for (int j = 0; j < kLanes / 2; ++j) sum_lo += la[j], sum_hi += lb[j];
-  *m_lo = sum_lo, *m_hi = sum_hi;
+  *m_lo = sum_pairs(a), *m_hi = sum_pairs(b);
 }
 
 PYLLMOPS_AVX2 double band_split_avx2(const float* w, int64_t n, float lo, float hi, float* out, int64_t* count) {
