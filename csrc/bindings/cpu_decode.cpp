@@ -6,6 +6,7 @@
 
 #include <tuple>
 
+#include "cpu/cpu_features.h"
 #include "cpu/decode.h"
 
 namespace py = pybind11;
@@ -50,22 +51,24 @@ void bind_decode(py::module_& m) {
           "step",
           [](const LlamaDecoder& d, uintptr_t x, int64_t batch, uintptr_t positions, uintptr_t rope_cos,
              uintptr_t rope_sin, uintptr_t k_cache, uintptr_t v_cache, int64_t capacity, int64_t slot,
-             uintptr_t key_mask, int threads) {
+             uintptr_t key_mask, int threads, bool kv_half) {
+            if (kv_half && !has_f16c()) throw py::value_error("a float16 KV cache needs a CPU with F16C");
             py::gil_scoped_release release;
             const DecodeStep step{batch,
                                   reinterpret_cast<const int64_t*>(positions),
                                   reinterpret_cast<const float*>(rope_cos),
                                   reinterpret_cast<const float*>(rope_sin),
-                                  reinterpret_cast<float* const*>(k_cache),
-                                  reinterpret_cast<float* const*>(v_cache),
+                                  reinterpret_cast<void* const*>(k_cache),
+                                  reinterpret_cast<void* const*>(v_cache),
                                   capacity,
                                   slot,
-                                  reinterpret_cast<const bool*>(key_mask)};
+                                  reinterpret_cast<const bool*>(key_mask),
+                                  kv_half};
             llama_decode_layers(d.dims, d.layers, step, reinterpret_cast<float*>(x), threads);
           },
           py::arg("x"), py::arg("batch"), py::arg("positions"), py::arg("rope_cos"), py::arg("rope_sin"),
           py::arg("k_cache"), py::arg("v_cache"), py::arg("capacity"), py::arg("slot"), py::arg("key_mask"),
-          py::arg("threads"))
+          py::arg("threads"), py::arg("kv_half") = false)
       .def_property_readonly("n_layers", [](const LlamaDecoder& d) { return d.layers.size(); });
   m.def(
       "f32_gemm",
@@ -75,4 +78,5 @@ void bind_decode(py::module_& m) {
                  reinterpret_cast<float*>(out), threads);
       },
       py::arg("x"), py::arg("M"), py::arg("K"), py::arg("w"), py::arg("N"), py::arg("out"), py::arg("threads") = 0);
+  m.def("has_f16c", &has_f16c, "whether the CPU converts float16 in hardware (the fused step's float16 KV cache)");
 }

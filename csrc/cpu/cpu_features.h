@@ -25,4 +25,15 @@ inline bool has_avx2_fma() {
 #endif
 }
 
+// F16C: float16 <-> float32 conversions (vcvtph2ps / vcvtps2ph), for the float16 KV cache. Every
+// AVX2 CPU has it.
+inline bool has_f16c() {
+#if defined(__x86_64__)
+  static const bool ok = __builtin_cpu_supports("f16c");
+  return ok;
+#else
+  return false;
+#endif
+}
+
 }  // namespace pyllmops::cpu

@@ -48,29 +48,86 @@ __attribute__((target("avx2,fma"))) inline __m256 exp8(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-// n % 8 == 0 for the AVX2 versions below (the caller checks).
-__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const float* b, int64_t n) {
+// ---------------------------------------------------------------- cache element loads
+// The KV cache holds float32 or IEEE float16 (uint16_t here; F16C converts 8 at a time).
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline float to_f32(float x) { return x; }
+__attribute__((target("f16c"))) inline float to_f32(uint16_t h) { return _cvtsh_ss(h); }
+
+// n floats into the cache: as they are, or rounded to nearest even to float16.
+void store_row(const float* x, int64_t n, float* out) { std::copy_n(x, n, out); }
+__attribute__((target("avx2,fma,f16c"))) void store_row(const float* x, int64_t n, uint16_t* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; ++i) out[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+// q . k for a cache row k; n % 8 == 0.
+template <typename T>
+__attribute__((target("avx2,fma,f16c"))) float dot_row_avx2(const float* q, const T* k, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(k + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), load8(k + i + 8), acc1);
   }
-  if (i < n) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+  if (i < n) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(k + i), acc0);
   return hsum8(_mm256_add_ps(acc0, acc1));
 }
 
-float dot_scalar(const float* a, const float* b, int64_t n) {
+template <typename T>
+float dot_row_scalar(const float* q, const T* k, int64_t n) {
   float acc = 0.f;
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  for (int64_t i = 0; i < n; ++i) acc += q[i] * to_f32(k[i]);
   return acc;
 }
 
-// out[i] += p * v[i]
-__attribute__((target("avx2,fma"))) void axpy_avx2(float p, const float* v, float* out, int64_t n) {
-  const __m256 pv = _mm256_set1_ps(p);
-  for (int64_t i = 0; i < n; i += 8)
-    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
+constexpr int64_t kAhead = 8;  // cache rows prefetched ahead (past the end: a prefetch, no fault)
+
+// out[g] [D] = sum_i p[g][i] v[i] for the G heads (p: [G, S], v: [S, D], D % 8 == 0): per 3 heads
+// and 32 channels, 12 accumulators in registers over all S rows, so each value of v is loaded
+// once per 3 heads (one pass over v for G <= 3) and nothing is stored per row.
+template <int GT, int DV, typename T>
+__attribute__((target("avx2,fma,f16c"))) inline void pv_tile_avx2(const float* p, int64_t S, int64_t D, const T* v,
+                                                                   float* out, int64_t ostride) {
+  __m256 acc[GT][DV];
+  for (int g = 0; g < GT; ++g)
+    for (int d = 0; d < DV; ++d) acc[g][d] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < S; ++i) {
+    for (int64_t b = 0; b < static_cast<int64_t>(DV * 8 * sizeof(T)); b += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(v + (i + kAhead) * D) + b, _MM_HINT_T0);
+    __m256 vv[DV];
+    for (int d = 0; d < DV; ++d) vv[d] = load8(v + i * D + 8 * d);
+    for (int g = 0; g < GT; ++g) {
+      const __m256 pg = _mm256_broadcast_ss(p + g * S + i);
+      for (int d = 0; d < DV; ++d) acc[g][d] = _mm256_fmadd_ps(pg, vv[d], acc[g][d]);
+    }
+  }
+  for (int g = 0; g < GT; ++g)
+    for (int d = 0; d < DV; ++d) _mm256_storeu_ps(out + g * ostride + 8 * d, acc[g][d]);
+}
+
+template <int GT, typename T>
+__attribute__((target("avx2,fma,f16c"))) void pv_heads_avx2(const float* p, int64_t S, int64_t D, const T* v,
+                                                             float* out, int64_t ostride) {
+  int64_t d = 0;
+  for (; d + 32 <= D; d += 32) pv_tile_avx2<GT, 4>(p, S, D, v + d, out + d, ostride);
+  for (; d < D; d += 8) pv_tile_avx2<GT, 1>(p, S, D, v + d, out + d, ostride);
+}
+
+// out + g * ostride: head g's [D].
+template <typename T>
+__attribute__((target("avx2,fma,f16c"))) void pv_avx2(const float* p, int64_t S, int64_t G, int64_t D, const T* v,
+                                                       float* out, int64_t ostride) {
+  int64_t g = 0;
+  for (; g + 3 <= G; g += 3) pv_heads_avx2<3>(p + g * S, S, D, v, out + g * ostride, ostride);
+  if (G - g == 2) pv_heads_avx2<2>(p + g * S, S, D, v, out + g * ostride, ostride);
+  if (G - g == 1) pv_heads_avx2<1>(p + g * S, S, D, v, out + g * ostride, ostride);
 }
 
 // x[i] = exp(x[i] - shift), returns the sum; any n.
@@ -183,40 +240,93 @@ void rope(float* x, int64_t heads, int64_t D, const float* cos, const float* sin
   }
 }
 
-// The G query heads [G, D] sharing one KV head against its cache k, v [capacity, D], slots
-// [0, S) where mask (nullptr: all) is true; out [G, D]. scores: S floats of scratch.
-void attend(const float* q, int64_t G, int64_t D, const float* k, const float* v, int64_t S, const bool* mask,
-            float* scores, float* out) {
+// ---------------------------------------------------------------- attention
+// One KV head's G query heads against cache slots [s0, s1) of its k, v [capacity, D]: the cache
+// rows are read once for all G heads (a task per query head read them G times; past ~2k cached
+// tokens they come from memory, not L2: 3x the traffic at SmolLM2's G = 3). The result is the
+// chunk's softmax state per head, for merge_chunks: top[g * stride] = max score (-inf: no unmasked
+// slot), total[g * stride] = sum exp(score - top), out + g * stride * D: sum exp(score - top) v
+// (unnormalized). scores: G * (s1 - s0) floats of scratch.
+struct ChunkState {
+  float* top;
+  float* total;
+  float* out;
+  int64_t stride;
+};
+
+template <typename T>
+void attend_chunk(const float* q, int64_t G, int64_t D, const T* k, const T* v, int64_t s0, int64_t s1,
+                  const bool* mask, float* scores, ChunkState st) {
   const bool simd = has_avx2_fma() && D % 8 == 0;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  for (int64_t g = 0; g < G; ++g) {
-    const float* qg = q + g * D;
-    float top = neg_inf;
-    for (int64_t s = 0; s < S; ++s) {
-      scores[s] = mask && !mask[s] ? neg_inf : (simd ? dot_avx2(qg, k + s * D, D) : dot_scalar(qg, k + s * D, D)) * scale;
-      top = std::max(top, scores[s]);
-    }
-    float total;
-    if (simd) {
-      total = exp_sum_avx2(scores, S, top);
-    } else {
-      total = 0.f;
-      for (int64_t s = 0; s < S; ++s) total += (scores[s] = std::exp(scores[s] - top));
-    }
-    float* og = out + g * D;
-    std::fill(og, og + D, 0.f);
-    const float inv = 1.f / total;
-    for (int64_t s = 0; s < S; ++s) {
-      if (mask && !mask[s]) continue;  // exp(-inf) is 0 exactly; the polynomial's is only tiny
-      const float p = scores[s] * inv;
-      if (simd) {
-        axpy_avx2(p, v + s * D, og, D);
-      } else {
-        for (int64_t i = 0; i < D; ++i) og[i] += p * v[s * D + i];
-      }
+  const int64_t S = s1 - s0;
+  std::vector<float> tops(G, neg_inf);  // the running max per head
+  for (int64_t s = s0; s < s1; ++s) {  // q k^T, each cache row once for the G heads
+    const bool skip = mask && !mask[s];
+    const T* ks = k + s * D;
+    for (int64_t b = 0; b < static_cast<int64_t>(D * sizeof(T)); b += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(ks + kAhead * D) + b, _MM_HINT_T0);
+    for (int64_t g = 0; g < G; ++g) {
+      const float x =
+          skip ? neg_inf : (simd ? dot_row_avx2(q + g * D, ks, D) : dot_row_scalar(q + g * D, ks, D)) * scale;
+      scores[g * S + s - s0] = x;
+      tops[g] = std::max(tops[g], x);
     }
   }
+  for (int64_t g = 0; g < G; ++g) {
+    float* sg = scores + g * S;
+    const float top = tops[g];
+    st.top[g * st.stride] = top;
+    if (top == neg_inf) {  // every slot masked (left padding): no mass, no output
+      st.total[g * st.stride] = 0.f;
+      std::fill_n(st.out + g * st.stride * D, D, 0.f);
+      continue;
+    }
+    float total = 0.f;
+    if (simd && !mask) {
+      total = exp_sum_avx2(sg, S, top);
+    } else {
+      if (simd) {
+        exp_sum_avx2(sg, S, top);
+      } else {
+        for (int64_t i = 0; i < S; ++i) sg[i] = std::exp(sg[i] - top);
+      }
+      // masked slots: exp(-inf) is 0 exactly, the polynomial's only tiny
+      if (mask)
+        for (int64_t i = 0; i < S; ++i) sg[i] = mask[s0 + i] ? sg[i] : 0.f;
+      for (int64_t i = 0; i < S; ++i) total += sg[i];
+    }
+    st.total[g * st.stride] = total;
+  }
+  if (simd) {
+    pv_avx2(scores, S, G, D, v + s0 * D, st.out, st.stride * D);
+    return;
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    float* og = st.out + g * st.stride * D;
+    std::fill(og, og + D, 0.f);
+    for (int64_t i = 0; i < S; ++i)
+      for (int64_t d = 0; d < D; ++d) og[d] += scores[g * S + i] * to_f32(v[(s0 + i) * D + d]);
+  }
+}
+
+// The chunks' states of one query head (top, total [chunks], outs [chunks, D]) merged: out [D] =
+// sum_c e^(top_c - top) outs_c / sum_c e^(top_c - top) total_c, top the largest top_c (a chunk
+// with no unmasked slot adds nothing; the chunk holding the new token always has one).
+void merge_chunks(const float* top, const float* total, const float* outs, int64_t chunks, int64_t D, float* out) {
+  float best = -std::numeric_limits<float>::infinity();
+  for (int64_t c = 0; c < chunks; ++c) best = std::max(best, top[c]);
+  float sum = 0.f;
+  std::fill_n(out, D, 0.f);
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (top[c] == -std::numeric_limits<float>::infinity()) continue;
+    const float w = std::exp(top[c] - best);
+    sum += w * total[c];
+    for (int64_t d = 0; d < D; ++d) out[d] += w * outs[c * D + d];
+  }
+  const float inv = 1.f / sum;
+  for (int64_t d = 0; d < D; ++d) out[d] *= inv;
 }
 
 void add_into(float* x, const float* y, int64_t n) {
@@ -230,7 +340,7 @@ void f32_gemm(const float* x, int64_t M, int64_t K, const float* w, int64_t N, f
   parallel_for(N, threads, 64, [&](int64_t n0, int64_t n1) {
     if (!simd) {
       for (int64_t n = n0; n < n1; ++n)
-        for (int64_t m = 0; m < M; ++m) out[m * N + n] = dot_scalar(x + m * K, w + n * K, K);
+        for (int64_t m = 0; m < M; ++m) out[m * N + n] = dot_row_scalar(x + m * K, w + n * K, K);
       return;
     }
     for (int64_t m0 = 0; m0 < M; m0 += 4) {
@@ -249,10 +359,23 @@ void llama_decode_layers(const LlamaDims& d, const std::vector<DecodeLayer>& lay
   const int64_t B = step.batch, D = d.head_dim, H = d.n_heads, KV = d.n_kv_heads, G = H / KV, S = step.slot + 1;
   std::vector<float> h(B * d.dim), q(B * H * D), k(B * KV * D), v(B * KV * D), attn(B * H * D), o(B * d.dim),
       gate(B * d.ffn_dim), up(B * d.ffn_dim);
-  // attention: a task per query head (the heads of a KV head share its cache rows, in L1 or L2),
-  // at least ~16k multiply-adds each; per KV head and ~64k each, SmolLM2's 3 KV heads stayed on
-  // one thread up to ~170 cached tokens while the other waited
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, S * D));
+  // attention: a task per (row, KV head, chunk of the cache), its G query heads together (one read
+  // of the cache rows for all of them). A row's cache splits into chunks (merged afterwards, as
+  // flash-decoding does) only when the rows times KV heads leave threads idle: SmolLM2's 3 KV heads
+  // at B = 1 on 2 threads ran as 2 + 1. Chunks of >= 256 slots; tasks of >= ~32k multiply-adds
+  // per parallel piece (thread wake-ups cost more than shorter ones).
+  const int64_t want = (2 * static_cast<int64_t>(std::max(threads, 1)) + B * KV - 1) / (B * KV);
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(want, S / 256));
+  const int64_t chunk = (S + chunks - 1) / chunks;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, 2 * G * chunk * D));
+  std::vector<float> top(B * H * chunks), total(B * H * chunks), outs(B * H * chunks * D);
+  // fn(k, v) on layer l's cache, typed as its elements (float, or float16 bits)
+  const auto with_cache = [&](size_t l, auto&& fn) {
+    if (step.kv_half)
+      fn(static_cast<uint16_t*>(step.k_cache[l]), static_cast<uint16_t*>(step.v_cache[l]));
+    else
+      fn(static_cast<float*>(step.k_cache[l]), static_cast<float*>(step.v_cache[l]));
+  };
   for (size_t l = 0; l < layers.size(); ++l) {
     const DecodeLayer& L = layers[l];
     for (int64_t b = 0; b < B; ++b) rms_norm(x + b * d.dim, L.input_norm, d.dim, d.eps, h.data() + b * d.dim);
@@ -264,19 +387,30 @@ void llama_decode_layers(const LlamaDims& d, const std::vector<DecodeLayer>& lay
       rope(k.data() + b * KV * D, KV, D, cos, sin);
       for (int64_t kh = 0; kh < KV; ++kh) {
         const int64_t at = ((b * KV + kh) * step.capacity + step.slot) * D;
-        std::copy_n(k.data() + (b * KV + kh) * D, D, step.k_cache[l] + at);
-        std::copy_n(v.data() + (b * KV + kh) * D, D, step.v_cache[l] + at);
+        with_cache(l, [&](auto* kc, auto* vc) {
+          store_row(k.data() + (b * KV + kh) * D, D, kc + at);
+          store_row(v.data() + (b * KV + kh) * D, D, vc + at);
+        });
       }
     }
-    parallel_for(B * H, threads, grain, [&](int64_t t0, int64_t t1) {
-      std::vector<float> scores(S);
+    // state of (row b, query head h, chunk c) at index (b * H + h) * chunks + c
+    parallel_for(B * KV * chunks, threads, grain, [&](int64_t t0, int64_t t1) {
+      std::vector<float> scores(G * chunk);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / H, h = t % H, base = (b * KV + h / G) * step.capacity * D;
-        attend(q.data() + (b * H + h) * D, 1, D, step.k_cache[l] + base, step.v_cache[l] + base, S,
-               step.key_mask ? step.key_mask + b * step.capacity : nullptr, scores.data(),
-               attn.data() + (b * H + h) * D);
+        const int64_t c = t % chunks, bk = t / chunks, b = bk / KV, base = bk * step.capacity * D;
+        const int64_t at = (b * H + bk % KV * G) * chunks + c;  // (row b, head kh * G, chunk c); head + g: + g * chunks
+        const float* qh = q.data() + (b * H + bk % KV * G) * D;
+        const bool* mask = step.key_mask ? step.key_mask + b * step.capacity : nullptr;
+        const int64_t s0 = c * chunk, s1 = std::min(S, (c + 1) * chunk);
+        const ChunkState state{top.data() + at, total.data() + at, outs.data() + at * D, chunks};
+        with_cache(l, [&](auto* kc, auto* vc) {
+          attend_chunk(qh, G, D, kc + base, vc + base, s0, s1, mask, scores.data(), state);
+        });
       }
     });
+    for (int64_t bh = 0; bh < B * H; ++bh)
+      merge_chunks(top.data() + bh * chunks, total.data() + bh * chunks, outs.data() + bh * chunks * D, chunks, D,
+                   attn.data() + bh * D);
     linear(L.o, attn.data(), B, o.data(), threads);
     add_into(x, o.data(), B * d.dim);
     for (int64_t b = 0; b < B; ++b) rms_norm(x + b * d.dim, L.post_norm, d.dim, d.eps, h.data() + b * d.dim);

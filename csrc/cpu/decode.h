@@ -32,7 +32,8 @@ struct LlamaDims {
 };
 
 // What one step reads besides the weights. Row b's new token goes to cache slot `slot` of every
-// layer (k_cache[l], v_cache[l]: [B, n_kv_heads, capacity, head_dim] float32) at RoPE position
+// layer (k_cache[l], v_cache[l]: [B, n_kv_heads, capacity, head_dim], float32, or IEEE float16
+// when kv_half: written rounded to nearest even, read as float32; needs F16C) at RoPE position
 // positions[b] (rows of rope_cos / rope_sin [*, head_dim]); it attends to slots [0, slot] where
 // key_mask [B, capacity] is true (nullptr: all of them).
 struct DecodeStep {
@@ -40,10 +41,11 @@ struct DecodeStep {
   const int64_t* positions;
   const float* rope_cos;
   const float* rope_sin;
-  float* const* k_cache;
-  float* const* v_cache;
+  void* const* k_cache;
+  void* const* v_cache;
   int64_t capacity, slot;
   const bool* key_mask;
+  bool kv_half;
 };
 
 // x [B, dim] float32: the embeddings in, the last layer's output out (before the final norm).

@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=0.9, help="1 = off (default 0.9)")
     p.add_argument("--seed", type=int, help="sampling seed (default: random)")
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--kv-cache-dtype", choices=["float32", "float16"], default="float32",
+                   help="float16 halves the KV cache's memory and the bytes each decode step reads from it, "
+                        "k and v rounded to float16 as llama.cpp's default f16 cache (default float32)")
     p.epilog = ("With a weight-only --quant (w4a16-*, w8a16) the LM head is int8 per channel, as in llama.cpp's "
                 "Q4 GGUFs; --quant-option int8=[] (w4a16-*) or skip='[\"lm_head\"]' (w8a16) keeps it float.")
     _model.add_model_args(p, quant_list=False)
@@ -67,6 +70,8 @@ def _run_rank(tp, args: argparse.Namespace) -> int:
 
 def _stream(tp, args: argparse.Namespace, model, tok) -> int:
     """Generate from args.prompt and write the text (rank 0) and the stats line."""
+    import torch
+
     from pyllmops.models.chat import DEFAULT_SYSTEM_PROMPT, chat_prompt, stop_ids
     from pyllmops.models.generate import GenerationStats, generate, stream_text
     from pyllmops.parallel import VocabParallelSampler
@@ -77,7 +82,8 @@ def _stream(tp, args: argparse.Namespace, model, tok) -> int:
     prompt = tok.encode_ordinary(args.prompt) if args.raw else chat_prompt(tok, args.prompt, args.system or DEFAULT_SYSTEM_PROMPT)
     stops = stop_ids(tok)
     stats = GenerationStats()
-    steps = generate(model, [prompt], max_new_tokens=args.max_new_tokens, sampler=sampler, stop_ids=stops, stats=stats)
+    steps = generate(model, [prompt], max_new_tokens=args.max_new_tokens, sampler=sampler, stop_ids=stops, stats=stats,
+                     kv_cache_dtype=getattr(torch, args.kv_cache_dtype))
     if tp.rank != 0:
         for _ in steps:
             pass

@@ -9,8 +9,9 @@ modules run RMSNorm, three projections, RoPE on q and k (a cat, two products, a 
 cache append, two batched matmuls and a softmax, SwiGLU and two residual adds, each a dispatcher
 call of several microseconds. The C++ step runs the same arithmetic on the same weights (the
 weight-only kernels the modules call for int4 / int8 projections, a float32 one for nn.Linear) and
-writes the same KV cache, so prefill (the modules) and decode (this) can alternate freely. The
-modules in pyllmops/models/llama.py stay the specification: tests compare the two step by step.
+writes the same KV cache (float32, or float16 rounded as torch's .half() rounds: F16C on the C++
+side), so prefill (the modules) and decode (this) can alternate freely. The modules in
+pyllmops/models/llama.py stay the specification: tests compare the two step by step.
 
 It serves float32 Llama models on the CPU whose projections are all nn.Linear (no bias) or
 WeightOnlyLinear (int4 without act-order permutation or input scale, or int8; no bias); anything
@@ -134,9 +135,12 @@ class FusedDecoder:
             for t in (*cache.k, *cache.v):
                 if t is None:
                     raise ValueError("cache holds no keys yet: run the prompt through the model first")
-                if tuple(t.shape) != want or not _f32(t):
-                    raise ValueError(f"cache tensors must be float32 contiguous {list(want)} on the CPU, got "
-                                     f"{t.dtype} {list(t.shape)}")
+                if (tuple(t.shape) != want or t.dtype != cache.dtype or t.dtype not in (torch.float32, torch.float16)
+                        or not t.is_contiguous() or t.device.type != "cpu"):
+                    raise ValueError(f"cache tensors must be float32 or float16 (the cache's dtype {cache.dtype}), "
+                                     f"contiguous {list(want)} on the CPU, got {t.dtype} {list(t.shape)}")
+            if cache.dtype == torch.float16 and not _ext.cpp().has_f16c():
+                raise ValueError("a float16 KV cache needs a CPU with F16C for the fused step (use dtype=torch.float32)")
             self._cache_ptrs = (cache, torch.tensor([t.data_ptr() for t in cache.k], dtype=torch.int64),
                                 torch.tensor([t.data_ptr() for t in cache.v], dtype=torch.int64))
         return self._cache_ptrs[1], self._cache_ptrs[2]
@@ -160,6 +164,7 @@ class FusedDecoder:
         cache.n_real += 1
         self._table.step(x.data_ptr(), b, positions.data_ptr(), model.rope_cos.data_ptr(), model.rope_sin.data_ptr(),
                          k_ptrs.data_ptr(), v_ptrs.data_ptr(), cache.capacity, start,
-                         cache.key_mask.data_ptr() if cache.padded else 0, torch.get_num_threads())
+                         cache.key_mask.data_ptr() if cache.padded else 0, torch.get_num_threads(),
+                         cache.dtype == torch.float16)
         cache.length = start + 1
         return model.lm_head(model.norm(x)).float()

@@ -52,10 +52,12 @@ def pad_left(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.T
 
 
 @torch.inference_mode()
-def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, sampler: Sampler, stop_ids: Iterable[int] = (), stats: GenerationStats | None = None, fused: bool = True) -> Iterator[torch.Tensor]:
+def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, sampler: Sampler, stop_ids: Iterable[int] = (), stats: GenerationStats | None = None, fused: bool = True, kv_cache_dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
     """Yield the next token of every prompt, one step at a time: [B] int64 (on CPU), FINISHED for
     rows that already produced a stop token (which is yielded once). Ends after max_new_tokens
     steps or when every row has stopped. `stats`, when given, is filled in as it runs.
+    kv_cache_dtype: float32, or float16 (half the cache's memory and the bytes a decode step
+    reads from it; k and v rounded to float16, see models.llama.KVCache).
 
     The prompt runs through the model's modules; the decode steps through FusedDecoder (one C++
     call per step, pyllmops/models/fused_decode.py) when `fused` and the model allows it, else
@@ -72,7 +74,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, sa
 
     decoder = FusedDecoder.build(model) if fused else None
     stats.decode_path = "fused" if decoder else f"modules: {FusedDecoder.unsupported(model) if fused else 'fused=False'}"
-    cache = model.new_cache(b, t + max_new_tokens)
+    cache = model.new_cache(b, t + max_new_tokens, dtype=kv_cache_dtype)
     begin = time.perf_counter()
     logits = model(ids, mask=None if bool(mask.all()) else mask, cache=cache, last_only=True)[:, -1]
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -95,12 +97,13 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, sa
         logits = decoder.step(ids, cache) if decoder else model(ids[:, None], cache=cache)[:, -1]
 
 
-def generate_ids(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, sampler: Sampler, stop_ids: Iterable[int] = (), fused: bool = True) -> list[list[int]]:
+def generate_ids(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, sampler: Sampler, stop_ids: Iterable[int] = (), fused: bool = True, kv_cache_dtype: torch.dtype = torch.float32) -> list[list[int]]:
     """The generated ids of each prompt, stop token excluded."""
     stops = set(stop_ids)
     out: list[list[int]] = [[] for _ in prompts]
     ended = [False] * len(prompts)
-    for step_ids in generate(model, prompts, max_new_tokens=max_new_tokens, sampler=sampler, stop_ids=stops, fused=fused):
+    for step_ids in generate(model, prompts, max_new_tokens=max_new_tokens, sampler=sampler, stop_ids=stops, fused=fused,
+                             kv_cache_dtype=kv_cache_dtype):
         for row, tok in enumerate(step_ids.tolist()):
             if not ended[row] and tok != FINISHED:
                 ended[row] = tok in stops

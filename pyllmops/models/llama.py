@@ -44,17 +44,28 @@ class LlamaConfig:
         return self.dim // self.n_heads
 
 
+KV_CACHE_DTYPES = (torch.float32, torch.float16)
+
+
 class KVCache:
     """Keys and values of every layer, allocated once for `capacity` slots.
 
-    k[i], v[i]: [B, KV, capacity, D] float32 (attention runs in float32 whatever the weights'
-    dtype: small bf16 batched matmuls are slow on CPU, and softmax wants the range), allocated
-    at a layer's first update with the KV head count it sees (a tensor-parallel rank holds only
-    its share of the heads). Slot j holds the j-th token fed to the model for every row;
-    with left padding a slot may hold a pad, which `key_mask` [B, capacity] (True = real token)
-    hides from attention. `n_real` [B] counts each row's real tokens (its next RoPE position)."""
+    k[i], v[i]: [B, KV, capacity, D] in `dtype`, allocated at a layer's first update with the KV
+    head count it sees (a tensor-parallel rank holds only its share of the heads). Attention runs
+    in float32 whatever the weights' dtype (small bf16 batched matmuls are slow on CPU, and
+    softmax wants the range); a float16 cache stores k and v rounded to nearest even (|values|
+    past 65504 become inf, as in llama.cpp's f16 cache, its default) and is read back as float32:
+    half the memory, and half the bytes each decode step reads, which is what a step costs at
+    long context. Slot j holds the j-th
+    token fed to the model for every row; with left padding a slot may hold a pad, which
+    `key_mask` [B, capacity] (True = real token) hides from attention. `n_real` [B] counts each
+    row's real tokens (its next RoPE position)."""
 
-    def __init__(self, config: LlamaConfig, batch: int, capacity: int, *, device: torch.device | str):
+    def __init__(self, config: LlamaConfig, batch: int, capacity: int, *, device: torch.device | str,
+                 dtype: torch.dtype = torch.float32):
+        if dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"dtype must be one of {[str(d) for d in KV_CACHE_DTYPES]}, got {dtype}")
+        self.dtype = dtype
         self.k: list[torch.Tensor | None] = [None] * config.n_layers
         self.v: list[torch.Tensor | None] = [None] * config.n_layers
         self.key_mask = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
@@ -64,16 +75,17 @@ class KVCache:
         self.capacity = capacity
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v [B, KV, T, D] at slots [length, length + T) of `layer`; return the filled
-        prefix [B, KV, length + T, D] (views, no copies)."""
+        """Write k, v [B, KV, T, D] (float32) at slots [length, length + T) of `layer`; return the
+        filled prefix [B, KV, length + T, D] in float32 (views of a float32 cache; copies of a
+        float16 one)."""
         if self.k[layer] is None:
             b, kv, _, d = k.shape
-            self.k[layer] = k.new_zeros(b, kv, self.capacity, d)
-            self.v[layer] = v.new_zeros(b, kv, self.capacity, d)
+            self.k[layer] = k.new_zeros(b, kv, self.capacity, d, dtype=self.dtype)
+            self.v[layer] = v.new_zeros(b, kv, self.capacity, d, dtype=self.dtype)
         end = self.length + k.shape[2]
         self.k[layer][:, :, self.length:end].copy_(k)
         self.v[layer][:, :, self.length:end].copy_(v)
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        return self.k[layer][:, :, :end].float(), self.v[layer][:, :, :end].float()
 
 
 class RMSNorm(nn.Module):
@@ -186,11 +198,12 @@ class Llama(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def new_cache(self, batch: int, capacity: int) -> KVCache:
-        """An empty KV cache for `batch` rows and `capacity` tokens (prompt + generated)."""
+    def new_cache(self, batch: int, capacity: int, dtype: torch.dtype = torch.float32) -> KVCache:
+        """An empty KV cache for `batch` rows and `capacity` tokens (prompt + generated), holding
+        k and v in `dtype` (float32, or float16: see KVCache)."""
         if capacity > self.config.max_seq_len:
             raise ValueError(f"capacity must be <= max_seq_len={self.config.max_seq_len}, got {capacity}")
-        return KVCache(self.config, batch, capacity, device=self.embed_tokens.weight.device)
+        return KVCache(self.config, batch, capacity, device=self.embed_tokens.weight.device, dtype=dtype)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
         """ids: [B, T] int64 token ids. mask: [B, T] bool, True for real tokens, False for left

@@ -55,6 +55,23 @@ def test_generate_greedy_answers_paris(cli_model, capsys):
 
 
 @pytest.mark.slow
+def test_generate_float16_kv_cache(cli_model, capsys, monkeypatch):
+    """--kv-cache-dtype float16 reaches the cache the fused step decodes from, and the greedy answer
+    stays the float32 cache's (k and v rounded to float16 do not move this argmax)."""
+    import torch
+
+    seen = []
+    new_cache = type(cli_model[0]).new_cache
+    monkeypatch.setattr(type(cli_model[0]), "new_cache",
+                        lambda self, *a, **k: seen.append(new_cache(self, *a, **k)) or seen[-1])
+    assert main(["generate", "What is the capital of France?", "--temperature", "0", "--max-new-tokens", "12",
+                 "--kv-cache-dtype", "float16"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "The capital of France is Paris.\n" and "(fused)" in out.err
+    assert [c.dtype for c in seen] == [torch.float16] and seen[0].k[0].dtype == torch.float16
+
+
+@pytest.mark.slow
 def test_generate_w4a16_int8_head_fused(smollm2, monkeypatch, capsys):
     """--quant w4a16-rtn decodes on the fused path with the LM head int8 (the CLI default for the
     weight-only methods) and gives the answer its modules give (the int8 head does not change it)."""

@@ -10,7 +10,7 @@ from torch import nn
 import pyllmops
 from pyllmops import _ext
 from pyllmops.models.fused_decode import FusedDecoder
-from pyllmops.models.generate import generate_ids, pad_left
+from pyllmops.models.generate import GenerationStats, generate, generate_ids, pad_left
 from pyllmops.models.llama import Llama, LlamaConfig
 from tests import reference
 
@@ -38,9 +38,9 @@ def _model(cfg: LlamaConfig, quant: str) -> Llama:
     return m
 
 
-def _prefill(model, prompts):
+def _prefill(model, prompts, kv_dtype=torch.float32):
     ids, mask = pad_left(prompts)
-    cache = model.new_cache(len(prompts), ids.shape[1] + 12)
+    cache = model.new_cache(len(prompts), ids.shape[1] + 12, dtype=kv_dtype)
     with torch.inference_mode():
         logits = model(ids, mask=None if bool(mask.all()) else mask, cache=cache, last_only=True)[:, -1]
     return logits, cache
@@ -48,31 +48,51 @@ def _prefill(model, prompts):
 
 def _same_cache(a, b):
     assert a.length == b.length and torch.equal(a.n_real, b.n_real) and torch.equal(a.key_mask, b.key_mask)
+    assert a.dtype == b.dtype
+    # a float16 cache: a value whose float32 k or v differ in the last bits may round to the
+    # neighbouring float16, one ulp (<= 2^-10 relative) apart, and the next layers' and steps' k
+    # and v inherit that (measured over 40 seeds: up to ~1.3e-3 of max|k|)
+    tol = 1e-4 if a.dtype == torch.float32 else 3e-3
     for ka, kb in zip(a.k + a.v, b.k + b.v):
+        assert ka.dtype == kb.dtype == a.dtype
         # k and v come from the C++ kernels' summation order: errors scale with the cache's magnitude,
         # as the logits' bound does (a fixed 1e-5 failed at PYLLMOPS_TEST_SEED=101: 1.1e-5 on |k| ~ 0.006)
-        torch.testing.assert_close(ka, kb, rtol=1e-4, atol=1e-4 * float(ka.abs().max()))
+        torch.testing.assert_close(ka.float(), kb.float(), rtol=tol, atol=tol * float(ka.abs().max()))
+
+
+def _logit_tol(kv_dtype):
+    """The logits' relative bound: float32 rounding, or with a float16 cache the k / v values that
+    the two paths' float32 results round to neighbouring float16s (one ulp, <= 2^-10 relative) on
+    top: up to 6e-4 of max|logit| over 60 seeds x 12 cases of test_fused_steps_match_modules."""
+    return 1e-4 if kv_dtype == torch.float32 else 2e-3
 
 
 @pytest.mark.parametrize("quant", ["fp32", "w4a16", "w4a16-int8-head", "w8a16"])
 @pytest.mark.parametrize("cfg", [SMALL, ODD_HEAD], ids=["head_dim32", "head_dim40"])
 @pytest.mark.parametrize("lengths", [[7], [5, 11, 1]], ids=["b1", "b3_padded"])
-def test_fused_steps_match_modules(cfg, quant, lengths, seed):
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16], ids=["kv32", "kv16"])
+def test_fused_steps_match_modules(cfg, quant, lengths, kv_dtype, seed):
     """Ten steps of module decode and fused decode from one prefill, fed the same (module-greedy)
-    tokens: logits agree at every step, so do the argmax tokens and the KV caches."""
+    tokens: logits agree at every step, so do the argmax tokens and the KV caches (float32, or
+    float16: the C++ step rounds k and v as torch's float16 copy does)."""
     model = _model(cfg, quant)
     prompts = [torch.randint(0, cfg.vocab_size, (n,)).tolist() for n in lengths]
-    logits, cache = _prefill(model, prompts)
+    logits, cache = _prefill(model, prompts, kv_dtype)
     fused_cache = copy.deepcopy(cache)
     decoder = FusedDecoder.build(model)
     assert decoder is not None, FusedDecoder.unsupported(model)
     nxt = logits.argmax(-1)
+    tol = _logit_tol(kv_dtype)
     for _ in range(10):
         with torch.inference_mode():
             want = model(nxt[:, None], cache=cache)[:, -1]
         got = decoder.step(nxt, fused_cache)
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
-        assert torch.equal(got.argmax(-1), want.argmax(-1))
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))
+        if kv_dtype == torch.float32:
+            assert torch.equal(got.argmax(-1), want.argmax(-1))
+        else:  # the float16 cache's rounding may flip a near tie: the fused pick is a top logit within the bound
+            picked = want.gather(-1, got.argmax(-1, keepdim=True))[:, 0]
+            assert bool((picked >= want.max(-1).values - 2 * tol * want.abs().max()).all())
         nxt = want.argmax(-1)
     _same_cache(cache, fused_cache)
 
@@ -110,6 +130,61 @@ def test_fused_matches_modules_at_long_context(seed):
     _same_cache(cache, fused_cache)
 
 
+@pytest.mark.parametrize("cfg", [SMALL, ODD_HEAD], ids=["head_dim32", "head_dim40"])
+def test_fused_float16_cache_rounds_to_nearest_even(cfg, seed):
+    """Layer 0's k and v of a new token depend only on its embedding, so one fused step with a
+    float32 and one with a float16 cache write the same float32 values there: the float16 cache
+    must hold them rounded to nearest even, bit for bit (what torch's .half() does; truncation
+    would differ in about half of them)."""
+    model = _model(cfg, "fp32")
+    prompts = [torch.randint(0, cfg.vocab_size, (n,)).tolist() for n in (6, 9)]
+    _, c32 = _prefill(model, prompts)
+    _, c16 = _prefill(model, prompts, torch.float16)
+    decoder, slot = FusedDecoder.build(model), c32.length
+    ids = torch.randint(0, cfg.vocab_size, (2,))
+    decoder.step(ids, c32)
+    decoder.step(ids, c16)
+    for t32, t16 in ((c32.k[0], c16.k[0]), (c32.v[0], c16.v[0])):
+        assert t16.dtype == torch.float16
+        assert torch.equal(t16[:, :, slot], t32[:, :, slot].half())
+
+
+# (n_heads, n_kv_heads, head_dim): G = 6 (two 3-head tiles of the P V kernel), G = 4 (a 3-head tile
+# and a 1-head one), G = 3 with head_dim 48 (a 32-channel tile and two 8-channel ones), head_dim 40
+# (the scalar loops)
+_ATTN_SHAPES = [(6, 1, 64), (8, 2, 32), (6, 2, 48), (4, 1, 40)]
+
+
+@pytest.mark.parametrize("heads, kv_heads, head_dim", _ATTN_SHAPES, ids=["g6_d64", "g4_d32", "g3_d48", "g4_d40"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("lengths", [[1400], [1400, 260]], ids=["b1", "b2_padded"])
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16], ids=["kv32", "kv16"])
+def test_fused_attention_chunks_match_modules(heads, kv_heads, head_dim, threads, lengths, kv_dtype, seed):
+    """The fused attention splits a row's cache into chunks when rows x KV heads leave threads idle
+    (flash-decoding) and merges them: with 1-3 threads, one or two rows (the short one left-padded
+    over whole chunks, which then hold no unmasked slot), the logits match the modules'."""
+    cfg = LlamaConfig(vocab_size=64, dim=heads * head_dim, n_layers=1, n_heads=heads, n_kv_heads=kv_heads, ffn_dim=128,
+                      rope_theta=1e4, max_seq_len=1536)
+    model = _model(cfg, "fp32")
+    logits, cache = _prefill(model, [torch.randint(0, 64, (n,)).tolist() for n in lengths], kv_dtype)
+    fused_cache = copy.deepcopy(cache)
+    decoder = FusedDecoder.build(model)
+    ids = logits.argmax(-1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(3):
+            with torch.inference_mode():
+                want = model(ids[:, None], cache=cache)[:, -1]
+            got = decoder.step(ids, fused_cache)
+            tol = _logit_tol(kv_dtype)
+            torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))
+            ids = want.argmax(-1)
+    finally:
+        torch.set_num_threads(before)
+    _same_cache(cache, fused_cache)
+
+
 @pytest.mark.parametrize("quant", ["fp32", "w4a16"])
 def test_generate_uses_fused_path_with_same_greedy_tokens(quant, seed):
     """generate() takes the fused path by default; fused=False (the modules) yields the same ids."""
@@ -122,6 +197,14 @@ def test_generate_uses_fused_path_with_same_greedy_tokens(quant, seed):
     fused = generate_ids(model, prompts, max_new_tokens=15, sampler=greedy)
     plain = generate_ids(model, prompts, max_new_tokens=15, sampler=greedy, fused=False)
     assert fused == plain and all(len(r) == 15 for r in fused)
+    # a float16 cache: generate() allocates it and decodes on the fused path (whose steps match the
+    # modules', test_fused_steps_match_modules[kv16]; whole greedy runs may part at a near tie)
+    stats, made = GenerationStats(), []
+    new_cache = model.new_cache
+    model.new_cache = lambda *a, **k: made.append(new_cache(*a, **k)) or made[-1]
+    half = list(generate(model, prompts, max_new_tokens=15, sampler=greedy, stats=stats, kv_cache_dtype=torch.float16))
+    assert stats.decode_path == "fused" and len(half) == 15
+    assert [c.dtype for c in made] == [torch.float16] and made[0].k[0].dtype == torch.float16
 
 
 def test_f32_gemm_matches_float64(seed):

@@ -36,6 +36,28 @@ def test_kv_cache_decode_equals_full_forward(model):
     assert cache.length == 20
 
 
+def test_float16_kv_cache(model):
+    """A float16 cache holds k and v rounded to nearest even (after a prefill, layer 0's are the
+    float32 cache's values .half(), bit for bit; later layers see inputs that attention over
+    rounded values moved), attention reads them back as float32, and decoding stays within
+    float16 rounding of the float32 cache's logits (but not equal to them: the rounding happens)."""
+    ids = torch.randint(0, TINY.vocab_size, (2, 20))
+    c32, c16 = model.new_cache(2, 32), model.new_cache(2, 32, dtype=torch.float16)
+    with torch.inference_mode():
+        a, b = [model(ids[:, :9], cache=c32)], [model(ids[:, :9], cache=c16)]
+    assert all(t.dtype == torch.float16 for t in c16.k + c16.v)
+    assert torch.equal(c16.k[0], c32.k[0].half()) and torch.equal(c16.v[0], c32.v[0].half())
+    with torch.inference_mode():
+        for i in range(9, 20):
+            a.append(model(ids[:, i:i + 1], cache=c32))
+            b.append(model(ids[:, i:i + 1], cache=c16))
+    a, b = torch.cat(a, 1), torch.cat(b, 1)
+    torch.testing.assert_close(b, a, rtol=5e-3, atol=5e-3 * float(a.abs().max()))
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match="dtype"):
+        model.new_cache(1, 4, dtype=torch.bfloat16)
+
+
 def test_left_padded_batch_equals_each_prompt_alone(model):
     prompts = [torch.randint(0, TINY.vocab_size, (n,)) for n in (7, 3, 11)]
     longest = max(len(p) for p in prompts)
