@@ -5,6 +5,8 @@ llama-cpp-python) on the same GGUF, on the same cores, measured in the same run:
   chat prompt, timed after the first token (whose cost is the prefill) as `pyllmops generate`
   reports it; pyllmops through `generate()` (its fused C++ decode step), llama.cpp through
   `Llama.eval` one token at a time with the argmax taken in Python, as llama-cpp-python users do;
+- decode tokens/s at batch 1 after a LONG_CONTEXT-token prompt (int4 against llama.cpp), where
+  reading the KV cache each step costs as much as the weights;
 - batched decode: B = 1..16 prompts of different lengths decoding together (pyllmops int4), total
   tokens/s and the ratio to batch 1 (llama-cpp-python has no batched decode to compare with);
 - 512-token prefill tokens/s;
@@ -39,6 +41,7 @@ DECODE_TOKENS = 100
 BATCHES = [1, 2, 4, 8, 16]
 BATCH_TOKENS = 32
 PREFILL = 512
+LONG_CONTEXT = 1536
 EVAL_TEXT = Path("/usr/share/common-licenses/GPL-3")
 QUESTION = "Write a short story about a robot who learns to paint."
 MODEL = "SmolLM2-135M-Instruct Q4_1 gguf"
@@ -72,16 +75,24 @@ def models(smollm2):
 _LLAMAS: dict = {}
 
 
-def _llama_cpp(threads: int, logits_all: bool = False):
-    """One llama_cpp.Llama per (threads, logits_all), loaded once per run."""
+def _llama_cpp(threads: int, logits_all: bool = False, n_ctx: int = 1024):
+    """One llama_cpp.Llama per (threads, logits_all, n_ctx), loaded once per run."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="baseline needs llama-cpp-python (see the module docstring)")
     from pyllmops.models import smollm2_path
 
-    key = (threads, logits_all)
+    key = (threads, logits_all, n_ctx)
     if key not in _LLAMAS:
-        _LLAMAS[key] = llama_cpp.Llama(str(smollm2_path()), n_ctx=1024, n_batch=PREFILL, n_threads=threads,
+        _LLAMAS[key] = llama_cpp.Llama(str(smollm2_path()), n_ctx=n_ctx, n_batch=PREFILL, n_threads=threads,
                                        n_threads_batch=threads, logits_all=logits_all, verbose=False)
     return _LLAMAS[key]
+
+
+def _llama_cpp_greedy(llm) -> int:
+    """The argmax of the last evaluated token's logits. (Llama.scores is only written with
+    logits_all=True: reading it otherwise gave the argmax of a stale row, token 0 every step.)"""
+    import llama_cpp
+
+    return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))))
 
 
 def _llama_cpp_build() -> str:
@@ -113,7 +124,7 @@ def _greedy(logits: torch.Tensor, step: int) -> torch.Tensor:
     return logits.argmax(-1)
 
 
-def _ours_decode(model, prompts: list[list[int]], new_tokens: int):
+def _ours_decode(model, prompts: list[list[int]], new_tokens: int, kv_cache_dtype: torch.dtype = torch.float32):
     """setup, run for benchmark.pedantic: setup runs the prefill and the first token of generate(),
     run the other new_tokens - 1 steps (no stop tokens: every step decodes)."""
     from pyllmops.models.generate import generate
@@ -121,7 +132,7 @@ def _ours_decode(model, prompts: list[list[int]], new_tokens: int):
     state = {}
 
     def setup():
-        steps = generate(model, prompts, max_new_tokens=new_tokens, sampler=_greedy)
+        steps = generate(model, prompts, max_new_tokens=new_tokens, sampler=_greedy, kv_cache_dtype=kv_cache_dtype)
         next(steps)
         state["steps"] = steps
         return (), {}
@@ -129,6 +140,22 @@ def _ours_decode(model, prompts: list[list[int]], new_tokens: int):
     def run():
         for _ in state["steps"]:
             pass
+
+    return setup, run
+
+
+def _llama_cpp_decode(llm, prompt: list[int], new_tokens: int):
+    """setup, run for benchmark.pedantic, as _ours_decode: setup evaluates the prompt (its logits
+    give the first token), run the other new_tokens - 1 greedy steps, one Llama.eval each."""
+
+    def setup():
+        llm.reset()
+        llm.eval(prompt)
+        return (), {}
+
+    def run():
+        for _ in range(new_tokens - 1):
+            llm.eval([_llama_cpp_greedy(llm)])
 
     return setup, run
 
@@ -142,17 +169,8 @@ def test_decode(benchmark, impl, threads, smollm2, request):
     prompt = _prompt(tok)
     torch.set_num_threads(threads)
     if impl == "llama.cpp":
-        llm = _llama_cpp(threads)
         backend = _llama_cpp_build()
-
-        def setup():
-            llm.reset()
-            llm.eval(prompt)
-            return (), {}
-
-        def run():
-            for _ in range(DECODE_TOKENS - 1):
-                llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        setup, run = _llama_cpp_decode(_llama_cpp(threads), prompt, DECODE_TOKENS)
     else:
         backend = _backend(impl)
         setup, run = _ours_decode(request.getfixturevalue("models")[impl][0], [prompt], DECODE_TOKENS)
@@ -160,6 +178,31 @@ def test_decode(benchmark, impl, threads, smollm2, request):
            backend=backend, baseline=impl == "llama.cpp", unit="tok/s")
     benchmark.pedantic(run, setup=setup, rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info["throughput"] = (DECODE_TOKENS - 1) / benchmark.stats.stats.median
+
+
+# -- decode at a long context ------------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("impl", ["llama.cpp", "int4", "int4 f16 cache"])
+def test_decode_long_context(benchmark, impl, threads, smollm2, request):
+    """Batch-1 greedy decode of BATCH_TOKENS tokens after a LONG_CONTEXT-token prompt, where every
+    step's attention reads the whole KV cache (pyllmops: float32 by default, 92 MB for SmolLM2 at
+    2000 tokens, or float16; llama.cpp: f16 by default), as a long chat or document does."""
+    tok = smollm2[1]
+    prompt = _text_ids(tok, LONG_CONTEXT)
+    torch.set_num_threads(threads)
+    if impl == "llama.cpp":
+        backend = _llama_cpp_build()
+        setup, run = _llama_cpp_decode(_llama_cpp(threads, n_ctx=2048), prompt, BATCH_TOKENS)
+    else:
+        half = impl.endswith("f16 cache")
+        backend = _backend("int4") + (", f16 KV cache" if half else "")
+        setup, run = _ours_decode(request.getfixturevalue("models")["int4"][0], [prompt], BATCH_TOKENS,
+                                  torch.float16 if half else torch.float32)
+    record(benchmark, op=f"decode after a {LONG_CONTEXT}-token prompt (greedy, {BATCH_TOKENS} new tokens, batch 1)",
+           shape=f"{MODEL} {threads} threads", backend=backend, baseline=impl == "llama.cpp", unit="tok/s")
+    benchmark.pedantic(run, setup=setup, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["throughput"] = (BATCH_TOKENS - 1) / benchmark.stats.stats.median
 
 
 # -- batched decode ----------------------------------------------------------------------------

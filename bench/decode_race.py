@@ -38,6 +38,7 @@ QUESTION = "Write a short story about a robot who learns to paint."
 _LLAMA_WORKER = r"""
 import re, sys, time
 import llama_cpp
+import numpy as np
 from pyllmops.models import load_smollm2, smollm2_path
 from pyllmops.models.chat import chat_prompt
 threads, tokens, question = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -45,12 +46,14 @@ _, tok = load_smollm2()
 ids = chat_prompt(tok, question)
 llm = llama_cpp.Llama(str(smollm2_path()), n_ctx=1024, n_batch=512, n_threads=threads, n_threads_batch=threads,
                       verbose=False)
+def greedy():  # the last token's logits (Llama.scores is written only with logits_all=True)
+    return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))))
 llm.eval(ids)
-nxt = int(llm.scores[llm.n_tokens - 1].argmax())
+nxt = greedy()
 begin = time.perf_counter()
 for _ in range(tokens - 1):
     llm.eval([nxt])
-    nxt = int(llm.scores[llm.n_tokens - 1].argmax())
+    nxt = greedy()
 rate = (tokens - 1) / (time.perf_counter() - begin)
 isa = " ".join(re.findall(r"(\w+) = 1", llama_cpp.llama_print_system_info().decode()))
 print(f"RESULT {rate:.3f} llama.cpp {llama_cpp.__version__} Q4_1 ({isa})")
