@@ -99,7 +99,8 @@ CPP_KERNEL_CASES = [
     (1, 8, 96, -1, "vnni_digits"),       # M = 1, K < 128
     (1, 96, 256, 64, "avx512_fma"),
     (4, 40, 576, 64, "avx512_fma"),
-    (11, 40, 576, 128, "avx512_fma"),    # M = 11: three row tiles of x, the last one short (batched decode)
+    (11, 40, 576, 128, "vnni_digits"),   # M = 11: three row tiles of x, the last one short (batched decode)
+    (11, 40, 576, 64, "avx512_fma"),     # the same through the FMA kernel
 ]
 
 
