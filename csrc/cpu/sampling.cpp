@@ -525,6 +525,80 @@ PYLLMOPS_AVX512 int64_t keep_at_least_avx512(float* w, int32_t* wi, int64_t n, f
   return count;
 }
 
+// block_weights_portable on 16 lanes, lane for lane the same operations as exp2_nonpos (so the
+// same bits as the portable and AVX2 loops): the clamp below kExp2Low and the kth test zero a
+// lane through one mask, and 2^n multiplies through vscalefps by n = round(v) as a float (exact:
+// y in [0.70, 1.42] times 2^n, n >= -125, is a normal float, as the exponent-field add gives).
+// 15 zmm ops per 16 logits against 2 x 19 ymm ops; Zen 4 runs a zmm op on two 256-bit pipes, so
+// the gain is the ops saved, not the width. Four groups in flight, as in block_weights_avx2.
+PYLLMOPS_AVX512 float block_weights_avx512(const float* x, int64_t n, float m, float w_scale, float kth, float* w) {
+  const __m512 vm = _mm512_set1_ps(m), vit = _mm512_set1_ps(w_scale), vk = _mm512_set1_ps(kth),
+               lo = _mm512_set1_ps(kExp2Low), shifter = _mm512_set1_ps(kRoundShifter);
+  constexpr int N = 4;
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += N * kLanes) {
+    __m512 v[N], r[N], f[N], y[N];
+    __mmask16 live[N], keep[N];
+#pragma GCC unroll 4
+    for (int j = 0; j < N; ++j) {
+      live[j] = i + j * kLanes < n ? live_mask(i + j * kLanes, n) : __mmask16(0);
+      const __m512 xv = _mm512_mask_loadu_ps(_mm512_set1_ps(kNegInf), live[j], x + i + j * kLanes);
+      v[j] = _mm512_mul_ps(_mm512_sub_ps(xv, vm), vit);
+      // kept: x >= kth and not v < kExp2Low (a NaN v is kept, as the AVX2 andnot keeps it)
+      keep[j] = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(xv, vk, _CMP_GE_OQ), v[j], lo, _CMP_NLT_UQ);
+      v[j] = _mm512_max_ps(v[j], lo);
+      r[j] = _mm512_sub_ps(_mm512_add_ps(v[j], shifter), shifter);
+      f[j] = _mm512_sub_ps(v[j], r[j]);
+      y[j] = _mm512_fmadd_ps(_mm512_set1_ps(kExp2Poly[5]), f[j], _mm512_set1_ps(kExp2Poly[4]));
+    }
+    for (int k = 3; k >= 0; --k)
+#pragma GCC unroll 4
+      for (int j = 0; j < N; ++j) y[j] = _mm512_fmadd_ps(y[j], f[j], _mm512_set1_ps(kExp2Poly[k]));
+#pragma GCC unroll 4
+    for (int j = 0; j < N; ++j) {
+      const __m512 e = _mm512_maskz_scalef_ps(keep[j], _mm512_fmadd_ps(y[j], f[j], _mm512_set1_ps(1.0f)), r[j]);
+      _mm512_mask_storeu_ps(w + i + j * kLanes, live[j], e);
+      acc = _mm512_add_ps(acc, e);  // group order per lane; a padded lane adds 0
+    }
+  }
+  alignas(64) float lanes[kLanes];
+  _mm512_store_ps(lanes, acc);
+  return lane_sum(lanes);
+}
+
+// band_split_portable on 16 lanes: the above-band mass as band_split_avx2 adds it (a group's two
+// 8-lane halves added in float, then 8 double lanes), the band's weights left-packed by
+// vcompressps (register to register; Zen 4 microcodes the compress to memory) into kLanes slack.
+template <bool Above>
+PYLLMOPS_AVX512 double band_split16(const float* w, int64_t n, float lo, float hi, float* out, int64_t* count) {
+  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  __m512d above = _mm512_setzero_pd();
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __m512 g = _mm512_mask_loadu_ps(_mm512_set1_ps(-1.0f), live_mask(i, n), w + i);  // padding: in no set
+    if (Above) {
+      const __m512 a = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(g, vhi, _CMP_GE_OQ), g);
+      const __m256 pair = _mm256_add_ps(_mm512_castps512_ps256(a),
+                                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+      above = _mm512_add_pd(above, _mm512_cvtps_pd(pair));
+    }
+    const __mmask16 in = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(g, vlo, _CMP_GE_OQ), g, vhi, _CMP_LT_OQ);
+    _mm512_storeu_ps(out + c, _mm512_maskz_compress_ps(in, g));
+    c += __builtin_popcount(in);
+  }
+  *count = c;
+  alignas(64) double lanes[kLanes / 2];
+  _mm512_store_pd(lanes, above);
+  double sum = 0.0;
+  for (int j = 0; j < kLanes / 2; ++j) sum += lanes[j];
+  return sum;
+}
+
+PYLLMOPS_AVX512 double band_split_avx512(const float* w, int64_t n, float lo, float hi, float* out, int64_t* count) {
+  return hi == std::numeric_limits<float>::infinity() ? band_split16<false>(w, n, lo, hi, out, count)
+                                                      : band_split16<true>(w, n, lo, hi, out, count);
+}
+
 int64_t keep_at_least_portable(float* w, int32_t* wi, int64_t n, float c) {
   int64_t count = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -933,7 +1007,9 @@ int64_t count_at_least(const uint32_t* keys, int64_t n, uint32_t t) {
   return use_avx512() ? count_at_least_avx512(keys, n, t) : count_at_least_portable(keys, n, t);
 }
 float block_weights(const float* x, int64_t n, float m, float w_scale, float kth, float* w) {
-  return has_avx2() ? block_weights_avx2(x, n, m, w_scale, kth, w) : block_weights_portable(x, n, m, w_scale, kth, w);
+  return use_avx512() ? block_weights_avx512(x, n, m, w_scale, kth, w)
+         : has_avx2()   ? block_weights_avx2(x, n, m, w_scale, kth, w)
+                        : block_weights_portable(x, n, m, w_scale, kth, w);
 }
 void weigh_weights(const float* x, int64_t n, float m, float w_scale, float kth, float eps, float* w) {
   has_avx2() ? weigh_avx2(x, n, m, w_scale, kth, eps, w) : weigh(x, n, m, w_scale, kth, eps, w);
@@ -953,7 +1029,9 @@ int64_t keep_at_least(float* w, int32_t* wi, int64_t n, float c) {
                       : keep_at_least_portable(w, wi, n, c);
 }
 double band_split(const float* w, int64_t n, float lo, float hi, float* out, int64_t* count) {
-  return has_avx2() ? band_split_avx2(w, n, lo, hi, out, count) : band_split_portable(w, n, lo, hi, out, count);
+  return use_avx512() ? band_split_avx512(w, n, lo, hi, out, count)
+         : has_avx2()   ? band_split_avx2(w, n, lo, hi, out, count)
+                        : band_split_portable(w, n, lo, hi, out, count);
 }
 int64_t select_bits(const float* w, int64_t n, int shift, uint32_t mask, uint32_t key, float* out) {
   return use_avx512() ? select_bits_avx512(w, n, shift, mask, key, out)
