@@ -715,6 +715,7 @@ __attribute__((target("avx512f,avx512bw"))) inline void w8_step_avx512(
   }
 }
 
+constexpr int64_t kW8FarTiles = 8;
 template <int MT, int NT>
 __attribute__((target("avx512f,avx512bw"))) inline void w8_tile_avx512(
     const float* x, int64_t K, const int8_t* qw, const float* scales, float* out, int64_t N, int64_t n) {
@@ -722,13 +723,18 @@ __attribute__((target("avx512f,avx512bw"))) inline void w8_tile_avx512(
   for (int m = 0; m < MT; ++m)
     for (int j = 0; j < NT; ++j) even[m][j] = odd[m][j] = _mm512_setzero_ps();
   int64_t k = 0;
-  // The next tile's rows, a cache line per row and 64 weights, as in w8_tile_avx2: streamed from
-  // DRAM (SmolLM2's 28 MB LM head), the tile ran at 7 GB/s without it, 15-17 with it (Zen 4; 2
-  // tiles ahead alike, a step 1.10x faster)
-  const int8_t* ahead = qw + (n + NT) * K;
+  // Streamed from DRAM (SmolLM2's 28 MB LM head after the decoder's weights evicted it), the tile
+  // waits on memory: per 64 weights of a row, the next tile's line into L1 and the line
+  // kW8FarTiles tiles on into L2 (Zen 4, the head cold from DRAM: 7.3 GB/s with neither, 10 with
+  // the L1 one, 18 with both on 1 thread; 4-32 tiles alike; 2 threads 15 -> 31 GB/s)
+  const int8_t* near = qw + (n + NT) * K;
+  const int8_t* far = qw + (n + kW8FarTiles * NT) * K;
   for (; k + 32 <= K; k += 32) {
     if (k % 64 == 0)
-      for (int j = 0; j < NT; ++j) _mm_prefetch(reinterpret_cast<const char*>(ahead + j * K + k), _MM_HINT_T0);
+      for (int j = 0; j < NT; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(near + j * K + k), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(far + j * K + k), _MM_HINT_T1);
+      }
     w8_step_avx512<MT, NT>(x, K, qw, n, k, even);
     w8_step_avx512<MT, NT>(x, K, qw, n, k + 16, odd);
   }
