@@ -87,7 +87,13 @@ float dot_row_scalar(const float* q, const T* k, int64_t n) {
   return acc;
 }
 
-constexpr int64_t kAhead = 8;  // cache rows prefetched ahead (past the end: a prefetch, no fault)
+// Cache rows prefetched ahead (past the end: a prefetch, no fault): kAhead rows on into L1, and
+// kFarAhead rows on into L2. The cache streams from DRAM at long context; the far prefetch keeps
+// more lines in flight than the L1 one and the hardware prefetcher (Zen 4, 2,000 cached tokens:
+// 1.25x / 1.17x a step at 1 / 2 threads, 32-128 rows alike; B = 8 at 512 tokens 1.12x; 64
+// tokens unchanged).
+constexpr int64_t kAhead = 8;
+constexpr int64_t kFarAhead = 64;
 
 // out[g] [D] = sum_i p[g][i] v[i] for the G heads (p: [G, S], v: [S, D], D % 8 == 0): per 3 heads
 // and 32 channels, 12 accumulators in registers over all S rows, so each value of v is loaded
@@ -99,8 +105,10 @@ __attribute__((target("avx2,fma,f16c"))) inline void pv_tile_avx2(const float* p
   for (int g = 0; g < GT; ++g)
     for (int d = 0; d < DV; ++d) acc[g][d] = _mm256_setzero_ps();
   for (int64_t i = 0; i < S; ++i) {
-    for (int64_t b = 0; b < static_cast<int64_t>(DV * 8 * sizeof(T)); b += 64)
+    for (int64_t b = 0; b < static_cast<int64_t>(DV * 8 * sizeof(T)); b += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(v + (i + kAhead) * D) + b, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(v + (i + kFarAhead) * D) + b, _MM_HINT_T1);
+    }
     __m256 vv[DV];
     for (int d = 0; d < DV; ++d) vv[d] = load8(v + i * D + 8 * d);
     for (int g = 0; g < GT; ++g) {
@@ -265,8 +273,10 @@ void attend_chunk(const float* q, int64_t G, int64_t D, const T* k, const T* v, 
   for (int64_t s = s0; s < s1; ++s) {  // q k^T, each cache row once for the G heads
     const bool skip = mask && !mask[s];
     const T* ks = k + s * D;
-    for (int64_t b = 0; b < static_cast<int64_t>(D * sizeof(T)); b += 64)
+    for (int64_t b = 0; b < static_cast<int64_t>(D * sizeof(T)); b += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(ks + kAhead * D) + b, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(ks + kFarAhead * D) + b, _MM_HINT_T1);
+    }
     for (int64_t g = 0; g < G; ++g) {
       const float x =
           skip ? neg_inf : (simd ? dot_row_avx2(q + g * D, ks, D) : dot_row_scalar(q + g * D, ks, D)) * scale;
