@@ -254,7 +254,7 @@ void rope(float* x, int64_t heads, int64_t D, const float* cos, const float* sin
 // tokens they come from memory, not L2: 3x the traffic at SmolLM2's G = 3). The result is the
 // chunk's softmax state per head, for merge_chunks: top[g * stride] = max score (-inf: no unmasked
 // slot), total[g * stride] = sum exp(score - top), out + g * stride * D: sum exp(score - top) v
-// (unnormalized). scores: G * (s1 - s0) floats of scratch.
+// (unnormalized). scratch: G * (s1 - s0) + G floats (the scores, then the running max per head).
 struct ChunkState {
   float* top;
   float* total;
@@ -264,12 +264,14 @@ struct ChunkState {
 
 template <typename T>
 void attend_chunk(const float* q, int64_t G, int64_t D, const T* k, const T* v, int64_t s0, int64_t s1,
-                  const bool* mask, float* scores, ChunkState st) {
+                  const bool* mask, float* scratch, ChunkState st) {
   const bool simd = has_avx2_fma() && D % 8 == 0;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int64_t S = s1 - s0;
-  std::vector<float> tops(G, neg_inf);  // the running max per head
+  float* scores = scratch;
+  float* tops = scratch + G * S;  // the running max per head
+  std::fill_n(tops, G, neg_inf);
   for (int64_t s = s0; s < s1; ++s) {  // q k^T, each cache row once for the G heads
     const bool skip = mask && !mask[s];
     const T* ks = k + s * D;
@@ -294,18 +296,14 @@ void attend_chunk(const float* q, int64_t G, int64_t D, const T* k, const T* v, 
       continue;
     }
     float total = 0.f;
-    if (simd && !mask) {
+    if (simd) {
       total = exp_sum_avx2(sg, S, top);
     } else {
-      if (simd) {
-        exp_sum_avx2(sg, S, top);
-      } else {
-        for (int64_t i = 0; i < S; ++i) sg[i] = std::exp(sg[i] - top);
-      }
-      // masked slots: exp(-inf) is 0 exactly, the polynomial's only tiny
-      if (mask)
-        for (int64_t i = 0; i < S; ++i) sg[i] = mask[s0 + i] ? sg[i] : 0.f;
-      for (int64_t i = 0; i < S; ++i) total += sg[i];
+      for (int64_t i = 0; i < S; ++i) total += (sg[i] = std::exp(sg[i] - top));
+    }
+    if (mask) {  // masked slots: exp(-inf) is 0 exactly, the polynomial's only tiny
+      total = 0.f;
+      for (int64_t i = 0; i < S; ++i) total += (sg[i] = mask[s0 + i] ? sg[i] : 0.f);
     }
     st.total[g * st.stride] = total;
   }
@@ -405,7 +403,7 @@ void llama_decode_layers(const LlamaDims& d, const std::vector<DecodeLayer>& lay
     }
     // state of (row b, query head h, chunk c) at index (b * H + h) * chunks + c
     parallel_for(B * KV * chunks, threads, grain, [&](int64_t t0, int64_t t1) {
-      std::vector<float> scores(G * chunk);
+      std::vector<float> scratch(G * chunk + G);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c = t % chunks, bk = t / chunks, b = bk / KV, base = bk * step.capacity * D;
         const int64_t at = (b * H + bk % KV * G) * chunks + c;  // (row b, head kh * G, chunk c); head + g: + g * chunks
@@ -414,7 +412,7 @@ void llama_decode_layers(const LlamaDims& d, const std::vector<DecodeLayer>& lay
         const int64_t s0 = c * chunk, s1 = std::min(S, (c + 1) * chunk);
         const ChunkState state{top.data() + at, total.data() + at, outs.data() + at * D, chunks};
         with_cache(l, [&](auto* kc, auto* vc) {
-          attend_chunk(qh, G, D, kc + base, vc + base, s0, s1, mask, scores.data(), state);
+          attend_chunk(qh, G, D, kc + base, vc + base, s0, s1, mask, scratch.data(), state);
         });
       }
     });
