@@ -23,7 +23,9 @@ Backends:
              vpmaddubsw at M = 1 (`_ext.cpp().w4a16_kernel(K, group_size, M)` names the kernel a
              call gets). Larger M (prefill), any K and group size: blocks of 4 MB
              of the weight made float32 (int4: a C++ loop, the torch fallback's values) and
-             F.linear on each (_blocked_linear), without the fallback's 64 MB buffer per call.
+             F.linear on each (_blocked_linear), without the fallback's 64 MB buffer per call;
+             bfloat16 x on a CPU with bf16 GEMMs (_bf16_prefill): the blocks rounded to bfloat16
+             and the GEMM in bf16 (float32 sums), as GPU W4A16 kernels compute, ~2x float32.
   triton     int4: kernels/triton/w4a16.py, tensor cores (mma.sync on sm_80, wgmma on sm_90a) with the
              weight dequantized in registers as the MMA's A operand, every weight byte read once,
              a fixed tile / split-K / pipeline-depth table per M bucket; any M, K, group, g_idx.
@@ -46,6 +48,7 @@ Both ops are differentiable with respect to x (the weight is frozen): grad_x = g
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
@@ -146,11 +149,13 @@ def _cpp_w4_supported(x, qweight, scales, zeros, group_size, g_idx):
 def _cpp_w4(x, qweight, scales, zeros, group_size, g_idx):
     m, k = x.shape
     n = qweight.shape[0]
-    xf, qw = _f32_contiguous(x), qweight.contiguous()
-    sf, zc = _f32_contiguous(scales), zeros.contiguous()
+    qw, sf, zc = qweight.contiguous(), _f32_contiguous(scales), zeros.contiguous()
     gs = k if group_size == -1 else group_size
     if m > CPU_DECODE_MAX_M:
-        return _cpp_w4_prefill(xf, qw, sf, zc, gs).to(x.dtype)
+        if _bf16_prefill(x):
+            return _cpp_w4_prefill(x.contiguous(), qw, sf, zc, gs)
+        return _cpp_w4_prefill(_f32_contiguous(x), qw, sf, zc, gs).to(x.dtype)
+    xf = _f32_contiguous(x)
     out = cpp_w4_decode(xf, qw, sf, zc, gs, torch.empty((m, n), dtype=torch.float32))
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
@@ -171,9 +176,29 @@ def cpp_w4_decode(x, qweight, scales, zeros, group_size, out):
 PREFILL_BLOCK = 1 << 20
 
 
+def _bf16_prefill(x: torch.Tensor) -> bool:
+    """Whether a prefill-sized call computes in bfloat16: x is bfloat16 and the CPU multiplies
+    bfloat16 in hardware (AVX512_BF16 / AMX; torch's bf16 GEMM is 2.2x its fp32 one on Zen 4).
+    What W4A16 / W8A16 mean on GPUs (Marlin, vLLM; bitsandbytes' compute_dtype): the weight
+    dequantized to the activations' 16-bit type, products accumulated in float32, the output
+    rounded to it. float32 x keeps the exact float32 path; float16 x too (no CPU GEMM in float16)."""
+    return x.dtype == torch.bfloat16 and _cpu_bf16_gemm()
+
+
+def _cpu_bf16_gemm() -> bool:
+    global _BF16_GEMM
+    if _BF16_GEMM is None:
+        _BF16_GEMM = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return _BF16_GEMM
+
+
+_BF16_GEMM: Optional[bool] = None
+
+
 def _cpp_w4_prefill(x, qweight, scales, zeros, group_size):
-    """x [M, K] fp32 @ W^T for M past decode sizes, where the GEMM is compute-bound: blocks of
-    output rows dequantized by the C++ loop (the torch fallback's float32 values), F.linear each."""
+    """x [M, K] fp32 (or bf16, _bf16_prefill) @ W^T for M past decode sizes, where the GEMM is
+    compute-bound: blocks of output rows dequantized by the C++ loop (the torch fallback's float32
+    values; rounded to bf16 for bf16 x), F.linear each."""
     from pyllmops import _ext
 
     def fill(n0, n1, w):
@@ -183,17 +208,40 @@ def _cpp_w4_prefill(x, qweight, scales, zeros, group_size):
     return _blocked_linear(x, qweight.shape[0], fill)
 
 
+_buffers = threading.local()
+
+
+def _prefill_buffer(dtype: torch.dtype, numel: int) -> torch.Tensor:
+    """A flat buffer of at least `numel` elements, kept per thread and dtype and reused by every
+    prefill call (a fresh 4 MB block per call was a page-faulted allocation each time)."""
+    held = getattr(_buffers, "by_dtype", None)
+    if held is None:
+        held = _buffers.by_dtype = {}
+    buf = held.get(dtype)
+    if buf is None or buf.numel() < numel:
+        with torch.inference_mode(False):  # a normal tensor: written in place outside inference mode too
+            buf = held[dtype] = torch.empty(max(numel, PREFILL_BLOCK), dtype=dtype)
+    return buf[:numel]
+
+
 def _blocked_linear(x, n, fill):
-    """x [M, K] fp32 @ W^T with W [N, K] float32 made PREFILL_BLOCK weights at a time by
-    fill(n0, n1, block [n1 - n0, K]) into one reused buffer; out [M, N] fp32."""
+    """x [M, K] fp32 or bf16 @ W^T with W [N, K] made PREFILL_BLOCK weights at a time by
+    fill(n0, n1, block [n1 - n0, K] float32) into one reused buffer (then rounded to bf16 for
+    bf16 x); out [M, N] in x's dtype."""
     k = x.shape[1]
     rows = max(1, min(n, PREFILL_BLOCK // k))
-    block = torch.empty((rows, k), dtype=torch.float32)
-    out = torch.empty((x.shape[0], n), dtype=torch.float32)
+    block = _prefill_buffer(torch.float32, rows * k).view(rows, k)
+    half = _prefill_buffer(x.dtype, rows * k).view(rows, k) if x.dtype != torch.float32 else None
+    if rows == n:  # one block (every SmolLM2 projection): F.linear's own output, no copy into out
+        fill(0, n, block)
+        return torch.nn.functional.linear(x, block if half is None else half.copy_(block))
+    out = torch.empty((x.shape[0], n), dtype=x.dtype)
     for n0 in range(0, n, rows):
         n1 = min(n, n0 + rows)
         w = block[: n1 - n0]
         fill(n0, n1, w)
+        if half is not None:
+            w = half[: n1 - n0].copy_(w)
         out[:, n0:n1] = torch.nn.functional.linear(x, w)
     return out
 
@@ -269,12 +317,14 @@ def _cpp_w8_supported(x, qweight, scales):
 def _cpp_w8(x, qweight, scales):
     m, k = x.shape
     n = qweight.shape[0]
-    xf, qw, sf = _f32_contiguous(x), qweight.contiguous(), _f32_contiguous(scales)
+    qw, sf = qweight.contiguous(), _f32_contiguous(scales)
     if m > DECODE_MAX_M:
+        if _bf16_prefill(x):  # the scales into the weight: one rounding to bf16 of q * s
+            return _blocked_linear(x.contiguous(), n, lambda n0, n1, w: torch.mul(qw[n0:n1], sf[n0:n1, None], out=w))
         # as the torch fallback (scale the output), without its 4-bytes-per-weight buffer per call
-        out = _blocked_linear(xf, n, lambda n0, n1, w: w.copy_(qw[n0:n1])).mul_(sf)
+        out = _blocked_linear(_f32_contiguous(x), n, lambda n0, n1, w: w.copy_(qw[n0:n1])).mul_(sf)
     else:
-        out = cpp_w8_decode(xf, qw, sf, torch.empty((m, n), dtype=torch.float32))
+        out = cpp_w8_decode(_f32_contiguous(x), qw, sf, torch.empty((m, n), dtype=torch.float32))
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 
