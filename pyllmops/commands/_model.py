@@ -62,6 +62,10 @@ def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
                         "128, as AutoAWQ; a shorter text gives fewer: the default text 57)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     g.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights and activations of the float model")
+    g.add_argument("--prefill-dtype", choices=["bfloat16"], default=None,
+                   help="weight-only methods (w4a16-*, w8a16): run the prefill GEMMs (calls of more than 32 tokens) "
+                        "in bfloat16 as GPU W4A16 kernels do, ~2x float32's speed on CPUs with AVX512_BF16 or AMX; "
+                        "decode keeps the exact kernels (default: the model's dtype, exact)")
     g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--tp", type=int, default=1,
                    help="tensor-parallel degree: N > 1 runs N local processes joined by gloo (CPU), or, under "
@@ -133,6 +137,9 @@ def load(args: argparse.Namespace):
 def quantize(model, tokenizer, method: str, args: argparse.Namespace):
     """Quantize `model` in place with `method` ('fp': unchanged), options from args."""
     if method == "fp":
+        if getattr(args, "prefill_dtype", None):
+            raise ValueError(f"--prefill-dtype applies to weight-only methods (w4a16-*, w8a16), not --quant fp "
+                             f"(use --dtype {args.prefill_dtype} for a bfloat16 float model)")
         return model
     import pyllmops
     from pyllmops.models.evaluate import calibration_batches
@@ -145,8 +152,16 @@ def quantize(model, tokenizer, method: str, args: argparse.Namespace):
     samples = {} if args.calib_samples is None else {"n_samples": args.calib_samples}
     calib = [b.to(args.device) for b in calibration_batches(tokenizer, text, **samples)]
     try:
-        return pyllmops.quantize(model, method, calib=calib, **options)
+        model = pyllmops.quantize(model, method, calib=calib, **options)
     except TypeError as err:  # an option (e.g. from --quant-option) the method does not take
         if "unexpected keyword argument" in str(err):
             raise ValueError(f"{method}: {err}") from None
         raise
+    if getattr(args, "prefill_dtype", None):
+        from pyllmops.nn import set_prefill_dtype
+
+        try:
+            set_prefill_dtype(model, DTYPES[args.prefill_dtype])
+        except ValueError as err:
+            raise ValueError(f"--prefill-dtype {args.prefill_dtype}: {err} ({method} made none)") from None
+    return model

@@ -14,6 +14,15 @@ cheaper than gathering scales per weight). The fast kernels therefore never see 
 
 input_scale [K] (optional): forward computes layer(x / input_scale). AWQ uses it when a model
 gives no op to fold its scales into.
+
+prefill_dtype (None or torch.bfloat16; set_prefill_dtype for a whole model): the dtype the GEMM of
+a prefill-sized call (more rows than the decode kernels take, 32 for int4 and 16 for int8) runs
+in. None keeps x's dtype: float32 x gets float32 products of the exact dequantized weight.
+bfloat16 rounds x and the dequantized weight to bfloat16 and accumulates in float32 (the output is
+rounded to bfloat16, then cast back to x's dtype): what W4A16 kernels do on GPUs (Marlin, vLLM)
+and bitsandbytes' bf16 compute_dtype. On a CPU with AVX512_BF16 or AMX, torch's bf16 GEMM runs
+~2x its float32 one (docs/decode.md: SmolLM2's 512-token prefill). Decode-sized calls keep the
+exact kernels, which read the packed weight and are faster there.
 """
 from __future__ import annotations
 
@@ -30,6 +39,22 @@ from pyllmops.ops._validate import FLOAT_DTYPES
 from pyllmops.ops.weight_only import w4a16_matmul, w8a16_matmul
 from pyllmops.quant.packing import Int4Weight, Int8Weight, default_g_idx, pack_int4, unpack_int4
 from pyllmops.quant.rtn import rtn_int4, rtn_int8
+
+
+PREFILL_DTYPES = (None, torch.bfloat16)
+
+
+def set_prefill_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> int:
+    """Sets prefill_dtype (see the module docstring) on every WeightOnlyLinear of `model`; returns
+    how many. ValueError for a dtype other than None or torch.bfloat16, or a model without one."""
+    layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
+    if dtype not in PREFILL_DTYPES:
+        raise ValueError(f"dtype must be one of {PREFILL_DTYPES}, got {dtype!r}")
+    if not layers:
+        raise ValueError("model has no WeightOnlyLinear layer (quantize it with a weight-only method first)")
+    for m in layers:
+        m.prefill_dtype = dtype
+    return len(layers)
 
 
 def _contiguous_groups(w: Int4Weight) -> tuple[Int4Weight, Optional[torch.Tensor]]:
@@ -66,6 +91,17 @@ class WeightOnlyLinear(nn.Module):
         self.register_buffer("perm", perm)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.register_buffer("input_scale", None if input_scale is None else input_scale.detach().clone())
+        self.prefill_dtype: Optional[torch.dtype] = None
+
+    @property
+    def prefill_dtype(self) -> Optional[torch.dtype]:
+        return self.__dict__["_prefill_dtype"]
+
+    @prefill_dtype.setter
+    def prefill_dtype(self, dtype: Optional[torch.dtype]) -> None:
+        if dtype not in PREFILL_DTYPES:
+            raise ValueError(f"prefill_dtype must be one of {PREFILL_DTYPES}, got {dtype!r}")
+        self.__dict__["_prefill_dtype"] = dtype
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int = 4, group_size: int = 128, symmetric: bool = False) -> "WeightOnlyLinear":
@@ -106,7 +142,11 @@ class WeightOnlyLinear(nn.Module):
             x2 = x2[:, buffers["perm"]]
         y = self._decode(x2)
         if y is None:
-            y = self._matmul(x2)
+            pd = self.__dict__["_prefill_dtype"]
+            if pd is not None and x2.dtype != pd and x2.shape[0] > (ops.CPU_DECODE_MAX_M if self.int4 else ops.DECODE_MAX_M):
+                y = self._matmul(x2.to(pd)).to(x2.dtype)
+            else:
+                y = self._matmul(x2)
         if buffers["bias"] is not None:
             y = y + buffers["bias"].to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)
@@ -171,5 +211,6 @@ class WeightOnlyLinear(nn.Module):
     def extra_repr(self) -> str:
         kind = f"int{self.bits}, group_size={self.group_size}" if self.int4 else "int8 per-channel"
         act_order = self.perm is not None or getattr(self, "g_idx", None) is not None
+        pd = "" if self.prefill_dtype is None else f", prefill_dtype={self.prefill_dtype}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, {kind}, "
-                f"act_order={act_order}, bias={self.bias is not None}")
+                f"act_order={act_order}, bias={self.bias is not None}{pd}")

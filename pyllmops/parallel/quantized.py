@@ -55,6 +55,12 @@ def _int4_input_order(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 @register_sharder("pyllmops.nn.weight_only.WeightOnlyLinear")
 def _shard_weight_only(m: nn.Module, dim: int, index: torch.Tensor) -> nn.Module:
+    shard = _shard_weight(m, dim, index)
+    shard.prefill_dtype = m.prefill_dtype
+    return shard
+
+
+def _shard_weight(m: nn.Module, dim: int, index: torch.Tensor) -> nn.Module:
     from pyllmops.quant.packing import Int4Weight, Int8Weight
 
     index = index.to(m.qweight.device)

@@ -129,3 +129,71 @@ def test_decode_path_follows_its_buffers(bits, seed):
     check()
     q.scales.mul_(0.5)  # in place: the same object, read at call time
     check()
+
+
+@pytest.mark.parametrize("bits, group_size", [(4, 128), (4, 64), (8, -1)])
+def test_prefill_dtype_bfloat16(bits, group_size, seed):
+    """prefill_dtype=bfloat16: a prefill-sized call (more rows than the decode kernels take) gets x
+    and W rounded to bfloat16, float32 sums and a bfloat16-rounded output (on a CPU without bf16
+    GEMMs: the exact weight); decode-sized calls stay bit for bit the exact path."""
+    from pyllmops.ops import weight_only as ops
+
+    lin = nn.Linear(576, 96, bias=False)
+    q = WeightOnlyLinear.from_linear(lin, bits=bits, group_size=group_size)
+    x = torch.randn(2, 20, 576)  # 40 rows: past both decode limits (32, 16)
+    with torch.no_grad():
+        exact_decode = q(x[0, :3])
+        q.prefill_dtype = torch.bfloat16
+        assert "prefill_dtype=torch.bfloat16" in repr(q)
+        y, decode = q(x), q(x[0, :3])
+    assert y.dtype == torch.float32 and y.shape == (2, 20, 96)
+    assert torch.equal(decode, exact_decode)
+    assert torch.equal(y.bfloat16().float(), y)  # rounded to bfloat16
+    w = q.dequantized_weight(torch.float64)
+    if ops._cpu_bf16_gemm():
+        w = w.bfloat16().double()
+    ref = x.bfloat16().double() @ w.t()
+    assert float(((y.double() - ref).abs() - 2 ** -8 * ref.abs()).max()) <= 1e-5 * float(ref.abs().max())
+    q.prefill_dtype = None
+    with torch.no_grad():
+        torch.testing.assert_close(q(x).double(), x.double() @ q.dequantized_weight(torch.float64).t(),
+                                   rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_set_prefill_dtype():
+    from pyllmops.nn import set_prefill_dtype
+
+    model = nn.Sequential(WeightOnlyLinear.from_linear(nn.Linear(64, 32)), nn.ReLU(),
+                          WeightOnlyLinear.from_linear(nn.Linear(32, 16), bits=8))
+    assert set_prefill_dtype(model, torch.bfloat16) == 2
+    assert model[0].prefill_dtype == model[2].prefill_dtype == torch.bfloat16
+    assert set_prefill_dtype(model, None) == 2 and model[0].prefill_dtype is None
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        set_prefill_dtype(model, torch.float16)
+    with pytest.raises(ValueError, match="prefill_dtype must be one of"):
+        model[0].prefill_dtype = "bfloat16"
+    with pytest.raises(ValueError, match="no WeightOnlyLinear layer"):
+        set_prefill_dtype(nn.Sequential(nn.Linear(4, 4)), torch.bfloat16)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_prefill_inside_and_outside_inference_mode(bits, seed):
+    """The prefill path reuses its weight buffers across calls: a first call inside
+    torch.inference_mode and the next under no_grad (or with autograd) both give the reference."""
+    from pyllmops.ops import weight_only as ops
+
+    ops._buffers.__dict__.clear()  # the first buffer is made inside inference mode below
+    lin = nn.Linear(256, 48, bias=False)
+    q = WeightOnlyLinear.from_linear(lin, bits=bits, group_size=128)
+    x = torch.randn(40, 256)
+    ref = x.double() @ q.dequantized_weight(torch.float64).t()
+    for dtype in (None, torch.bfloat16):
+        q.prefill_dtype = dtype
+        tol = 1e-5 if dtype is None else 2e-2
+        with torch.inference_mode():
+            a = q(x)
+        with torch.no_grad():
+            b = q(x)
+        c = q(x.requires_grad_(dtype is None))
+        for y in (a, b, c):
+            torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol * float(ref.abs().max()))

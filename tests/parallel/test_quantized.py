@@ -37,3 +37,10 @@ def test_group_crossing_shard_boundary_names_sizes():
                                          r"the quantization group size 128"):
         RowParallelLinear.from_linear(layer, 0, 2, index=torch.arange(192))
     assert ColumnParallelLinear.from_linear(layer, 1, 2).local.out_features == 32  # output rows split freely
+
+
+def test_shards_keep_prefill_dtype():
+    layer = WeightOnlyLinear.from_linear(torch.nn.Linear(256, 64), bits=4, group_size=128)
+    layer.prefill_dtype = torch.bfloat16
+    assert ColumnParallelLinear.from_linear(layer, 1, 2).local.prefill_dtype == torch.bfloat16
+    assert RowParallelLinear.from_linear(layer, 0, 2).local.prefill_dtype == torch.bfloat16
