@@ -9,7 +9,9 @@ llama-cpp-python) on the same GGUF, on the same cores, measured in the same run:
   reading the KV cache each step costs as much as the weights;
 - batched decode: B = 1..16 prompts of different lengths decoding together (pyllmops int4), total
   tokens/s and the ratio to batch 1 (llama-cpp-python has no batched decode to compare with);
-- 512-token prefill tokens/s;
+- 512-token prefill tokens/s, also with the int4 and w8a16 models' prefill GEMMs in bfloat16
+  (`prefill_dtype=torch.bfloat16`, `pyllmops generate --prefill-dtype bfloat16`: x and the
+  dequantized weight rounded to bfloat16 as GPU W4A16 kernels do; llama.cpp rounds x to Q8 blocks);
 - perplexity on the same text with the same 512-token windows.
 
 pyllmops runs three weight formats: "int4" is what `pyllmops generate --quant w4a16-rtn` builds
@@ -104,7 +106,21 @@ def _llama_cpp_build() -> str:
 
 
 def _backend(fmt: str) -> str:
-    return {"int4": "pyllmops int4 g128, int8 head", "w8a16": "pyllmops w8a16", "fp32": "pyllmops fp32"}[fmt]
+    base, _, prefill = fmt.partition(" ")
+    name = {"int4": "pyllmops int4 g128, int8 head", "w8a16": "pyllmops w8a16", "fp32": "pyllmops fp32"}[base]
+    return name + (", bf16 prefill GEMMs" if prefill else "")
+
+
+def _prefill_model(models, fmt: str):
+    """The model of `fmt`; "int4 bf16" / "w8a16 bf16": a copy with prefill_dtype=torch.bfloat16."""
+    from pyllmops.nn import set_prefill_dtype
+
+    base, _, prefill = fmt.partition(" ")
+    if not prefill:
+        return models[base][0]
+    model = copy.deepcopy(models[base][0])
+    set_prefill_dtype(model, torch.bfloat16)
+    return model
 
 
 def _prompt(tok) -> list[int]:
@@ -225,7 +241,7 @@ def test_batched_decode(benchmark, batch, threads, models):
 # -- prefill -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("threads", THREADS)
-@pytest.mark.parametrize("impl", ["llama.cpp", *FORMATS])
+@pytest.mark.parametrize("impl", ["llama.cpp", *FORMATS, "int4 bf16", "w8a16 bf16"])
 def test_prefill(benchmark, impl, threads, smollm2, request):
     ids = _text_ids(smollm2[1], PREFILL)
     torch.set_num_threads(threads)
@@ -237,7 +253,7 @@ def test_prefill(benchmark, impl, threads, smollm2, request):
             llm.reset()
             llm.eval(ids)
     else:
-        model = request.getfixturevalue("models")[impl][0]
+        model = _prefill_model(request.getfixturevalue("models"), impl)
         backend = _backend(impl)
 
         @torch.inference_mode()
