@@ -95,7 +95,7 @@ class WeightOnlyLinear(nn.Module):
 
     @property
     def prefill_dtype(self) -> Optional[torch.dtype]:
-        return self.__dict__["_prefill_dtype"]
+        return self.__dict__.get("_prefill_dtype")  # absent in a layer pickled before it existed
 
     @prefill_dtype.setter
     def prefill_dtype(self, dtype: Optional[torch.dtype]) -> None:
@@ -142,7 +142,7 @@ class WeightOnlyLinear(nn.Module):
             x2 = x2[:, buffers["perm"]]
         y = self._decode(x2)
         if y is None:
-            pd = self.__dict__["_prefill_dtype"]
+            pd = self.__dict__.get("_prefill_dtype")
             if pd is not None and x2.dtype != pd and x2.shape[0] > (ops.CPU_DECODE_MAX_M if self.int4 else ops.DECODE_MAX_M):
                 y = self._matmul(x2.to(pd)).to(x2.dtype)
             else:
