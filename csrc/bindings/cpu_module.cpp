@@ -12,6 +12,7 @@ void bind_bpe(py::module_& m);
 void bind_weight_only(py::module_& m);
 void bind_w8a8(py::module_& m);
 void bind_decode(py::module_& m);
+void bind_attention(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyllmops C++ core (torch-free)";
@@ -21,4 +22,5 @@ PYBIND11_MODULE(_C, m) {
   bind_weight_only(m);
   bind_w8a8(m);
   bind_decode(m);
+  bind_attention(m);
 }

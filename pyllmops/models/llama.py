@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyllmops.models.causal_attention import causal_attention
+
 LinearFactory = Callable[[int, int], nn.Module]
 
 
@@ -120,7 +122,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 
     One-token queries (decode) take a plain matmul path: CPU scaled_dot_product_attention has a
     high fixed cost there, and grouping the G query heads of a KV head into one matrix avoids
-    repeating K/V. Longer queries use SDPA (causal=True means mask is None and S == T)."""
+    repeating K/V. Longer queries use SDPA (causal=True means mask is None and S == T), or for
+    causal=True on an AVX-512 CPU the C++ kernel of causal_attention.py."""
     b, h, t, d = q.shape
     kv = k.shape[1]
     if t == 1:
@@ -130,6 +133,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
             scores = scores.masked_fill(~mask, float("-inf"))  # mask [B, 1, 1, S] broadcasts
         out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, KV, G, D]
         return out.reshape(b, 1, h * d)
+    if causal:  # the prompt against itself: the C++ kernel where it applies (causal_attention.py)
+        out = causal_attention(q, k, v)
+        if out is not None:
+            return out
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=kv != h)
     return out.transpose(1, 2).reshape(b, t, h * d)
 

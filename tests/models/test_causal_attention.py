@@ -1,0 +1,65 @@
+"""The prompt's causal attention kernel (AVX-512 CPUs) against float64 SDPA: GQA groups of 1-4,
+head_dim 64 / 128, lengths around the 16-position query blocks and 64-key blocks, batches,
+strided cache views; the cases it declines go to SDPA (None)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pyllmops import _ext
+from pyllmops.models.causal_attention import causal_attention
+from pyllmops.models.llama import attention
+
+SUPPORTED = _ext.has_cpp() and _ext.cpp().causal_attention_supported(64)
+needs_kernel = pytest.mark.skipif(not SUPPORTED, reason="the kernel needs AVX-512 (this CPU keeps SDPA)")
+
+
+def _reference(q, k, v):
+    b, h, t, d = q.shape
+    out = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True,
+                                         enable_gqa=k.shape[1] != h)
+    return out.transpose(1, 2).reshape(b, t, h * d)
+
+
+@needs_kernel
+@pytest.mark.parametrize("b, h, kv, t, d", [(1, 9, 3, 512, 64), (2, 4, 4, 17, 64), (1, 8, 2, 100, 128),
+                                            (3, 6, 3, 129, 64), (1, 4, 1, 2, 64), (2, 12, 3, 65, 128)])
+def test_matches_float64_sdpa(b, h, kv, t, d, seed):
+    q, k, v = torch.randn(b, h, t, d) * 2, torch.randn(b, kv, t, d) * 2, torch.randn(b, kv, t, d)
+    got = causal_attention(q, k, v)
+    assert got is not None and got.shape == (b, t, h * d)
+    ref = _reference(q, k, v)
+    sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv != h).transpose(1, 2).reshape(b, t, h * d)
+    err, err_sdpa = float((got.double() - ref).abs().max()), float((sdpa.double() - ref).abs().max())
+    assert err <= max(4 * err_sdpa, 1e-6), (err, err_sdpa)
+
+
+@needs_kernel
+def test_strided_inputs(seed):
+    """k, v as the model passes them: views of a larger cache ([B, KV, capacity, D] sliced to T)
+    or of the projection's [B, T, KV, D] output transposed (rows not D apart: copied first)."""
+    b, h, kv, t, d = 2, 6, 2, 40, 64
+    cache_k, cache_v = torch.randn(b, kv, 96, d), torch.randn(b, kv, 96, d)
+    k, v = cache_k[:, :, :t], cache_v[:, :, :t]
+    q = torch.randn(b, t, h, d).transpose(1, 2)  # [B, H, T, D] with rows H * D apart
+    torch.testing.assert_close(causal_attention(q, k, v).double(), _reference(q, k, v), rtol=0, atol=1e-5)
+    assert causal_attention(q, k, v).is_contiguous()
+
+
+def test_declines_what_it_does_not_serve():
+    q, k, v = torch.randn(1, 4, 8, 64), torch.randn(1, 2, 8, 64), torch.randn(1, 2, 8, 64)
+    assert causal_attention(q.double(), k.double(), v.double()) is None
+    assert causal_attention(q[:, :, :1], k[:, :, :1], v[:, :, :1]) is None  # one token: decode's path
+    assert causal_attention(torch.randn(1, 4, 8, 32), torch.randn(1, 2, 8, 32), torch.randn(1, 2, 8, 32)) is None
+    assert causal_attention(q.requires_grad_(), k, v) is None  # autograd: SDPA has the backward
+    with torch.no_grad():
+        assert (causal_attention(q, k, v) is not None) == SUPPORTED
+
+
+def test_attention_uses_it_and_keeps_gradients(seed):
+    """attention(..., causal=True) gives the reference either way, and still differentiates."""
+    q, k, v = torch.randn(1, 6, 33, 64), torch.randn(1, 2, 33, 64), torch.randn(1, 2, 33, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(attention(q, k, v, None, True).double(), _reference(q, k, v), rtol=0, atol=1e-5)
+    q.requires_grad_()
+    attention(q, k, v, None, True).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
