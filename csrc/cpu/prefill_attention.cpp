@@ -89,10 +89,12 @@ struct Args {
   float* out;
   const float* kt;  // K transposed per (b, KV head): [B * KV][D][tpad]
   int64_t tpad;
+  const int64_t* first_bad_key;  // per (b, KV head): the first position with a non-finite k, or T
 };
 
 struct Scratch {
   std::vector<float> qs, o, s, m, l;
+  std::vector<char> bad;  // rows whose q is not finite
 };
 
 // S[r][0, 4W) = Qs[r] . Kt[:, 0, 4W) for R rows (Qs row stride D, Kt row stride ldk).
@@ -152,6 +154,12 @@ PA_INLINE void run_task(const Args& a, int64_t t, Scratch& sc) {
     const float* src = a.q + b * a.q_b + (kv * G + r % G) * a.q_h + (q0 + r / G) * D;
     for (int64_t d = 0; d < D; ++d) sc.qs[r * D + d] = src[d] * scale;
   }
+  // Non-finite q or k: the masks below would drop a NaN score as a zero weight; torch's kernel
+  // gives NaN rows, and so does this (a row's own q, or any key at or before its position).
+  sc.bad.assign(rpad, 0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < D; ++d) sc.bad[r] |= !std::isfinite(sc.qs[r * D + d]);
+  const int64_t first_bad_key = a.first_bad_key[b * a.KV + kv];
   const float* kt = a.kt + (b * a.KV + kv) * D * a.tpad;
   const float* vb = a.v + b * a.v_b + kv * a.v_h;
   const int64_t last = q0 + tq - 1;  // the last position of the task's rows
@@ -192,7 +200,8 @@ PA_INLINE void run_task(const Args& a, int64_t t, Scratch& sc) {
       pv_tile<W, NC, RP>(sc.s.data() + r * KT, KT, nk, vb + k0 * D, D, sc.o.data() + r * D);
   }
   for (int64_t r = 0; r < rows; ++r) {
-    const float inv = 1.0f / sc.l[r];
+    const bool nan = sc.bad[r] || q0 + r / G >= first_bad_key;
+    const float inv = nan ? std::numeric_limits<float>::quiet_NaN() : 1.0f / sc.l[r];
     float* dst = a.out + ((b * a.T + q0 + r / G) * a.H + kv * G + r % G) * D;
     for (int64_t d = 0; d < D; ++d) dst[d] = sc.o[r * D + d] * inv;
   }
@@ -214,13 +223,17 @@ void causal_attention(const float* q, int64_t q_b, int64_t q_h, const float* k, 
   if (!causal_attention_supported(D) || KV <= 0 || H % KV != 0 || B <= 0 || T <= 0) return;
   const int64_t tpad = (T + 63) / 64 * 64;  // whole key blocks of 4 x 16
   std::vector<float> kt(B * KV * D * tpad, 0.f);
+  std::vector<int64_t> first_bad(B * KV, T);
   parallel_tasks(B * KV, threads, [&](int64_t bk) {  // K^T per (b, KV head), zero past T
     const float* src = k + bk / KV * k_b + bk % KV * k_h;
     float* dst = kt.data() + bk * D * tpad;
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t d = 0; d < D; ++d) dst[d * tpad + t] = src[t * D + d];
+    for (int64_t t = 0; t < T; ++t) {
+      bool finite = true;
+      for (int64_t d = 0; d < D; ++d) finite &= std::isfinite(dst[d * tpad + t] = src[t * D + d]);
+      if (!finite && first_bad[bk] == T) first_bad[bk] = t;
+    }
   });
-  const Args a{q, k, v, q_b, q_h, k_b, k_h, v_b, v_h, B, H, KV, T, D, out, kt.data(), tpad};
+  const Args a{q, k, v, q_b, q_h, k_b, k_h, v_b, v_h, B, H, KV, T, D, out, kt.data(), tpad, first_bad.data()};
   auto* task = D == 64 ? task_avx512_64 : task_avx512_128;
   thread_local Scratch scratch;
   parallel_tasks(B * KV * ((T + kTq - 1) / kTq), threads, [&](int64_t t) { task(a, t, scratch); });

@@ -21,7 +21,7 @@ from pyllmops.ops import _dispatch
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
     b, h, t, d = q.shape
     kv = k.shape[1]
-    if not (q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32 and t > 1
+    if not (q.device.type == k.device.type == v.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32 and t > 1
             and k.shape == v.shape == (b, kv, t, d) and h % kv == 0 and _dispatch.eager(q, k, v)
             and _ext.has_cpp() and _ext.cpp().causal_attention_supported(d)):
         return None

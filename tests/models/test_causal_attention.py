@@ -45,6 +45,20 @@ def test_strided_inputs(seed):
     assert causal_attention(q, k, v).is_contiguous()
 
 
+@needs_kernel
+def test_nan_propagates_like_sdpa():
+    """A NaN in q or k makes its rows NaN (a NaN score is not a zero weight); other rows stay finite."""
+    q, k, v = torch.randn(1, 4, 40, 64), torch.randn(1, 2, 40, 64), torch.randn(1, 2, 40, 64)
+    k[0, 0, 20, 5] = float("nan")  # key position 20 of KV head 0: query heads 0, 1 from position 20 on
+    got = causal_attention(q, k, v).view(1, 40, 4, 64)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2)
+    assert torch.equal(got.isnan(), ref.isnan()) and got[0, 20:, :2].isnan().all()
+    assert torch.isfinite(got[0, :20]).all() and torch.isfinite(got[0, :, 2:]).all()
+    q[0, 3, 7, 0] = float("inf")  # query head 3 at position 7: that row only
+    got = causal_attention(q, k, v).view(1, 40, 4, 64)
+    assert got[0, 7, 3].isnan().all() and torch.isfinite(got[0, 8:, 2:]).all() and torch.isfinite(got[0, :7]).all()
+
+
 def test_declines_what_it_does_not_serve():
     q, k, v = torch.randn(1, 4, 8, 64), torch.randn(1, 2, 8, 64), torch.randn(1, 2, 8, 64)
     assert causal_attention(q.double(), k.double(), v.double()) is None
