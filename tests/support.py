@@ -38,3 +38,12 @@ def compiled(fn):
     """`fn` under torch.compile(fullgraph=True) with CPU inductor: the code around the custom ops
     is generated C++ (compared with an oracle by the compile tests, not with `fn` itself)."""
     return torch.compile(fn, fullgraph=True, backend="inductor")
+
+
+def cpu_has(flag: str) -> bool:
+    """Whether /proc/cpuinfo lists `flag` (e.g. "avx512f"); False where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return flag in f.read().split()
+    except OSError:
+        return False

@@ -10,12 +10,12 @@ using namespace pyllmops::cpu;
 
 void bind_attention(py::module_& m) {
   m.def("causal_attention_supported", &causal_attention_supported, py::arg("head_dim"),
-        "whether causal_attention serves this head_dim on this CPU (64 or 128; AVX-512)");
+        "whether causal_attention serves this head_dim on this CPU (64 or 128; AVX2 + FMA or AVX-512)");
   m.def(
       "causal_attention",
       [](uintptr_t q, int64_t q_b, int64_t q_h, uintptr_t k, int64_t k_b, int64_t k_h, uintptr_t v, int64_t v_b,
          int64_t v_h, int64_t B, int64_t H, int64_t KV, int64_t T, int64_t D, uintptr_t out, int threads) {
-        if (!causal_attention_supported(D)) throw py::value_error("causal_attention: needs head_dim 64 or 128 and an AVX-512 CPU");
+        if (!causal_attention_supported(D)) throw py::value_error("causal_attention: needs head_dim 64 or 128 and an AVX2 / AVX-512 CPU");
         if (B <= 0 || T <= 0 || KV <= 0 || H % KV != 0)
           throw py::value_error("causal_attention: B, T, KV must be positive and H a multiple of KV");
         py::gil_scoped_release release;

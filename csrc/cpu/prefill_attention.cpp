@@ -8,14 +8,17 @@
 // Zen 4 core (7.9 ms a SmolLM2 layer at 512 tokens); docs/decode.md has the comparison.
 //
 // The kernel is a template over the vector width W (GCC / clang vector types, no intrinsics),
-// force-inlined into entry points compiled for AVX-512 (W = 16). Helpers take vectors by reference
-// only (no vector passes a function boundary). Its AVX2 build (W = 8, 16 registers) ran at half
-// the speed of torch's kernel on the same core (17 ms against 8), so AVX2 CPUs keep torch's.
+// force-inlined into entry points compiled for AVX-512 (W = 16) and AVX2 + FMA (W = 8, 16
+// registers: 3-row tiles, P V over 4 vectors of D at a time). Helpers take vectors by reference
+// only (no vector passes a function boundary); loads and stores go through may_alias unaligned
+// vector types (memcpy made GCC keep the 8-lane tiles on the stack: 17 ms instead of 4.7).
+// PYLLMOPS_ATTENTION_ISA=avx2 runs the AVX2 build on an AVX-512 CPU (tests compare the two).
 #include "cpu/prefill_attention.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -33,6 +36,11 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 template <int W>
 struct Vec;
 template <>
+struct Vec<8> {
+  typedef float F __attribute__((vector_size(32)));
+  typedef int32_t I __attribute__((vector_size(32)));
+};
+template <>
 struct Vec<16> {
   typedef float F __attribute__((vector_size(64)));
   typedef int32_t I __attribute__((vector_size(64)));
@@ -40,11 +48,13 @@ struct Vec<16> {
 
 template <int W>
 PA_INLINE void vload(typename Vec<W>::F& v, const float* p) {
-  std::memcpy(&v, p, sizeof v);
+  typedef float U __attribute__((vector_size(W * 4), aligned(4), may_alias));  // unaligned
+  v = *reinterpret_cast<const U*>(p);
 }
 template <int W>
 PA_INLINE void vstore(float* p, const typename Vec<W>::F& v) {
-  std::memcpy(p, &v, sizeof v);
+  typedef float U __attribute__((vector_size(W * 4), aligned(4), may_alias));
+  *reinterpret_cast<U*>(p) = v;
 }
 
 // e^x for x <= 0 in place (Cephes expf: n = round(x log2 e), a degree-5 polynomial on the rest,
@@ -114,32 +124,38 @@ PA_INLINE void qk_tile(const float* qs, int64_t D, const float* kt, int64_t ldk,
     for (int c = 0; c < 4; ++c) vstore<W>(s + r * lds + c * W, acc[r][c]);
 }
 
-// O[r][0, NC W) += sum_j P[r][j] V[j] over j < nk, for R rows.
-template <int W, int NC, int R>
+// O[r][0, NC W) += sum_j P[r][j] V[j] over j < nk, for R rows, NCP vectors of the D columns at a
+// time (R x NCP accumulators in registers, one V vector live).
+template <int W, int NC, int R, int NCP>
 PA_INLINE void pv_tile(const float* p, int64_t ldp, int64_t nk, const float* v, int64_t D, float* o) {
   using F = typename Vec<W>::F;
-  F acc[R][NC];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NC; ++c) vload<W>(acc[r][c], o + r * D + c * W);
-  for (int64_t j = 0; j < nk; ++j) {
-    float x[R];
-    for (int r = 0; r < R; ++r) x[r] = p[r * ldp + j];
-    for (int c = 0; c < NC; ++c) {  // one V vector live at a time: R x NC accumulators + 1 + R
-      F vv;
-      vload<W>(vv, v + j * D + c * W);
-      for (int r = 0; r < R; ++r) acc[r][c] += vv * x[r];
+  for (int c0 = 0; c0 < NC; c0 += NCP) {
+    F acc[R][NCP];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < NCP; ++c) vload<W>(acc[r][c], o + r * D + (c0 + c) * W);
+    for (int64_t j = 0; j < nk; ++j) {
+      float x[R];
+      for (int r = 0; r < R; ++r) x[r] = p[r * ldp + j];
+      for (int c = 0; c < NCP; ++c) {
+        F vv;
+        vload<W>(vv, v + j * D + (c0 + c) * W);
+        for (int r = 0; r < R; ++r) acc[r][c] += vv * x[r];
+      }
     }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < NCP; ++c) vstore<W>(o + r * D + (c0 + c) * W, acc[r][c]);
   }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < NC; ++c) vstore<W>(o + r * D + c * W, acc[r][c]);
 }
 
 template <int W, int NC>
 PA_INLINE void run_task(const Args& a, int64_t t, Scratch& sc) {
   using F = typename Vec<W>::F;
   constexpr int64_t D = NC * W, KT = 4 * W;
-  constexpr int RQ = 6;                // rows per S micro-tile: 24 accumulators + 4 K vectors
-  constexpr int RP = NC <= 4 ? 6 : 3;  // rows per P V micro-tile (divides RQ): R x NC accumulators
+  // Rows per S micro-tile (R x 4 accumulators + 4 K vectors), rows per P V micro-tile (divides RQ)
+  // and D's vectors per P V pass (RP x NCP accumulators + 1 + RP): 32 zmm or 16 ymm registers.
+  constexpr int RQ = W == 16 ? 6 : 3;
+  constexpr int RP = W == 16 ? (NC <= 4 ? 6 : 3) : 3;
+  constexpr int NCP = W == 16 ? NC : 4;
   const int64_t G = a.H / a.KV, nqb = (a.T + kTq - 1) / kTq, heads = a.B * a.KV;
   const int64_t qb = nqb - 1 - t / heads, b = t % heads / a.KV, kv = t % a.KV;  // costliest first
   const int64_t q0 = qb * kTq, tq = std::min(kTq, a.T - q0), rows = G * tq;
@@ -157,8 +173,11 @@ PA_INLINE void run_task(const Args& a, int64_t t, Scratch& sc) {
   // Non-finite q or k: the masks below would drop a NaN score as a zero weight; torch's kernel
   // gives NaN rows, and so does this (a row's own q, or any key at or before its position).
   sc.bad.assign(rpad, 0);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t d = 0; d < D; ++d) sc.bad[r] |= !std::isfinite(sc.qs[r * D + d]);
+  for (int64_t r = 0; r < rows; ++r) {
+    int finite = 1;  // branch-free, so the loop vectorizes: false for NaN and +-inf
+    for (int64_t d = 0; d < D; ++d) finite &= std::fabs(sc.qs[r * D + d]) <= std::numeric_limits<float>::max();
+    sc.bad[r] = !finite;
+  }
   const int64_t first_bad_key = a.first_bad_key[b * a.KV + kv];
   const float* kt = a.kt + (b * a.KV + kv) * D * a.tpad;
   const float* vb = a.v + b * a.v_b + kv * a.v_h;
@@ -197,7 +216,7 @@ PA_INLINE void run_task(const Args& a, int64_t t, Scratch& sc) {
         for (int64_t d = 0; d < D; ++d) sc.o[r * D + d] *= corr;
     }
     for (int64_t r = 0; r < rpad; r += RP)
-      pv_tile<W, NC, RP>(sc.s.data() + r * KT, KT, nk, vb + k0 * D, D, sc.o.data() + r * D);
+      pv_tile<W, NC, RP, NCP>(sc.s.data() + r * KT, KT, nk, vb + k0 * D, D, sc.o.data() + r * D);
   }
   for (int64_t r = 0; r < rows; ++r) {
     const bool nan = sc.bad[r] || q0 + r / G >= first_bad_key;
@@ -210,11 +229,22 @@ PA_INLINE void run_task(const Args& a, int64_t t, Scratch& sc) {
 #define PA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 PA_AVX512 void task_avx512_64(const Args& a, int64_t t, Scratch& s) { run_task<16, 4>(a, t, s); }
 PA_AVX512 void task_avx512_128(const Args& a, int64_t t, Scratch& s) { run_task<16, 8>(a, t, s); }
+#define PA_AVX2 __attribute__((target("avx2,fma")))
+PA_AVX2 void task_avx2_64(const Args& a, int64_t t, Scratch& s) { run_task<8, 8>(a, t, s); }
+PA_AVX2 void task_avx2_128(const Args& a, int64_t t, Scratch& s) { run_task<8, 16>(a, t, s); }
+
+// AVX-512 where the CPU has it and PYLLMOPS_ATTENTION_ISA is not "avx2"; AVX2 + FMA; else none.
+enum class Isa { kNone, kAvx2, kAvx512 };
+Isa attention_isa() {
+  const char* cap = std::getenv("PYLLMOPS_ATTENTION_ISA");
+  if (has_avx512_bw_vl() && !(cap && std::strcmp(cap, "avx2") == 0)) return Isa::kAvx512;
+  return has_avx2_fma() ? Isa::kAvx2 : Isa::kNone;
+}
 
 }  // namespace
 
 bool causal_attention_supported(int64_t D) {
-  return (D == 64 || D == 128) && has_avx512_bw_vl();
+  return (D == 64 || D == 128) && attention_isa() != Isa::kNone;
 }
 
 void causal_attention(const float* q, int64_t q_b, int64_t q_h, const float* k, int64_t k_b, int64_t k_h,
@@ -234,7 +264,8 @@ void causal_attention(const float* q, int64_t q_b, int64_t q_h, const float* k, 
     }
   });
   const Args a{q, k, v, q_b, q_h, k_b, k_h, v_b, v_h, B, H, KV, T, D, out, kt.data(), tpad, first_bad.data()};
-  auto* task = D == 64 ? task_avx512_64 : task_avx512_128;
+  auto* task = attention_isa() == Isa::kAvx512 ? (D == 64 ? task_avx512_64 : task_avx512_128)
+                                               : (D == 64 ? task_avx2_64 : task_avx2_128);
   thread_local Scratch scratch;
   parallel_tasks(B * KV * ((T + kTq - 1) / kTq), threads, [&](int64_t t) { task(a, t, scratch); });
 }

@@ -7,7 +7,7 @@
 
 namespace pyllmops::cpu {
 
-// Whether causal_attention serves head_dim D on this CPU (AVX-512 F/BW/VL; D 64 or 128).
+// Whether causal_attention serves head_dim D on this CPU (AVX-512 F/BW/VL or AVX2 + FMA; D 64 or 128).
 bool causal_attention_supported(int64_t D);
 
 // q: [B, H, T, D] float32 with rows of D contiguous values, batch / head strides q_b, q_h

@@ -1,6 +1,7 @@
-"""The prompt's causal attention kernel (AVX-512 CPUs) against float64 SDPA: GQA groups of 1-4,
-head_dim 64 / 128, lengths around the 16-position query blocks and 64-key blocks, batches,
-strided cache views; the cases it declines go to SDPA (None)."""
+"""The prompt's causal attention kernel (AVX2 / AVX-512 CPUs) against float64 SDPA: GQA groups of
+1-4, head_dim 64 / 128, lengths around the 16-position query blocks and 32 / 64-key blocks,
+batches, strided cache views, NaN / inf; both builds where the CPU has AVX-512
+(PYLLMOPS_ATTENTION_ISA=avx2 selects the 8-lane one); the cases it declines go to SDPA (None)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,9 +9,22 @@ import torch.nn.functional as F
 from pyllmops import _ext
 from pyllmops.models.causal_attention import causal_attention
 from pyllmops.models.llama import attention
+from tests.support import cpu_has
 
 SUPPORTED = _ext.has_cpp() and _ext.cpp().causal_attention_supported(64)
-needs_kernel = pytest.mark.skipif(not SUPPORTED, reason="the kernel needs AVX-512 (this CPU keeps SDPA)")
+needs_kernel = pytest.mark.skipif(not SUPPORTED, reason="the kernel needs AVX2 + FMA or AVX-512 (this CPU keeps SDPA)")
+AVX512 = all(cpu_has(f) for f in ("avx512f", "avx512bw", "avx512vl"))
+ISAS = ["native", "avx2"] if AVX512 else ["native"]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, monkeypatch):
+    """The kernel build under test: the CPU's own, and the AVX2 one on an AVX-512 CPU."""
+    if request.param == "avx2":
+        monkeypatch.setenv("PYLLMOPS_ATTENTION_ISA", "avx2")
+    else:
+        monkeypatch.delenv("PYLLMOPS_ATTENTION_ISA", raising=False)
+    return request.param
 
 
 def _reference(q, k, v):
@@ -23,7 +37,7 @@ def _reference(q, k, v):
 @needs_kernel
 @pytest.mark.parametrize("b, h, kv, t, d", [(1, 9, 3, 512, 64), (2, 4, 4, 17, 64), (1, 8, 2, 100, 128),
                                             (3, 6, 3, 129, 64), (1, 4, 1, 2, 64), (2, 12, 3, 65, 128)])
-def test_matches_float64_sdpa(b, h, kv, t, d, seed):
+def test_matches_float64_sdpa(b, h, kv, t, d, isa, seed):
     q, k, v = torch.randn(b, h, t, d) * 2, torch.randn(b, kv, t, d) * 2, torch.randn(b, kv, t, d)
     got = causal_attention(q, k, v)
     assert got is not None and got.shape == (b, t, h * d)
@@ -34,7 +48,7 @@ def test_matches_float64_sdpa(b, h, kv, t, d, seed):
 
 
 @needs_kernel
-def test_strided_inputs(seed):
+def test_strided_inputs(isa, seed):
     """k, v as the model passes them: views of a larger cache ([B, KV, capacity, D] sliced to T)
     or of the projection's [B, T, KV, D] output transposed (rows not D apart: copied first)."""
     b, h, kv, t, d = 2, 6, 2, 40, 64
@@ -46,7 +60,7 @@ def test_strided_inputs(seed):
 
 
 @needs_kernel
-def test_nan_propagates_like_sdpa():
+def test_nan_propagates_like_sdpa(isa):
     """A NaN in q or k makes its rows NaN (a NaN score is not a zero weight); other rows stay finite."""
     q, k, v = torch.randn(1, 4, 40, 64), torch.randn(1, 2, 40, 64), torch.randn(1, 2, 40, 64)
     k[0, 0, 20, 5] = float("nan")  # key position 20 of KV head 0: query heads 0, 1 from position 20 on

@@ -7,7 +7,7 @@ import pyllmops
 from pyllmops.ops import _dispatch
 from tests import reference
 from tests.conftest import cpu_backends
-from tests.support import compiled, forced
+from tests.support import compiled, cpu_has, forced
 
 
 def _int4(n, k, group_size, act_order=False):
@@ -73,12 +73,7 @@ def test_cpp_w8_prefill_path_matches_torch(seed):
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
-def _cpu_has(flag: str) -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return flag in f.read().split()
-    except OSError:
-        return False
+_cpu_has = cpu_has
 
 
 # (M, N, K, group_size, kernel): the C++ backend's VNNI digit kernel needs each 128-channel block in
