@@ -1,4 +1,4 @@
-"""The prompt's causal self-attention on AVX-512 CPUs: csrc/cpu/prefill_attention.cpp.
+"""The prompt's causal self-attention on AVX2 / AVX-512 CPUs: csrc/cpu/prefill_attention.cpp.
 
     causal_attention(q [B, H, T, D], k, v [B, KV, T, D]) -> [B, T, H * D] | None
 
@@ -7,8 +7,8 @@ SDPA's is_causal case). The kernel reads each K / V row once for the G query hea
 and runs its products on AVX-512 register tiles: 4.5-4.8 ms against torch's flash kernel's 7.8-8.8
 for a SmolLM2 layer at 512 tokens on one Zen 4 core (docs/decode.md). None when it does not apply
 (then the caller uses SDPA): not float32 CPU tensors, autograd or torch.compile in play (the kernel
-has no backward and no graph form), head_dim other than 64 / 128, a CPU without AVX-512, or no C++
-extension.
+has no backward and no graph form), head_dim other than 64 / 128, a CPU without AVX2 + FMA, or no
+C++ extension.
 """
 from __future__ import annotations
 

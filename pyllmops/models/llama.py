@@ -123,7 +123,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     One-token queries (decode) take a plain matmul path: CPU scaled_dot_product_attention has a
     high fixed cost there, and grouping the G query heads of a KV head into one matrix avoids
     repeating K/V. Longer queries use SDPA (causal=True means mask is None and S == T), or for
-    causal=True on an AVX-512 CPU the C++ kernel of causal_attention.py."""
+    causal=True on an AVX2 / AVX-512 CPU the C++ kernel of causal_attention.py."""
     b, h, t, d = q.shape
     kv = k.shape[1]
     if t == 1:
