@@ -83,6 +83,24 @@ def test_declines_what_it_does_not_serve():
         assert (causal_attention(q, k, v) is not None) == SUPPORTED
 
 
+@needs_kernel
+def test_binding_rejects_bad_shapes():
+    """The raw binding names what is wrong instead of reading past a buffer."""
+    from pyllmops import _ext
+
+    q = torch.zeros(1, 4, 8, 64)
+    out = torch.empty(1, 8, 256)
+    call = _ext.cpp().causal_attention
+    args = (q.data_ptr(), q.stride(0), q.stride(1), q.data_ptr(), q.stride(0), q.stride(1), q.data_ptr(),
+            q.stride(0), q.stride(1))
+    with pytest.raises(ValueError, match="head_dim 64 or 128"):
+        call(*args, 1, 4, 4, 8, 48, out.data_ptr())
+    with pytest.raises(ValueError, match="H a multiple of KV"):
+        call(*args, 1, 4, 3, 8, 64, out.data_ptr())
+    with pytest.raises(ValueError, match="must be positive"):
+        call(*args, 1, 4, 4, 0, 64, out.data_ptr())
+
+
 def test_attention_uses_it_and_keeps_gradients(seed):
     """attention(..., causal=True) gives the reference either way, and still differentiates."""
     q, k, v = torch.randn(1, 6, 33, 64), torch.randn(1, 2, 33, 64), torch.randn(1, 2, 33, 64)
