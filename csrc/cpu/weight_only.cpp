@@ -716,6 +716,17 @@ __attribute__((target("avx512f,avx512bw"))) inline void w8_step_avx512(
 }
 
 constexpr int64_t kW8FarTiles = 8;
+
+// The int8 tiles' prefetch, at each k % 64 == 0 of a tile of NT rows starting at row n: the rows
+// `near` tiles on into L1 and kW8FarTiles tiles on into L2, a cache line per row.
+template <int NT>
+inline void prefetch_w8_lines(const int8_t* qw, int64_t K, int64_t n, int64_t near, int64_t k) {
+  for (int j = 0; j < NT; ++j) {
+    _mm_prefetch(reinterpret_cast<const char*>(qw + (n + near * NT + j) * K + k), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(qw + (n + kW8FarTiles * NT + j) * K + k), _MM_HINT_T1);
+  }
+}
+
 template <int MT, int NT>
 __attribute__((target("avx512f,avx512bw"))) inline void w8_tile_avx512(
     const float* x, int64_t K, const int8_t* qw, const float* scales, float* out, int64_t N, int64_t n) {
@@ -727,14 +738,8 @@ __attribute__((target("avx512f,avx512bw"))) inline void w8_tile_avx512(
   // waits on memory: per 64 weights of a row, the next tile's line into L1 and the line
   // kW8FarTiles tiles on into L2 (Zen 4, the head cold from DRAM: 7.3 GB/s with neither, 10 with
   // the L1 one, 18 with both on 1 thread; 4-32 tiles alike; 2 threads 15 -> 31 GB/s)
-  const int8_t* near = qw + (n + NT) * K;
-  const int8_t* far = qw + (n + kW8FarTiles * NT) * K;
   for (; k + 32 <= K; k += 32) {
-    if (k % 64 == 0)
-      for (int j = 0; j < NT; ++j) {
-        _mm_prefetch(reinterpret_cast<const char*>(near + j * K + k), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(far + j * K + k), _MM_HINT_T1);
-      }
+    if (k % 64 == 0) prefetch_w8_lines<NT>(qw, K, n, 1, k);
     w8_step_avx512<MT, NT>(x, K, qw, n, k, even);
     w8_step_avx512<MT, NT>(x, K, qw, n, k + 16, odd);
   }
@@ -777,14 +782,8 @@ __attribute__((target("avx2,fma"))) inline void w8_tile_avx2(
   // head), the hardware prefetcher alone left the tile waiting for half of its time. And, as in
   // w8_tile_avx512, the line kW8FarTiles tiles on into L2 (this tile run on Zen 4 with the head
   // cold: 7.8 -> 18 GB/s on 1 thread, 16 -> 24 on 2; not measured on an AVX2-only CPU).
-  const int8_t* ahead = qw + (n + kW8Ahead * NT) * K;
-  const int8_t* far = qw + (n + kW8FarTiles * NT) * K;
   for (int64_t k = 0; k < K; k += 16) {  // K % 16 == 0
-    if (k % 64 == 0)
-      for (int j = 0; j < NT; ++j) {
-        _mm_prefetch(reinterpret_cast<const char*>(ahead + j * K + k), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(far + j * K + k), _MM_HINT_T1);
-      }
+    if (k % 64 == 0) prefetch_w8_lines<NT>(qw, K, n, kW8Ahead, k);
     w8_step_avx2<MT, NT>(x, K, qw, n, k, even);
     w8_step_avx2<MT, NT>(x, K, qw, n, k + 8, odd);
   }

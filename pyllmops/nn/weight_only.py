@@ -143,7 +143,7 @@ class WeightOnlyLinear(nn.Module):
         y = self._decode(x2)
         if y is None:
             pd = self.__dict__.get("_prefill_dtype")
-            if pd is not None and x2.dtype != pd and x2.shape[0] > (ops.CPU_DECODE_MAX_M if self.int4 else ops.DECODE_MAX_M):
+            if pd is not None and x2.dtype != pd and x2.shape[0] > self._decode_rows():
                 y = self._matmul(x2.to(pd)).to(x2.dtype)
             else:
                 y = self._matmul(x2)
@@ -176,7 +176,7 @@ class WeightOnlyLinear(nn.Module):
         if seen is None or any(a is not b for a, b in zip(seen, weights)):
             self.__dict__["_decode_for"], self.__dict__["_decode_ok"] = weights, self._decode_supported()
         if not (self.__dict__["_decode_ok"] and type(x2) is torch.Tensor and x2.dtype == torch.float32
-                and x2.is_cpu and x2.shape[0] <= (ops.CPU_DECODE_MAX_M if self.int4 else ops.DECODE_MAX_M)
+                and x2.is_cpu and x2.shape[0] <= self._decode_rows()
                 and x2.shape[1] == self.in_features and _dispatch.eager(x2) and forced_backends() is None):
             return None
         x2 = x2.contiguous()
@@ -185,6 +185,10 @@ class WeightOnlyLinear(nn.Module):
             gs = self.in_features if self.group_size == -1 else self.group_size
             return ops.cpp_w4_decode(x2, weights[0], weights[1], weights[2], gs, out)
         return ops.cpp_w8_decode(x2, weights[0], weights[1], out)
+
+    def _decode_rows(self) -> int:
+        """The most rows the C++ decode kernels take (more: the prefill path)."""
+        return ops.CPU_DECODE_MAX_M if self.int4 else ops.DECODE_MAX_M
 
     def _decode_supported(self) -> bool:
         qweight, scales = self.qweight, self.scales

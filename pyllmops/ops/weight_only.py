@@ -48,6 +48,7 @@ Both ops are differentiable with respect to x (the weight is frozen): grad_x = g
 """
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Optional
 
@@ -185,14 +186,9 @@ def _bf16_prefill(x: torch.Tensor) -> bool:
     return x.dtype == torch.bfloat16 and _cpu_bf16_gemm()
 
 
+@functools.cache
 def _cpu_bf16_gemm() -> bool:
-    global _BF16_GEMM
-    if _BF16_GEMM is None:
-        _BF16_GEMM = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    return _BF16_GEMM
-
-
-_BF16_GEMM: Optional[bool] = None
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def _cpp_w4_prefill(x, qweight, scales, zeros, group_size):
