@@ -14,14 +14,15 @@ using namespace pyllmops::cpu;
 
 namespace {
 
-// (kind, weight, scales, zeros, N, K, group_size)
-using LinearSpec = std::tuple<int, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t>;
+// (kind, weight, scales, zeros, N, K, group_size, bf16_x)
+using LinearSpec = std::tuple<int, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, bool>;
 
 DecodeLinear to_linear(const LinearSpec& s) {
-  const auto [kind, weight, scales, zeros, N, K, group_size] = s;
+  const auto [kind, weight, scales, zeros, N, K, group_size, bf16_x] = s;
   if (kind < DecodeLinear::kFloat32 || kind > DecodeLinear::kInt8) throw py::value_error("unknown linear kind");
+  if (bf16_x && kind == DecodeLinear::kFloat32) throw py::value_error("bf16_x applies to int4 and int8 linears");
   return {static_cast<DecodeLinear::Kind>(kind), reinterpret_cast<const void*>(weight),
-          reinterpret_cast<const float*>(scales), reinterpret_cast<const uint8_t*>(zeros), N, K, group_size};
+          reinterpret_cast<const float*>(scales), reinterpret_cast<const uint8_t*>(zeros), N, K, group_size, bf16_x};
 }
 
 // A model's layer table, built once (add_layer per layer) and run once per step.

@@ -198,10 +198,12 @@ __attribute__((target("avx2,fma"))) void f32_rows_avx2(const float* x, int64_t K
 void linear(const DecodeLinear& l, const float* x, int64_t M, float* out, int threads) {
   switch (l.kind) {
     case DecodeLinear::kInt4:
-      w4a16_gemm(x, M, l.K, static_cast<const uint8_t*>(l.weight), l.scales, l.zeros, l.N, l.group_size, out, threads);
+      (l.bf16_x ? w4a16_gemm_bf16 : w4a16_gemm)(x, M, l.K, static_cast<const uint8_t*>(l.weight), l.scales, l.zeros,
+                                                l.N, l.group_size, out, threads);
       return;
     case DecodeLinear::kInt8:
-      w8a16_gemm(x, M, l.K, static_cast<const int8_t*>(l.weight), l.scales, l.N, out, threads);
+      (l.bf16_x ? w8a16_gemm_bf16 : w8a16_gemm)(x, M, l.K, static_cast<const int8_t*>(l.weight), l.scales, l.N, out,
+                                                threads);
       return;
     case DecodeLinear::kFloat32:
       f32_gemm(x, M, l.K, static_cast<const float*>(l.weight), l.N, out, threads);
@@ -215,7 +217,8 @@ void linears(std::initializer_list<std::pair<const DecodeLinear*, float*>> ls, c
              int threads) {
   const DecodeLinear& first = *ls.begin()->first;
   bool merge = first.kind == DecodeLinear::kInt4;
-  for (const auto& [l, out] : ls) merge = merge && l->kind == DecodeLinear::kInt4 && l->group_size == first.group_size;
+  for (const auto& [l, out] : ls)
+    merge = merge && l->kind == DecodeLinear::kInt4 && l->group_size == first.group_size && l->bf16_x == first.bf16_x;
   if (!merge) {
     for (const auto& [l, out] : ls) linear(*l, x, M, out, threads);
     return;
@@ -223,7 +226,8 @@ void linears(std::initializer_list<std::pair<const DecodeLinear*, float*>> ls, c
   std::vector<Int4Gemm> gemms;
   for (const auto& [l, out] : ls)
     gemms.push_back({static_cast<const uint8_t*>(l->weight), l->scales, l->zeros, l->N, out});
-  w4a16_gemm_multi(x, M, first.K, first.group_size, gemms.data(), static_cast<int>(gemms.size()), threads);
+  (first.bf16_x ? w4a16_gemm_bf16_multi : w4a16_gemm_multi)(x, M, first.K, first.group_size, gemms.data(),
+                                                             static_cast<int>(gemms.size()), threads);
 }
 
 // ---------------------------------------------------------------- small ops

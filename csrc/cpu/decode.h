@@ -18,6 +18,7 @@ struct DecodeLinear {
   const float* scales;    // int4: [N, G]; int8: [N]; float32: unused
   const uint8_t* zeros;   // int4: [N, G]
   int64_t N, K, group_size;  // int4: group_size resolved (K for per-channel)
+  bool bf16_x;               // int4 / int8: x rounded to bfloat16 (w4a16_gemm_bf16, w8a16_gemm_bf16)
 };
 
 struct DecodeLayer {

@@ -55,4 +55,24 @@ void w4_dequantize(const uint8_t* qweight, const float* scales, const uint8_t* z
 void w8a16_gemm(const float* x, int64_t M, int64_t K, const int8_t* qweight, const float* scales,
                 int64_t N, float* out, int threads);
 
+// True when the bfloat16 kernels below can run on this CPU (AVX-512 BF16: Zen 4, Cooper Lake,
+// Sapphire Rapids and later).
+bool weight_only_bf16();
+
+// w4a16_gemm with x rounded to bfloat16 (nearest even, denormals to zero), the weight exact:
+// out = sum_g s_g sum_k bf16(x_k) (q_k - z_g), every product exact, the sums in float32. What
+// WeightOnlyLinear.compute_dtype = torch.bfloat16 runs: from 2 rows of x, with AVX512_BF16 and
+// 128-channel blocks in one group (group_size % 128 == 0 or == K), on vdpbf16ps at ~1.7x the exact
+// kernel's rate (weight_only_bf16.cpp); otherwise the exact kernel on the rounded x, the same
+// arithmetic. Same operands and requirements as w4a16_gemm / w4a16_gemm_multi.
+void w4a16_gemm_bf16(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
+                     const uint8_t* zeros, int64_t N, int64_t group_size, float* out, int threads);
+void w4a16_gemm_bf16_multi(const float* x, int64_t M, int64_t K, int64_t group_size, const Int4Gemm* gemms,
+                           int count, int threads);
+
+// w8a16_gemm with x rounded to bfloat16: out = s_n sum_k bf16(x_k) q_k, sums in float32 (vdpbf16ps
+// from 2 rows of x when K % 32 == 0 and the CPU has AVX512_BF16, else w8a16_gemm on the rounded x).
+void w8a16_gemm_bf16(const float* x, int64_t M, int64_t K, const int8_t* qweight, const float* scales, int64_t N,
+                     float* out, int threads);
+
 }  // namespace pyllmops::cpu

@@ -14,7 +14,8 @@ side), so prefill (the modules) and decode (this) can alternate freely. The modu
 pyllmops/models/llama.py stay the specification: tests compare the two step by step.
 
 It serves float32 Llama models on the CPU whose projections are all nn.Linear (no bias) or
-WeightOnlyLinear (int4 without act-order permutation or input scale, or int8; no bias); anything
+WeightOnlyLinear (int4 without act-order permutation or input scale, or int8; no bias; with its
+compute_dtype, x rounded to bfloat16 by the same kernels as its own decode path); anything
 else (tensor-parallel layers, bf16, hooks, CUDA) keeps the module path, and `unsupported` says why.
 The embedding, the final norm and the LM head stay modules (one call each). The table holds
 references to the weights it points at: build it after the model's weights are final (generate
@@ -46,22 +47,24 @@ def _linear_spec(name: str, m: nn.Module, in_features: int, out_features: int) -
         if m.bias is not None or not _f32(m.weight) or in_features % 16:
             return f"{name}: nn.Linear needs float32 contiguous CPU weight, no bias, in_features % 16 == 0"
         w = m.weight
-        spec = (_FLOAT32, w.data_ptr(), 0, 0, w.shape[0], w.shape[1], 0), (w,)
+        spec = (_FLOAT32, w.data_ptr(), 0, 0, w.shape[0], w.shape[1], 0, False), (w,)
     elif type(m) is WeightOnlyLinear:
         if m.bias is not None or m.input_scale is not None or m.perm is not None or not _f32(m.scales):
             return f"{name}: WeightOnlyLinear with bias, input_scale, act-order or non-float32 scales"
         if m.qweight.device.type != "cpu" or not m.qweight.is_contiguous():
             return f"{name}: WeightOnlyLinear weight must be contiguous on the CPU"
+        bf16_x = m.compute_dtype is not None  # x rounded to bfloat16 as the module's own decode path does
         if m.int4:
             gs = m.in_features if m.group_size == -1 else m.group_size
             if m.g_idx is not None or m.in_features % 32 or gs % 32 or not m.zeros.is_contiguous():
                 return f"{name}: int4 needs in_features and group_size multiples of 32 and no g_idx"
             spec = ((_INT4, m.qweight.data_ptr(), m.scales.data_ptr(), m.zeros.data_ptr(), m.out_features,
-                     m.in_features, gs), (m.qweight, m.scales, m.zeros))
+                     m.in_features, gs, bf16_x), (m.qweight, m.scales, m.zeros))
         else:
             if m.in_features % 16:
                 return f"{name}: int8 needs in_features % 16 == 0"
-            spec = (_INT8, m.qweight.data_ptr(), m.scales.data_ptr(), 0, m.out_features, m.in_features, 0), (m.qweight, m.scales)
+            spec = ((_INT8, m.qweight.data_ptr(), m.scales.data_ptr(), 0, m.out_features, m.in_features, 0, bf16_x),
+                    (m.qweight, m.scales))
     else:
         return f"{name}: {type(m).__name__} (the fused step serves nn.Linear and WeightOnlyLinear)"
     if (spec[0][4], spec[0][5]) != (out_features, in_features):

@@ -15,14 +15,16 @@ cheaper than gathering scales per weight). The fast kernels therefore never see 
 input_scale [K] (optional): forward computes layer(x / input_scale). AWQ uses it when a model
 gives no op to fold its scales into.
 
-prefill_dtype (None or torch.bfloat16; set_prefill_dtype for a whole model): the dtype the GEMM of
-a prefill-sized call (more rows than the decode kernels take, 32 for int4 and 16 for int8) runs
-in. None keeps x's dtype: float32 x gets float32 products of the exact dequantized weight.
-bfloat16 rounds x and the dequantized weight to bfloat16 and accumulates in float32 (the output is
-rounded to bfloat16, then cast back to x's dtype): what W4A16 kernels do on GPUs (Marlin, vLLM)
-and bitsandbytes' bf16 compute_dtype. On a CPU with AVX512_BF16 or AMX, torch's bf16 GEMM runs
-~2x its float32 one (docs/decode.md: SmolLM2's 512-token prefill). Decode-sized calls keep the
-exact kernels, which read the packed weight and are faster there.
+compute_dtype (None or torch.bfloat16; set_compute_dtype for a whole model): the dtype x is
+rounded to before it meets the weight. None keeps x's dtype: float32 x gets float32 products of
+the exact dequantized weight. bfloat16 is what W4A16 kernels do on GPUs (Marlin, vLLM) and
+bitsandbytes' bf16 compute_dtype: x rounded to bfloat16, products summed in float32. Calls of up
+to 32 (int4) / 16 (int8) rows (decode, batched decode) keep the weight exact: on CPUs with
+AVX512_BF16 they run on vdpbf16ps, ~1.7x the exact kernel's rate at 8 rows (docs/decode.md), else
+the exact kernel on the rounded x. Larger calls (prefill) round the dequantized weight to
+bfloat16 too and run torch's bf16 GEMM, ~2x its float32 one with AVX512_BF16 or AMX; their output
+is rounded to bfloat16, then cast back to x's dtype. One row is rounded as eight are, so a
+sequence decodes to the same values batched or alone (up to the float32 summation order).
 """
 from __future__ import annotations
 
@@ -41,19 +43,19 @@ from pyllmops.quant.packing import Int4Weight, Int8Weight, default_g_idx, pack_i
 from pyllmops.quant.rtn import rtn_int4, rtn_int8
 
 
-PREFILL_DTYPES = (None, torch.bfloat16)
+COMPUTE_DTYPES = (None, torch.bfloat16)
 
 
-def set_prefill_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> int:
-    """Sets prefill_dtype (see the module docstring) on every WeightOnlyLinear of `model`; returns
+def set_compute_dtype(model: nn.Module, dtype: Optional[torch.dtype]) -> int:
+    """Sets compute_dtype (see the module docstring) on every WeightOnlyLinear of `model`; returns
     how many. ValueError for a dtype other than None or torch.bfloat16, or a model without one."""
     layers = [m for m in model.modules() if isinstance(m, WeightOnlyLinear)]
-    if dtype not in PREFILL_DTYPES:
-        raise ValueError(f"dtype must be one of {PREFILL_DTYPES}, got {dtype!r}")
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
     if not layers:
         raise ValueError("model has no WeightOnlyLinear layer (quantize it with a weight-only method first)")
     for m in layers:
-        m.prefill_dtype = dtype
+        m.compute_dtype = dtype
     return len(layers)
 
 
@@ -91,17 +93,17 @@ class WeightOnlyLinear(nn.Module):
         self.register_buffer("perm", perm)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.register_buffer("input_scale", None if input_scale is None else input_scale.detach().clone())
-        self.prefill_dtype: Optional[torch.dtype] = None
+        self.compute_dtype: Optional[torch.dtype] = None
 
     @property
-    def prefill_dtype(self) -> Optional[torch.dtype]:
-        return self.__dict__.get("_prefill_dtype")  # absent in a layer pickled before it existed
+    def compute_dtype(self) -> Optional[torch.dtype]:
+        return self.__dict__.get("_compute_dtype")  # absent in a layer pickled before it existed
 
-    @prefill_dtype.setter
-    def prefill_dtype(self, dtype: Optional[torch.dtype]) -> None:
-        if dtype not in PREFILL_DTYPES:
-            raise ValueError(f"prefill_dtype must be one of {PREFILL_DTYPES}, got {dtype!r}")
-        self.__dict__["_prefill_dtype"] = dtype
+    @compute_dtype.setter
+    def compute_dtype(self, dtype: Optional[torch.dtype]) -> None:
+        if dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+        self.__dict__["_compute_dtype"] = dtype
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int = 4, group_size: int = 128, symmetric: bool = False) -> "WeightOnlyLinear":
@@ -142,11 +144,13 @@ class WeightOnlyLinear(nn.Module):
             x2 = x2[:, buffers["perm"]]
         y = self._decode(x2)
         if y is None:
-            pd = self.__dict__.get("_prefill_dtype")
-            if pd is not None and x2.dtype != pd and x2.shape[0] > self._decode_rows():
-                y = self._matmul(x2.to(pd)).to(x2.dtype)
-            else:
+            pd = self.__dict__.get("_compute_dtype")
+            if pd is None or x2.dtype == pd:
                 y = self._matmul(x2)
+            elif x2.shape[0] > self._decode_rows():  # prefill: the bf16 GEMM
+                y = self._matmul(x2.to(pd)).to(x2.dtype)
+            else:  # a decode-sized call the kernels did not take (autograd, a graph): the same values
+                y = self._matmul(x2.to(pd).to(x2.dtype))
         if buffers["bias"] is not None:
             y = y + buffers["bias"].to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)
@@ -181,10 +185,11 @@ class WeightOnlyLinear(nn.Module):
             return None
         x2 = x2.contiguous()
         out = torch.empty((x2.shape[0], self.out_features), dtype=torch.float32)
+        bf16 = self.__dict__.get("_compute_dtype") is not None
         if self.int4:
             gs = self.in_features if self.group_size == -1 else self.group_size
-            return ops.cpp_w4_decode(x2, weights[0], weights[1], weights[2], gs, out)
-        return ops.cpp_w8_decode(x2, weights[0], weights[1], out)
+            return ops.cpp_w4_decode(x2, weights[0], weights[1], weights[2], gs, out, bf16)
+        return ops.cpp_w8_decode(x2, weights[0], weights[1], out, bf16)
 
     def _decode_rows(self) -> int:
         """The most rows the C++ decode kernels take (more: the prefill path)."""
@@ -215,6 +220,6 @@ class WeightOnlyLinear(nn.Module):
     def extra_repr(self) -> str:
         kind = f"int{self.bits}, group_size={self.group_size}" if self.int4 else "int8 per-channel"
         act_order = self.perm is not None or getattr(self, "g_idx", None) is not None
-        pd = "" if self.prefill_dtype is None else f", prefill_dtype={self.prefill_dtype}"
+        pd = "" if self.compute_dtype is None else f", compute_dtype={self.compute_dtype}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, {kind}, "
                 f"act_order={act_order}, bias={self.bias is not None}{pd}")

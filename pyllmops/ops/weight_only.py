@@ -161,13 +161,15 @@ def _cpp_w4(x, qweight, scales, zeros, group_size, g_idx):
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 
-def cpp_w4_decode(x, qweight, scales, zeros, group_size, out):
+def cpp_w4_decode(x, qweight, scales, zeros, group_size, out, bf16_x: bool = False):
     """The C++ int4 kernel on prepared operands (nn.WeightOnlyLinear's decode path calls it too):
     x [M, K] float32 contiguous, M <= CPU_DECODE_MAX_M; qweight, zeros contiguous; scales float32
-    contiguous; group_size resolved (K for per-channel); out [M, N] float32, returned."""
+    contiguous; group_size resolved (K for per-channel); out [M, N] float32, returned. bf16_x:
+    x rounded to bfloat16 first, the weight exact (w4a16_gemm_bf16: compute_dtype=bfloat16)."""
     from pyllmops import _ext
 
-    _ext.cpp().w4a16_gemm(x.data_ptr(), x.shape[0], x.shape[1], qweight.data_ptr(), scales.data_ptr(),
+    cpp = _ext.cpp()
+    (cpp.w4a16_gemm_bf16 if bf16_x else cpp.w4a16_gemm)(x.data_ptr(), x.shape[0], x.shape[1], qweight.data_ptr(), scales.data_ptr(),
                           zeros.data_ptr(), qweight.shape[0], group_size, out.data_ptr(), torch.get_num_threads())
     return out
 
@@ -324,12 +326,14 @@ def _cpp_w8(x, qweight, scales):
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 
-def cpp_w8_decode(x, qweight, scales, out):
+def cpp_w8_decode(x, qweight, scales, out, bf16_x: bool = False):
     """The C++ int8 kernel on prepared operands: x [M, K] float32 contiguous (M <= DECODE_MAX_M),
-    qweight contiguous, scales float32 contiguous, out [M, N] float32, returned."""
+    qweight contiguous, scales float32 contiguous, out [M, N] float32, returned. bf16_x: x rounded
+    to bfloat16 first (w8a16_gemm_bf16)."""
     from pyllmops import _ext
 
-    _ext.cpp().w8a16_gemm(x.data_ptr(), x.shape[0], x.shape[1], qweight.data_ptr(), scales.data_ptr(),
+    cpp = _ext.cpp()
+    (cpp.w8a16_gemm_bf16 if bf16_x else cpp.w8a16_gemm)(x.data_ptr(), x.shape[0], x.shape[1], qweight.data_ptr(), scales.data_ptr(),
                           qweight.shape[0], out.data_ptr(), torch.get_num_threads())
     return out
 

@@ -56,7 +56,7 @@ def _int4_input_order(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 @register_sharder("pyllmops.nn.weight_only.WeightOnlyLinear")
 def _shard_weight_only(m: nn.Module, dim: int, index: torch.Tensor) -> nn.Module:
     shard = _shard_weight(m, dim, index)
-    shard.prefill_dtype = m.prefill_dtype
+    shard.compute_dtype = m.compute_dtype
     return shard
 
 

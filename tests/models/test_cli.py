@@ -93,9 +93,9 @@ def test_generate_w4a16_int8_head_fused(smollm2, monkeypatch, capsys):
     assert isinstance(head, WeightOnlyLinear) and head.bits == 8
 
 
-def test_generate_bf16_prefill(smollm2, monkeypatch, capsys):
-    """--prefill-dtype bfloat16 sets every weight-only layer's prefill_dtype (the prompt's GEMMs in
-    bf16, decode on the fused exact path) and leaves the greedy answer as it was; with no
+def test_generate_bf16_compute(smollm2, monkeypatch, capsys):
+    """--compute-dtype bfloat16 sets every weight-only layer's compute_dtype (the prompt's GEMMs in
+    bf16, decode on the fused path with x rounded to bf16) and leaves the greedy answer as it was; with no
     weight-only layer to set it is an error, not a silent no-op."""
     import copy
 
@@ -109,14 +109,14 @@ def test_generate_bf16_prefill(smollm2, monkeypatch, capsys):
     monkeypatch.setattr(_model, "load", lambda args: (copy.deepcopy(smollm2[0]), smollm2[1]))
     monkeypatch.setattr(_model, "quantize", lambda *a: built.setdefault("model", quantize(*a)))
     assert main(["generate", "What is the capital of France?", "--temperature", "0", "--max-new-tokens", "12",
-                 "--quant", "w4a16-rtn", "--prefill-dtype", "bfloat16"]) == 0
+                 "--quant", "w4a16-rtn", "--compute-dtype", "bfloat16"]) == 0
     out = capsys.readouterr()
     assert out.out == "The capital of France is Paris, France.\n"
     assert "(fused)" in out.err
     layers = [m for m in built["model"].modules() if isinstance(m, WeightOnlyLinear)]
-    assert len(layers) == 211 and all(m.prefill_dtype == torch.bfloat16 for m in layers)
-    assert main(["generate", "hi", "--prefill-dtype", "bfloat16"]) == 2
-    assert "--prefill-dtype applies to weight-only methods" in capsys.readouterr().err
+    assert len(layers) == 211 and all(m.compute_dtype == torch.bfloat16 for m in layers)
+    assert main(["generate", "hi", "--compute-dtype", "bfloat16"]) == 2
+    assert "--compute-dtype applies to weight-only methods" in capsys.readouterr().err
 
 
 def test_int8_head_default_only_when_not_given():

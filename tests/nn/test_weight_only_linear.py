@@ -131,49 +131,102 @@ def test_decode_path_follows_its_buffers(bits, seed):
     check()
 
 
-@pytest.mark.parametrize("bits, group_size", [(4, 128), (4, 64), (8, -1)])
-def test_prefill_dtype_bfloat16(bits, group_size, seed):
-    """prefill_dtype=bfloat16: a prefill-sized call (more rows than the decode kernels take) gets x
+@pytest.mark.parametrize("bits, group_size", [(4, 128), (4, 64), (4, -1), (8, -1)])
+def test_compute_dtype_bfloat16(bits, group_size, seed):
+    """compute_dtype=bfloat16: a prefill-sized call (more rows than the decode kernels take) gets x
     and W rounded to bfloat16, float32 sums and a bfloat16-rounded output (on a CPU without bf16
-    GEMMs: the exact weight); decode-sized calls stay bit for bit the exact path."""
+    GEMMs: the exact weight); decode-sized calls (1-32 rows: batched decode) x rounded to bfloat16
+    against the exact weight, float32 sums, whichever kernel runs them (vdpbf16ps from 2 rows with
+    AVX512_BF16 and 128-channel groups, the exact kernel on the rounded x otherwise), the same values
+    under autograd, and a row alone as in a batch."""
     from pyllmops.ops import weight_only as ops
 
     lin = nn.Linear(576, 96, bias=False)
     q = WeightOnlyLinear.from_linear(lin, bits=bits, group_size=group_size)
     x = torch.randn(2, 20, 576)  # 40 rows: past both decode limits (32, 16)
+    x[0, 1, :5] = torch.tensor([1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, -3.0e30, 1e-39, 2.0 ** -133])  # ties, large, denormals
+    w_exact = q.dequantized_weight(torch.float64)
+    q.compute_dtype = torch.bfloat16
+    assert "compute_dtype=torch.bfloat16" in repr(q)
     with torch.no_grad():
-        exact_decode = q(x[0, :3])
-        q.prefill_dtype = torch.bfloat16
-        assert "prefill_dtype=torch.bfloat16" in repr(q)
-        y, decode = q(x), q(x[0, :3])
+        y, batch, alone = q(x), q(x[0, :8]), q(x[0, 1:2])
     assert y.dtype == torch.float32 and y.shape == (2, 20, 96)
-    assert torch.equal(decode, exact_decode)
     assert torch.equal(y.bfloat16().float(), y)  # rounded to bfloat16
-    w = q.dequantized_weight(torch.float64)
-    if ops._cpu_bf16_gemm():
-        w = w.bfloat16().double()
+    w = w_exact.bfloat16().double() if ops._cpu_bf16_gemm() else w_exact
     ref = x.bfloat16().double() @ w.t()
     assert float(((y.double() - ref).abs() - 2 ** -8 * ref.abs()).max()) <= 1e-5 * float(ref.abs().max())
-    q.prefill_dtype = None
+    # decode-sized: the exact weight; float32 sums of exact products (the exact kernel at one row:
+    # x to within 2^-24 of its block's largest value), |error| <= 2^-21 max|x| sum|w|
+    xr = x[0, :8].bfloat16().double()
+    ref8 = xr @ w_exact.t()
+    size8 = xr.abs().amax(1, keepdim=True) * w_exact.abs().sum(1) * 2
+    assert float(((batch.double() - ref8).abs() - 2 ** -22 * size8).max()) <= 0
+    assert not torch.equal(batch, x[0, :8] @ w_exact.float().t())  # x was rounded
+    assert float(((alone.double() - ref8[1:2]).abs() - 2 ** -22 * size8[1:2]).max()) <= 0
+    xg = x[0, :8].clone().requires_grad_()
+    graded = q(xg)
+    graded.sum().backward()
+    assert float(((graded.detach().double() - ref8).abs() - 2 ** -22 * size8).max()) <= 0
+    # straight through the rounding (the gradient itself passes the cast: bfloat16 like it)
+    torch.testing.assert_close(xg.grad, q.dequantized_weight().sum(0).expand(8, -1), rtol=2 ** -8, atol=0)
+    q.compute_dtype = None
     with torch.no_grad():
-        torch.testing.assert_close(q(x).double(), x.double() @ q.dequantized_weight(torch.float64).t(),
-                                   rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+        torch.testing.assert_close(q(x).double(), x.double() @ w_exact.t(), rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
-def test_set_prefill_dtype():
-    from pyllmops.nn import set_prefill_dtype
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 13, 16])
+def test_bf16_decode_kernels(bits, rows, seed):
+    """The C++ bf16 kernels behind compute_dtype against float64 on bf16-rounded x and the exact
+    weight: every row count of a decode tile (1-8) and past it, K with a short last block (576 =
+    4 x 128 + 64, 544, 96) and without (1024), per-group and per-channel scales, zero points at both
+    ends, a NaN / inf in a row (that row's outputs not finite, the others unchanged)."""
+    from pyllmops.ops import weight_only as ops
+
+    for k, gs in [(576, 128), (544, 128), (1024, 256), (96, -1), (576, 64)]:
+        if bits == 8 and gs != 128:
+            continue
+        lin = nn.Linear(k, 40, bias=False)
+        q = WeightOnlyLinear.from_linear(lin, bits=bits, group_size=gs)
+        if bits == 4:
+            q.zeros[0] = 0
+            q.zeros[1] = 15
+        x = torch.randn(rows, k) * torch.logspace(-3, 3, rows)[:, None]
+        out = torch.empty(rows, 40)
+        if bits == 4:
+            ops.cpp_w4_decode(x, q.qweight, q.scales, q.zeros, k if gs == -1 else gs, out, True)
+        else:
+            ops.cpp_w8_decode(x, q.qweight, q.scales, out, True)
+        w = q.dequantized_weight(torch.float64)
+        xr = x.bfloat16().double()
+        err = (out.double() - xr @ w.t()).abs() - 2 ** -21 * xr.abs().amax(1, keepdim=True) * w.abs().sum(1)
+        assert float(err.max()) <= 0, (k, gs)
+        out_before = out.clone()
+        x[rows // 2, 3] = float("nan") if rows % 2 else float("inf")
+        if bits == 4:
+            ops.cpp_w4_decode(x, q.qweight, q.scales, q.zeros, k if gs == -1 else gs, out, True)
+        else:
+            ops.cpp_w8_decode(x, q.qweight, q.scales, out, True)
+        bad = rows // 2  # its outputs not finite (inf x 0 is NaN: the row is NaN or inf), the others as before
+        assert not out[bad].isfinite().any(), (k, gs)
+        rest = torch.arange(rows) != bad
+        assert torch.equal(out[rest], out_before[rest]), (k, gs)
+
+
+def test_set_compute_dtype():
+    from pyllmops.nn import set_compute_dtype
 
     model = nn.Sequential(WeightOnlyLinear.from_linear(nn.Linear(64, 32)), nn.ReLU(),
                           WeightOnlyLinear.from_linear(nn.Linear(32, 16), bits=8))
-    assert set_prefill_dtype(model, torch.bfloat16) == 2
-    assert model[0].prefill_dtype == model[2].prefill_dtype == torch.bfloat16
-    assert set_prefill_dtype(model, None) == 2 and model[0].prefill_dtype is None
+    assert set_compute_dtype(model, torch.bfloat16) == 2
+    assert model[0].compute_dtype == model[2].compute_dtype == torch.bfloat16
+    assert set_compute_dtype(model, None) == 2 and model[0].compute_dtype is None
     with pytest.raises(ValueError, match="dtype must be one of"):
-        set_prefill_dtype(model, torch.float16)
-    with pytest.raises(ValueError, match="prefill_dtype must be one of"):
-        model[0].prefill_dtype = "bfloat16"
+        set_compute_dtype(model, torch.float16)
+    with pytest.raises(ValueError, match="compute_dtype must be one of"):
+        model[0].compute_dtype = "bfloat16"
     with pytest.raises(ValueError, match="no WeightOnlyLinear layer"):
-        set_prefill_dtype(nn.Sequential(nn.Linear(4, 4)), torch.bfloat16)
+        set_compute_dtype(nn.Sequential(nn.Linear(4, 4)), torch.bfloat16)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -188,7 +241,7 @@ def test_prefill_inside_and_outside_inference_mode(bits, seed):
     x = torch.randn(40, 256)
     ref = x.double() @ q.dequantized_weight(torch.float64).t()
     for dtype in (None, torch.bfloat16):
-        q.prefill_dtype = dtype
+        q.compute_dtype = dtype
         tol = 1e-5 if dtype is None else 2e-2
         with torch.inference_mode():
             a = q(x)

@@ -39,8 +39,8 @@ def test_group_crossing_shard_boundary_names_sizes():
     assert ColumnParallelLinear.from_linear(layer, 1, 2).local.out_features == 32  # output rows split freely
 
 
-def test_shards_keep_prefill_dtype():
+def test_shards_keep_compute_dtype():
     layer = WeightOnlyLinear.from_linear(torch.nn.Linear(256, 64), bits=4, group_size=128)
-    layer.prefill_dtype = torch.bfloat16
-    assert ColumnParallelLinear.from_linear(layer, 1, 2).local.prefill_dtype == torch.bfloat16
-    assert RowParallelLinear.from_linear(layer, 0, 2).local.prefill_dtype == torch.bfloat16
+    layer.compute_dtype = torch.bfloat16
+    assert ColumnParallelLinear.from_linear(layer, 1, 2).local.compute_dtype == torch.bfloat16
+    assert RowParallelLinear.from_linear(layer, 0, 2).local.compute_dtype == torch.bfloat16
