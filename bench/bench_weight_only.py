@@ -11,7 +11,8 @@ On a shared CPU the numbers move with the other processes' load; compare ratios 
 64 MB fp32 4096 x 4096 weight does). "layers=10" (CPU): each call takes the next of 10 layers'
 weights, as a decode step through a 10-layer model does: 640 MB of fp32 no longer fits the
 cache, while the 84 MB of int4 weights do; that difference is the point of the compression.
-w4a8 (CPU only): the opt-in int8-activation mode on the same int4 weights, same baseline.
+w4a8 (CPU only): the opt-in int8-activation mode on the same int4 weights, same baseline; "x in
+bf16" (CPU only): the decode kernels of WeightOnlyLinear.compute_dtype = torch.bfloat16.
 
 Every row's throughput is the bytes the call must read (x, and the weight with its scales and
 zeros) over its median time, in GB/s; the roofline columns (GPU) count the output written too, and
@@ -131,3 +132,27 @@ def test_w4a8(benchmark, layers, n_layers, m, backend):
 def test_w8a16(benchmark, layers, n_layers, m, backend):
     _bench_op(benchmark, layers, n_layers, m, backend, "w8a16_matmul",
               lambda x, l: pyllmops.w8a16_matmul(x, l["q8"], l["s8"]), ("q8", "s8"))
+
+
+def _bf16_x_cases():
+    from pyllmops import _ext
+
+    return [(m, b) for m in MS for b in ("baseline", "cpp")] if DEV.type == "cpu" and _ext.has_cpp() else []
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("n_layers", LAYERS, ids=lambda n: f"layers{n}")
+@pytest.mark.parametrize("m, backend", _bf16_x_cases(), ids=lambda v: str(v))
+def test_bf16_x(benchmark, layers, n_layers, m, backend, bits):
+    """CPU: the kernels behind WeightOnlyLinear.compute_dtype = torch.bfloat16 at decode sizes (x
+    rounded to bfloat16 against the exact weight; vdpbf16ps from 2 rows where the CPU has
+    AVX512_BF16), on the same weights, against the same float32 baseline as the rows above."""
+    from pyllmops.ops import weight_only as ops
+
+    out = torch.empty(m, N)
+    if bits == 4:
+        call = lambda x, l: ops.cpp_w4_decode(x, l["q4"].qweight, l["s4"], l["q4"].zeros, 128, out, True)  # noqa: E731
+    else:
+        call = lambda x, l: ops.cpp_w8_decode(x, l["q8"], l["s8"], out, True)  # noqa: E731
+    _bench_op(benchmark, layers, n_layers, m, backend, f"w{bits}a16 decode, x in bf16" + (" g128" if bits == 4 else ""),
+              call, ("q4", "s4") if bits == 4 else ("q8", "s8"))

@@ -5,7 +5,7 @@
 Each round prefills the same GPL-3 token ids (a fresh cache, the last position's logits) with
 llama.cpp (llama-cpp-python on the SmolLM2 GGUF, `Llama.eval`) and with pyllmops' int4 model (what
 `pyllmops generate --quant w4a16-rtn` builds) twice: exact (float32 GEMMs) and with
-`prefill_dtype=torch.bfloat16` (the GEMMs in bf16, as GPU W4A16 kernels compute). The order
+`compute_dtype=torch.bfloat16` (the GEMMs in bf16, as GPU W4A16 kernels compute). The order
 inside a round rotates. The ratio of each round's rates, its median over rounds after a warm-up
 round, is what this reports: on a shared VM the cores' speed drifts within a minute, so blocks of
 calls minutes apart (bench/bench_model.py's prefill rows) compare less. Build llama-cpp-python as
@@ -42,13 +42,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import pyllmops
     from pyllmops.models import load_smollm2, smollm2_path
-    from pyllmops.nn import set_prefill_dtype
+    from pyllmops.nn import set_compute_dtype
+    from pyllmops.nn.huge_pages import pack_huge_pages
 
     model, tok = load_smollm2()
     ids = tok.encode_ordinary(TEXT.read_text())[: args.tokens]
     exact = pyllmops.quantize(copy.deepcopy(model), "w4a16-rtn", group_size=128, int8=("lm_head",), progress=False)
     bf16 = copy.deepcopy(exact)
-    set_prefill_dtype(bf16, torch.bfloat16)
+    set_compute_dtype(bf16, torch.bfloat16)
+    pack_huge_pages(bf16)  # as quantize left `exact`
     x = torch.tensor([ids])
 
     def ours(m):
