@@ -186,6 +186,28 @@ def test_w4a16_half_inputs(backend, dtype, seed):
     torch.testing.assert_close(got.double(), ref, rtol=1e-2, atol=1e-2 * float(ref.abs().max()))
 
 
+@pytest.mark.parametrize("m", [1, 2, 8, 13])
+def test_bf16_x_decode_sizes_exact_products(m, seed):
+    """bfloat16 x at decode sizes on the cpp backend (the bf16 dot-product kernels from 2 rows where
+    the CPU has AVX512_BF16): the exact product of the given bf16 x and the exact weight, summed in
+    float32, then rounded once to bfloat16, as float32 x cast to bf16 afterwards would be."""
+    if "cpp" not in cpu_backends("w4a16_matmul"):
+        pytest.skip("needs the C++ extension")
+    qweight, scales, zeros, _ = _int4(96, 576, 128)
+    q8, s8 = torch.randint(-127, 128, (96, 576), dtype=torch.int8), torch.rand(96) * 0.01 + 1e-4
+    x = torch.randn(m, 576).bfloat16()
+    with pyllmops.use_backend("cpp"):
+        got4 = pyllmops.w4a16_matmul(x, qweight, scales, zeros, 128)
+        got8 = pyllmops.w8a16_matmul(x, q8, s8)
+    for got, ref, size in ((got4, reference.w4_matmul(x.float(), qweight, scales, zeros, 128),
+                            x.double().abs() @ reference.dequantize_int4(qweight, scales, zeros, 128).abs().t()),
+                           (got8, reference.w8_matmul(x.float(), q8, s8),
+                            x.double().abs() @ (q8.double() * s8.double()[:, None]).abs().t())):
+        assert got.dtype == torch.bfloat16
+        err = (got.double() - ref).abs() - 2 ** -8 * ref.abs() - 2 ** -22 * size
+        assert float(err.max()) <= 0
+
+
 W8_CASES = [(b, shape, dt) for b in cpu_backends("w8a16_matmul") for shape in SHAPES
             for dt in (torch.float32, torch.bfloat16) if not (b == "triton" and shape[0] > 17 and dt != torch.float32)]
 
