@@ -103,8 +103,8 @@ struct Int4Args {
   bool half_tail;              // the last block holds at most 64 channels: 256-bit vectors for it
 };
 
-// 32 exact weights per vector: the 4 x 32 int4 of a block of row `row` (64 packed bytes, or the
-// bytes of a short last block) as bf16(q - z) through the 32-entry table of its zero point.
+// 32 exact weights per vector: the 4 x 32 int4 of one block of a weight row (64 packed bytes at p,
+// or the `tail` bytes of a short last block) as bf16(q - z), through the table of its zero point.
 PYLLMOPS_BF16_TARGET inline void decode_block(const uint8_t* p, bool full, __mmask64 tail, uint8_t z,
                                               __m512bh (&w)[4]) {
   const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);

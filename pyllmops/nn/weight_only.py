@@ -20,7 +20,7 @@ rounded to before it meets the weight. None keeps x's dtype: float32 x gets floa
 the exact dequantized weight. bfloat16 is what W4A16 kernels do on GPUs (Marlin, vLLM) and
 bitsandbytes' bf16 compute_dtype: x rounded to bfloat16, products summed in float32. Calls of up
 to 32 (int4) / 16 (int8) rows (decode, batched decode) keep the weight exact: on CPUs with
-AVX512_BF16 they run on vdpbf16ps, ~1.7x the exact kernel's rate at 8 rows (docs/decode.md), else
+AVX512_BF16 they run on vdpbf16ps, ~1.6x the exact kernel's rate at 8 rows (docs/decode.md), else
 the exact kernel on the rounded x. Larger calls (prefill) round the dequantized weight to
 bfloat16 too and run torch's bf16 GEMM, ~2x its float32 one with AVX512_BF16 or AMX; their output
 is rounded to bfloat16, then cast back to x's dtype. One row is rounded as eight are, so a
@@ -94,6 +94,11 @@ class WeightOnlyLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.register_buffer("input_scale", None if input_scale is None else input_scale.detach().clone())
         self.compute_dtype: Optional[torch.dtype] = None
+
+    def __setstate__(self, state: dict) -> None:
+        if "_prefill_dtype" in state:  # pickled under the attribute's first name (prefill only)
+            state["_compute_dtype"] = state.pop("_prefill_dtype")
+        super().__setstate__(state)
 
     @property
     def compute_dtype(self) -> Optional[torch.dtype]:

@@ -1,5 +1,7 @@
 """WeightOnlyLinear: forward equals x @ dequantized W^T (+ bias), its input gradient equals the
 dequantized-weight reference (so LoRA can train on top), act-order becomes a permutation."""
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -227,6 +229,14 @@ def test_set_compute_dtype():
         model[0].compute_dtype = "bfloat16"
     with pytest.raises(ValueError, match="no WeightOnlyLinear layer"):
         set_compute_dtype(nn.Sequential(nn.Linear(4, 4)), torch.bfloat16)
+    # a layer pickled when the attribute was prefill_dtype keeps its setting
+    set_compute_dtype(model, torch.bfloat16)
+    state = dict(model[0].__dict__)
+    state["_prefill_dtype"] = state.pop("_compute_dtype")
+    old = WeightOnlyLinear.__new__(WeightOnlyLinear)
+    old.__setstate__(state)
+    assert old.compute_dtype == torch.bfloat16 and "_prefill_dtype" not in old.__dict__
+    assert pickle.loads(pickle.dumps(model))[2].compute_dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("bits", [4, 8])
