@@ -58,6 +58,7 @@
 
 #include "cpu/cpu_features.h"
 #include "cpu/parallel.h"
+#include "cpu/row_tiles.h"
 
 namespace pyllmops::cpu {
 namespace {
@@ -800,19 +801,6 @@ __attribute__((target("avx2,fma"))) void w8_rows_avx2(
   for (; n < n1; ++n) w8_tile_avx2<MT, 1>(x, K, qw, scales, out, N, n);
 }
 
-// Runs fn<MT>(row offset) over x in tiles of up to kTileM rows.
-template <typename F>
-void for_row_tiles(int64_t M, F&& fn) {
-  for (int64_t m0 = 0; m0 < M; m0 += kTileM) {
-    switch (std::min<int64_t>(kTileM, M - m0)) {
-      case 1: fn(std::integral_constant<int, 1>{}, m0); break;
-      case 2: fn(std::integral_constant<int, 2>{}, m0); break;
-      case 3: fn(std::integral_constant<int, 3>{}, m0); break;
-      default: fn(std::integral_constant<int, 4>{}, m0); break;
-    }
-  }
-}
-
 }  // namespace
 
 namespace {
@@ -902,7 +890,7 @@ void w4a16_gemm_multi(const float* x, int64_t M, int64_t K, int64_t group_size, 
     parallel_for(rows, threads, kGrainN, [&](int64_t n0, int64_t n1) {
       for_segments(gemms, count, n0, n1, [&](int i, int64_t r0, int64_t r1) {
         const Int4Weight w{gemms[i].qweight, gemms[i].scales, gemms[i].zeros, K / 2, 0};
-        for_row_tiles(M, [&](auto mt, int64_t m0) {
+        for_row_tiles<kTileM>(M, [&](auto mt, int64_t m0) {
           digit_rows_avx2<decltype(mt)::value>(dx, m0, w, tail_bytes, r0, r1, gemms[i].out, gemms[i].N);
         });
       });
@@ -918,7 +906,7 @@ void w4a16_gemm_multi(const float* x, int64_t M, int64_t K, int64_t group_size, 
         w4_rows_scalar(xd.data(), xs.data(), M, K, g.qweight, g.scales, g.zeros, group_size, G, g.out, g.N, r0, r1);
         return;
       }
-      for_row_tiles(M, [&](auto mt, int64_t m0) {
+      for_row_tiles<kTileM>(M, [&](auto mt, int64_t m0) {
         constexpr int MT = decltype(mt)::value;
         const float* xm = xd.data() + m0 * K;
         const double* sm = xs.data() + m0 * G;
@@ -1024,7 +1012,7 @@ void w8a16_gemm(const float* x, int64_t M, int64_t K, const int8_t* qweight, con
       w8_rows_scalar(x, M, K, qweight, scales, out, N, n0, n1);
       return;
     }
-    for_row_tiles(M, [&](auto mt, int64_t m0) {
+    for_row_tiles<kTileM>(M, [&](auto mt, int64_t m0) {
       constexpr int MT = decltype(mt)::value;
       if (avx512)
         w8_rows_avx512<MT>(x + m0 * K, K, qweight, scales, out + m0 * N, N, n0, n1);

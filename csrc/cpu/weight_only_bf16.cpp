@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "cpu/row_tiles.h"
 #include "cpu/weight_only.h"
 
 namespace pyllmops::cpu {
@@ -168,7 +169,8 @@ PYLLMOPS_BF16_TARGET void int4_tile(const uint16_t* xp, int64_t M, int64_t m0, c
       __m256 a[NT];
       for (int j = 0; j < NT; ++j) a[j] = _mm256_setzero_ps();
       for (int c = 0; c < 4; ++c) {
-        const __m256bh xv = reinterpret_cast<__m256bh>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 32 * c)));
+        const __m256i xi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 32 * c));
+        const __m256bh xv = reinterpret_cast<__m256bh>(xi);
         for (int j = 0; j < NT; ++j) a[j] = _mm256_dpbf16_ps(a[j], wv[j][c], xv);
       }
       for (int j = 0; j < NT; ++j) total[j][m] = _mm512_fmadd_ps(_mm512_zextps256_ps512(a[j]), s[j], total[j][m]);
@@ -180,23 +182,6 @@ PYLLMOPS_BF16_TARGET void int4_tile(const uint16_t* xp, int64_t M, int64_t m0, c
     float sums[MT];
     reduce_rows<MT>(t, sums);
     for (int m = 0; m < MT; ++m) out[(m0 + m) * N + n + j] = sums[m];
-  }
-}
-
-// Runs fn(MT, m0) over the rows of x in tiles of up to kMaxTile.
-template <typename F>
-void for_tiles(int64_t M, F&& fn) {
-  for (int64_t m0 = 0; m0 < M; m0 += kMaxTile) {
-    switch (std::min<int64_t>(kMaxTile, M - m0)) {
-      case 1: fn(std::integral_constant<int, 1>{}, m0); break;
-      case 2: fn(std::integral_constant<int, 2>{}, m0); break;
-      case 3: fn(std::integral_constant<int, 3>{}, m0); break;
-      case 4: fn(std::integral_constant<int, 4>{}, m0); break;
-      case 5: fn(std::integral_constant<int, 5>{}, m0); break;
-      case 6: fn(std::integral_constant<int, 6>{}, m0); break;
-      case 7: fn(std::integral_constant<int, 7>{}, m0); break;
-      default: fn(std::integral_constant<int, 8>{}, m0); break;
-    }
   }
 }
 
@@ -301,9 +286,13 @@ void w4a16_gemm_bf16_multi(const float* x, int64_t M, int64_t K, int64_t group_s
       const Int4Args w{gm.qweight, gm.scales, gm.zeros, K / 2, B, G, groups.data(), last, half_tail};
       int64_t n = r0;
       for (; n + 2 <= r1; n += 2)
-        for_tiles(M, [&](auto mt, int64_t m0) { int4_tile<decltype(mt)::value, 2>(xp.data(), M, m0, w, n, gm.out, gm.N); });
+        for_row_tiles<kMaxTile>(M, [&](auto mt, int64_t m0) {
+          int4_tile<decltype(mt)::value, 2>(xp.data(), M, m0, w, n, gm.out, gm.N);
+        });
       for (; n < r1; ++n)
-        for_tiles(M, [&](auto mt, int64_t m0) { int4_tile<decltype(mt)::value, 1>(xp.data(), M, m0, w, n, gm.out, gm.N); });
+        for_row_tiles<kMaxTile>(M, [&](auto mt, int64_t m0) {
+          int4_tile<decltype(mt)::value, 1>(xp.data(), M, m0, w, n, gm.out, gm.N);
+        });
     }
   });
 }
@@ -326,11 +315,11 @@ void w8a16_gemm_bf16(const float* x, int64_t M, int64_t K, const int8_t* qweight
   parallel_for(N, threads, kGrainN, [&](int64_t n0, int64_t n1) {
     int64_t n = n0;
     for (; n + 2 <= n1; n += 2)
-      for_tiles(M, [&](auto mt, int64_t m0) {
+      for_row_tiles<kMaxTile>(M, [&](auto mt, int64_t m0) {
         int8_tile<decltype(mt)::value, 2>(xb.data(), m0, K, qweight, scales, n, out, N);
       });
     for (; n < n1; ++n)
-      for_tiles(M, [&](auto mt, int64_t m0) {
+      for_row_tiles<kMaxTile>(M, [&](auto mt, int64_t m0) {
         int8_tile<decltype(mt)::value, 1>(xb.data(), m0, K, qweight, scales, n, out, N);
       });
   });
