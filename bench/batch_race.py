@@ -13,11 +13,9 @@ so ratios inside one round are what compare (bench_model.py times each row in it
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime as dt
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import torch
 
 from bench.__main__ import _commit
+from bench.alternate import alternate, bf16_copy, race_parser
 from bench.decode_race import _cpu_name
 
 TEXT = Path("/usr/share/common-licenses/GPL-3")
@@ -32,11 +31,8 @@ STEPS = 32
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", default="1,2", help="comma list (default 1,2)")
-    ap.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up round (default 5)")
+    ap = race_parser(__doc__)
     ap.add_argument("--batch", type=int, default=8, help="the batch compared with batch 1 (default 8)")
-    ap.add_argument("--json", type=Path, help="write the rounds and medians here")
     args = ap.parse_args(argv)
     if args.batch < 2:
         ap.error(f"--batch must be at least 2, got {args.batch}")
@@ -44,15 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     import pyllmops
     from pyllmops.models import load_smollm2
     from pyllmops.models.generate import generate
-    from pyllmops.nn import set_compute_dtype
-    from pyllmops.nn.huge_pages import pack_huge_pages
 
     model, tok = load_smollm2()
     text = tok.encode_ordinary(TEXT.read_text())
     exact = pyllmops.quantize(copy.deepcopy(model), "w4a16-rtn", group_size=128, int8=("lm_head",), progress=False)
-    bf16 = copy.deepcopy(exact)
-    set_compute_dtype(bf16, torch.bfloat16)
-    pack_huge_pages(bf16)  # as quantize left `exact`
+    bf16 = bf16_copy(exact)
 
     def rate(m, b: int) -> float:
         prompts = [text[50 * i: 50 * i + 20 + 7 * i] for i in range(b)]
@@ -65,26 +57,15 @@ def main(argv: list[str] | None = None) -> int:
 
     B = args.batch
     names = ("exact B=1", f"exact B={B}", "bf16 B=1", f"bf16 B={B}")
-    runs = {names[0]: (exact, 1), names[1]: (exact, B), names[2]: (bf16, 1), names[3]: (bf16, B)}
+    runs = {names[0]: lambda: rate(exact, 1), names[1]: lambda: rate(exact, B), names[2]: lambda: rate(bf16, 1),
+            names[3]: lambda: rate(bf16, B)}
     ratios = {f"exact B={B} / B=1": (names[1], names[0]), f"bf16 B={B} / B=1": (names[3], names[2]),
               f"bf16 B={B} / exact B=1": (names[3], names[0])}
     out: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": _commit(),
                  "cpu": _cpu_name(), "steps": STEPS, "batch": B, "threads": {}}
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        rounds = []
-        for r in range(args.rounds + 1):
-            order = names[r % 4:] + names[: r % 4]
-            rates = {who: rate(*runs[who]) for who in order}
-            if r == 0:
-                continue  # warm-up
-            rounds.append({**rates, **{k: rates[a] / rates[b] for k, (a, b) in ratios.items()}})
-            print(f"{threads} thread(s) round {r}: " + ", ".join(f"{k} {rates[k]:.1f} tok/s" for k in names), flush=True)
-        median = {k: statistics.median(x[k] for x in rounds) for k in [*names, *ratios]}
-        out["threads"][str(threads)] = {"rounds": rounds, "median": median}
-        print(f"{threads} thread(s): " + ", ".join(f"{k} {median[k]:.1f} tok/s" for k in names) + "; " + ", ".join(
-            f"{k} {median[k]:.2f}x (rounds {min(x[k] for x in rounds):.2f}-{max(x[k] for x in rounds):.2f})"
-            for k in ratios), flush=True)
+        out["threads"][str(threads)] = alternate(runs, ratios, args.rounds, f"{threads} thread(s)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0

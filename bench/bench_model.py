@@ -114,18 +114,11 @@ def _backend(fmt: str) -> str:
 
 
 def _model_of(models, fmt: str):
-    """The model of `fmt`; "int4 bf16" / "w8a16 bf16": a copy with compute_dtype=torch.bfloat16, its
-    weights back in huge pages as quantize leaves them (a deepcopy's are not: -9% at batch 1)."""
-    from pyllmops.nn import set_compute_dtype
-    from pyllmops.nn.huge_pages import pack_huge_pages
+    """The model of `fmt`; "int4 bf16" / "w8a16 bf16": its bench.alternate.bf16_copy."""
+    from bench.alternate import bf16_copy
 
     base, _, prefill = fmt.partition(" ")
-    if not prefill:
-        return models[base][0]
-    model = copy.deepcopy(models[base][0])
-    set_compute_dtype(model, torch.bfloat16)
-    pack_huge_pages(model)
-    return model
+    return bf16_copy(models[base][0]) if prefill else models[base][0]
 
 
 def _prompt(tok) -> list[int]:

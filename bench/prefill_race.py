@@ -13,11 +13,9 @@ bench/bench_model.py's docstring says.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime as dt
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,32 +23,26 @@ from pathlib import Path
 import torch
 
 from bench.__main__ import _commit
+from bench.alternate import alternate, bf16_copy, race_parser
 from bench.decode_race import _cpu_name
 
 TEXT = Path("/usr/share/common-licenses/GPL-3")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", default="1,2", help="comma list (default 1,2)")
-    ap.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up round (default 5)")
+    ap = race_parser(__doc__)
     ap.add_argument("--tokens", type=int, default=512, help="prompt tokens (default 512)")
-    ap.add_argument("--json", type=Path, help="write the rounds and medians here")
     args = ap.parse_args(argv)
 
     import llama_cpp
 
     import pyllmops
     from pyllmops.models import load_smollm2, smollm2_path
-    from pyllmops.nn import set_compute_dtype
-    from pyllmops.nn.huge_pages import pack_huge_pages
 
     model, tok = load_smollm2()
     ids = tok.encode_ordinary(TEXT.read_text())[: args.tokens]
     exact = pyllmops.quantize(copy.deepcopy(model), "w4a16-rtn", group_size=128, int8=("lm_head",), progress=False)
-    bf16 = copy.deepcopy(exact)
-    set_compute_dtype(bf16, torch.bfloat16)
-    pack_huge_pages(bf16)  # as quantize left `exact`
+    bf16 = bf16_copy(exact)
     x = torch.tensor([ids])
 
     def ours(m):
@@ -74,20 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             return len(ids) / (time.perf_counter() - t)
 
         runs = {"llama.cpp": theirs, "int4 exact": lambda: ours(exact), "int4 bf16 prefill": lambda: ours(bf16)}
-        rounds = []
-        for r in range(args.rounds + 1):
-            order = names[r % 3:] + names[: r % 3]
-            rates = {who: runs[who]() for who in order}
-            if r == 0:
-                continue  # warm-up
-            rounds.append({**rates, **{f"{k} / llama.cpp": rates[k] / rates["llama.cpp"] for k in names[1:]}})
-            print(f"{threads} thread(s) round {r}: " + ", ".join(f"{k} {rates[k]:.1f} tok/s" for k in names), flush=True)
-        keys = [*names, *(f"{k} / llama.cpp" for k in names[1:])]
-        median = {k: statistics.median(x[k] for x in rounds) for k in keys}
-        out["threads"][str(threads)] = {"rounds": rounds, "median": median}
-        print(f"{threads} thread(s): " + ", ".join(
-            f"{k} {median[k]:.2f}x (rounds {min(x[k] for x in rounds):.2f}-{max(x[k] for x in rounds):.2f})"
-            for k in keys[3:]), flush=True)
+        ratios = {f"{k} / llama.cpp": (k, "llama.cpp") for k in names[1:]}
+        out["threads"][str(threads)] = alternate(runs, ratios, args.rounds, f"{threads} thread(s)")
         out["llama_cpp_build"] = llama_cpp.llama_print_system_info().decode().strip()
         del llm
     if args.json:
