@@ -57,6 +57,7 @@
 #include <vector>
 
 #include "cpu/cpu_features.h"
+#include "cpu/int4_blocks.h"
 #include "cpu/parallel.h"
 #include "cpu/row_tiles.h"
 
@@ -258,7 +259,7 @@ __attribute__((target("avx2,fma"))) void w4_rows_avx2(
 // One block of a weight row is 64 packed bytes: low nibbles = even channels, high = odd ones, so
 // each digit of a block is stored as [even channels 64 | odd channels 64], and after vpdpbusd
 // int32 lane l of a block holds channels [8l, 8l + 8).
-constexpr int64_t kBlock = 128;
+constexpr int64_t kBlock = int4_blocks::kChannels;  // channels per block of a row (64 packed bytes)
 constexpr int32_t kDigitMax = 127 * (65536 + 256 + 1);  // largest |N| whose balanced digits fit int8
 constexpr int kQ8Block = 32;                              // w4a8: channels per activation scale
 
@@ -284,7 +285,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void split_digits(const flo
   const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd_idx = _mm512_add_epi32(even_idx, _mm512_set1_epi32(1));
   const __m512i lim = _mm512_set1_epi32(kDigitMax), half = _mm512_set1_epi32(128), byte = _mm512_set1_epi32(255);
-  const int64_t B = (K + kBlock - 1) / kBlock;
+  const int64_t B = int4_blocks::count(K);
   std::vector<float> tops(static_cast<size_t>(B));
   for (int64_t m = 0; m < M; ++m) {
     float row_top = 0.f;
@@ -344,7 +345,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_q8(const floa
                                                                         int* shift, double* xsum) {
   const __m512i even_idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd_idx = _mm512_add_epi32(even_idx, _mm512_set1_epi32(1));
-  const int64_t B = (K + kBlock - 1) / kBlock, G = (K + gs - 1) / gs;
+  const int64_t B = int4_blocks::count(K), G = (K + gs - 1) / gs;
   for (int64_t m = 0; m < M; ++m) {
     float row_d = 0.f;
     for (int64_t g = 0; g < G; ++g) xsum[m * G + g] = 0.0;
@@ -533,15 +534,8 @@ void digit_rows(const DigitX& x, int64_t M, const Int4Weight& w, int64_t n0, int
 template <int D>
 void digit_gemm(const DigitX& x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
                 const uint8_t* zeros, int64_t N, float* out, int threads) {
-  const int64_t tail_bytes = (K - (x.B - 1) * kBlock) / 2;
-  const Int4Weight w{qweight, scales, zeros, K / 2, tail_bytes == 64 ? ~0ull : (1ull << tail_bytes) - 1};
+  const Int4Weight w{qweight, scales, zeros, K / 2, int4_blocks::tail_mask(K)};
   parallel_for(N, threads, kGrainN, [&](int64_t n0, int64_t n1) { digit_rows<D>(x, M, w, n0, n1, out, N); });
-}
-
-std::vector<int32_t> block_groups(int64_t B, int64_t group_size) {
-  std::vector<int32_t> g(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) g[b] = static_cast<int32_t>(b * kBlock / group_size);
-  return g;
 }
 
 // ---------------------------------------------------------------- int4 x int8 digits, AVX2
@@ -560,7 +554,7 @@ std::vector<int32_t> block_groups(int64_t B, int64_t group_size) {
 // per call at K = 576-1536, as much as the kernel's own work on a 576 x 576 weight.
 __attribute__((target("avx2,fma"))) void split_digits_avx2(const float* x, int64_t M, int64_t K, int8_t* digits,
                                                            float* step, int* shift) {
-  const int64_t B = (K + kBlock - 1) / kBlock;
+  const int64_t B = int4_blocks::count(K);
   std::vector<float> tops(static_cast<size_t>(B));
   alignas(32) int32_t d3[3][kBlock];  // the block's digits a, b, c in channel order
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
@@ -836,9 +830,9 @@ namespace {
 struct Digits3 {
   using Split = void (*)(const float*, int64_t, int64_t, int8_t*, float*, int*);
   Digits3(Split split, const float* x, int64_t M, int64_t K, int64_t group_size, const std::vector<double>& xs)
-      : B((K + kBlock - 1) / kBlock), G((K + group_size - 1) / group_size),
+      : B(int4_blocks::count(K)), G((K + group_size - 1) / group_size),
         digits(static_cast<size_t>(M * B * kBlockBytes<3>)), step(static_cast<size_t>(M * B)),
-        gsum(static_cast<size_t>(M * G)), groups(block_groups(B, group_size)) {
+        gsum(static_cast<size_t>(M * G)), groups(int4_blocks::groups(B, group_size)) {
     std::vector<int> shift(static_cast<size_t>(M));
     split(x, M, K, digits.data(), step.data(), shift.data());
     for (int64_t i = 0; i < M * G; ++i) gsum[i] = static_cast<float>(std::ldexp(xs[i], shift[i / G]));
@@ -886,7 +880,7 @@ void w4a16_gemm_multi(const float* x, int64_t M, int64_t K, int64_t group_size, 
       return;
     }
     const DigitX dx = d.view();
-    const int64_t tail_bytes = (K - (d.B - 1) * kBlock) / 2;
+    const int64_t tail_bytes = int4_blocks::tail_bytes(K);
     parallel_for(rows, threads, kGrainN, [&](int64_t n0, int64_t n1) {
       for_segments(gemms, count, n0, n1, [&](int i, int64_t r0, int64_t r1) {
         const Int4Weight w{gemms[i].qweight, gemms[i].scales, gemms[i].zeros, K / 2, 0};
@@ -921,14 +915,14 @@ void w4a16_gemm_multi(const float* x, int64_t M, int64_t K, int64_t group_size, 
 
 void w4a8_gemm(const float* x, int64_t M, int64_t K, const uint8_t* qweight, const float* scales,
                const uint8_t* zeros, int64_t N, int64_t group_size, float* out, int threads) {
-  const int64_t B = (K + kBlock - 1) / kBlock, G = (K + group_size - 1) / group_size;
+  const int64_t B = int4_blocks::count(K), G = (K + group_size - 1) / group_size;
   std::vector<int8_t> q(static_cast<size_t>(M * B * kBlockBytes<1>));
   std::vector<float> lane_step(static_cast<size_t>(M * B * 16));
   std::vector<double> xsum(static_cast<size_t>(M * G));
   std::vector<int> shift(static_cast<size_t>(M));
   quantize_q8(x, M, K, group_size, q.data(), lane_step.data(), shift.data(), xsum.data());
   const std::vector<float> gsum(xsum.begin(), xsum.end());
-  const std::vector<int32_t> bg = block_groups(B, group_size);
+  const std::vector<int32_t> bg = int4_blocks::groups(B, group_size);
   digit_gemm<1>({q.data(), lane_step.data(), gsum.data(), unscales(shift).data(), bg.data(), B, G}, M, K, qweight,
                 scales, zeros, N, out, threads);
 }

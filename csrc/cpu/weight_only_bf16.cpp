@@ -23,6 +23,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu/int4_blocks.h"
 #include "cpu/parallel.h"
 #include "cpu/row_tiles.h"
 #include "cpu/weight_only.h"
@@ -30,7 +31,7 @@
 namespace pyllmops::cpu {
 namespace {
 
-constexpr int64_t kBlock = 128;     // channels per block: 64 packed bytes of a row
+constexpr int64_t kBlock = int4_blocks::kChannels;  // channels per block of a row (64 packed bytes)
 constexpr int kMaxTile = 8;         // rows of x per decode of a weight block
 constexpr int64_t kGrainN = 64;     // output rows per parallel chunk (at least)
 
@@ -40,7 +41,7 @@ constexpr int64_t kGrainN = 64;     // output rows per parallel chunk (at least)
 // rounded to nearest even (0 beyond K); block-major so that a tile's rows of x sit at constant
 // offsets. Natural-order bf16 in 4 registers, then two word permutes per vector.
 PYLLMOPS_BF16_TARGET void round_x_int4(const float* x, int64_t M, int64_t K, uint16_t* xp) {
-  const int64_t B = (K + kBlock - 1) / kBlock;
+  const int64_t B = int4_blocks::count(K);
   __m512i idx[4];
   alignas(64) uint16_t lanes[32];
   for (int c = 0; c < 4; ++c) {
@@ -267,14 +268,12 @@ void w4a16_gemm_bf16_multi(const float* x, int64_t M, int64_t K, int64_t group_s
     w4a16_gemm_multi(xr.data(), M, K, group_size, gemms, count, threads);
     return;
   }
-  const int64_t B = (K + kBlock - 1) / kBlock, G = (K + group_size - 1) / group_size;
+  const int64_t B = int4_blocks::count(K), G = (K + group_size - 1) / group_size;
   std::vector<uint16_t> xp(static_cast<size_t>(M * B * kBlock));
   round_x_int4(x, M, K, xp.data());
-  std::vector<int32_t> groups(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) groups[b] = static_cast<int32_t>(b * kBlock / group_size);
-  const int64_t tail_bytes = (K - (B - 1) * kBlock) / 2;
-  const __mmask64 last = tail_bytes == 64 ? ~0ull : (1ull << tail_bytes) - 1;
-  const bool half_tail = tail_bytes <= 32;
+  const std::vector<int32_t> groups = int4_blocks::groups(B, group_size);
+  const __mmask64 last = int4_blocks::tail_mask(K);
+  const bool half_tail = int4_blocks::tail_bytes(K) <= 32;
   int64_t rows = 0;
   for (int i = 0; i < count; ++i) rows += gemms[i].N;
   parallel_for(rows, threads, kGrainN, [&](int64_t n0, int64_t n1) {
