@@ -1,6 +1,6 @@
 """Decode speed as a user gets it: `pyllmops generate` against llama.cpp, alternated.
 
-    python -m bench.decode_race [--threads 1,2] [--rounds 6] [--tokens 100] [--json FILE]
+    python -m bench.decode_race [--threads 1,2] [--rounds 6] [--tokens 100] [--compute-dtype D] [--json FILE]
 
 Each round runs, one after the other on the same cores, (a) the `pyllmops generate` command line
 (`--quant w4a16-rtn --threads N --temperature 0 --max-new-tokens T`, its defaults otherwise) and
@@ -76,16 +76,17 @@ def _chrt() -> list[str]:
     return []
 
 
-def run_pyllmops(threads: int, tokens: int) -> float:
+def run_pyllmops(threads: int, tokens: int, extra: list[str]) -> tuple[float, str]:
+    """(decode tok/s, the run's configuration as its stats line names it)."""
     cmd = [*_prefix(), sys.executable, "-m", "pyllmops.cli", "generate", QUESTION, "--quant", "w4a16-rtn",
-           "--threads", str(threads), "--temperature", "0", "--max-new-tokens", str(tokens)]
+           "--threads", str(threads), "--temperature", "0", "--max-new-tokens", str(tokens), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
-    m = re.search(r"decode: (\d+) tokens, ([\d.]+) tok/s \((\w+)", proc.stderr)
+    m = re.search(r"(\[[^]]*\]) prefill:.*decode: (\d+) tokens, ([\d.]+) tok/s \((\w+)", proc.stderr)
     if proc.returncode or not m:
         raise SystemExit(f"pyllmops generate failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    if m.group(3) != "fused":
+    if m.group(4) != "fused":
         raise SystemExit(f"pyllmops generate did not take the fused decode step: {m.group(0)}")
-    return float(m.group(2))
+    return float(m.group(3)), m.group(1)
 
 
 def run_llama_cpp(threads: int, tokens: int) -> tuple[float, str]:
@@ -105,12 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=100, help="new tokens per run (default 100)")
     ap.add_argument("--json", type=Path, help="write the rounds and medians here")
     ap.add_argument("--no-chrt", action="store_true", help="run both at normal priority")
+    ap.add_argument("--compute-dtype", choices=["auto", "float32", "bfloat16"],
+                    help="passed to `pyllmops generate` (default: not passed, i.e. its default, auto)")
     args = ap.parse_args(argv)
     global _CHRT
     _CHRT = not args.no_chrt
     out: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  "commit": _commit(),
                  "cpu": _cpu_name(), "tokens": args.tokens, "chrt": bool(_prefix()), "threads": {}}
+    extra = ["--compute-dtype", args.compute_dtype] if args.compute_dtype else []
     for threads in [int(t) for t in args.threads.split(",")]:
         rounds = []
         for r in range(args.rounds):
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             rates = {}
             for who in order:
                 if who == "pyllmops":
-                    rates[who] = run_pyllmops(threads, args.tokens)
+                    rates[who], out["pyllmops_run"] = run_pyllmops(threads, args.tokens, extra)
                 else:
                     rates[who], out["llama_cpp_build"] = run_llama_cpp(threads, args.tokens)
             rounds.append({**rates, "ratio": rates["pyllmops"] / rates["llama.cpp"]})
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{threads} thread(s): median pyllmops {summary['pyllmops']:.1f} tok/s, llama.cpp "
               f"{summary['llama.cpp']:.1f} tok/s, median ratio {summary['ratio']:.2f}x "
               f"(ratios {min(x['ratio'] for x in rounds):.2f}-{max(x['ratio'] for x in rounds):.2f})", flush=True)
-    print(f"baseline: {out.get('llama_cpp_build')}")
+    print(f"pyllmops: {out.get('pyllmops_run')}; baseline: {out.get('llama_cpp_build')}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0

@@ -4,8 +4,9 @@
 
 Each round prefills the same GPL-3 token ids (a fresh cache, the last position's logits) with
 llama.cpp (llama-cpp-python on the SmolLM2 GGUF, `Llama.eval`) and with pyllmops' int4 model (what
-`pyllmops generate --quant w4a16-rtn` builds) twice: exact (float32 GEMMs) and with
-`compute_dtype=torch.bfloat16` (the GEMMs in bf16, as GPU W4A16 kernels compute). The order
+`pyllmops generate --quant w4a16-rtn` builds) twice: exact (float32 GEMMs, `--compute-dtype
+float32`) and with `compute_dtype=torch.bfloat16` (the GEMMs in bf16, as GPU W4A16 kernels
+compute; generate's default, `--compute-dtype auto`, on a CPU with AVX512_BF16 or AMX). The order
 inside a round rotates. The ratio of each round's rates, its median over rounds after a warm-up
 round, is what this reports: on a shared VM the cores' speed drifts within a minute, so blocks of
 calls minutes apart (bench/bench_model.py's prefill rows) compare less. Build llama-cpp-python as

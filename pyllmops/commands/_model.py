@@ -41,7 +41,10 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
-def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool, compute_default: str) -> None:
     g = p.add_argument_group("model")
     if quant_list:
         g.add_argument("--quant", default="", help="comma-separated quantization methods to compare with fp (see --quant help in `generate`)")
@@ -62,11 +65,14 @@ def add_model_args(p: argparse.ArgumentParser, *, quant_list: bool) -> None:
                         "128, as AutoAWQ; a shorter text gives fewer: the default text 57)")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     g.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights and activations of the float model")
-    g.add_argument("--compute-dtype", choices=["bfloat16"], default=None,
-                   help="weight-only methods (w4a16-*, w8a16): round the activations to bfloat16 before the weight "
-                        "as GPU W4A16 kernels do: the prefill GEMMs in bfloat16 (~2x float32's speed on CPUs with "
-                        "AVX512_BF16 or AMX), batched decode on bf16 dot products (~1.6x at 8 sequences), the "
-                        "decode weight exact (default: the model's dtype, exact)")
+    g.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default=compute_default,
+                   help="weight-only methods (w4a16-*, w8a16): bfloat16 rounds the activations to bfloat16 before "
+                        "the weight, as GPU W4A16 kernels (Marlin, vLLM) do and as llama.cpp rounds them to 8 bits: "
+                        "the prefill GEMMs in bfloat16 (~2x float32's speed), batched decode on bf16 dot products "
+                        "(~1.6x at 8 sequences), the weight exact; float32 keeps every product exact; auto is "
+                        "bfloat16 on a CPU that multiplies bfloat16 in hardware (AVX512_BF16 or AMX), else float32 "
+                        f"(default: {compute_default}" + ("" if compute_default == "auto" else
+                        ", so that a method's perplexity measures its weights alone") + ")")
     g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--tp", type=int, default=1,
                    help="tensor-parallel degree: N > 1 runs N local processes joined by gloo (CPU), or, under "
@@ -138,9 +144,9 @@ def load(args: argparse.Namespace):
 def quantize(model, tokenizer, method: str, args: argparse.Namespace):
     """Quantize `model` in place with `method` ('fp': unchanged), options from args."""
     if method == "fp":
-        if getattr(args, "compute_dtype", None):
-            raise ValueError(f"--compute-dtype applies to weight-only methods (w4a16-*, w8a16), not --quant fp "
-                             f"(use --dtype {args.compute_dtype} for a bfloat16 float model)")
+        if args.compute_dtype == "bfloat16":
+            raise ValueError("--compute-dtype bfloat16 applies to weight-only methods (w4a16-*, w8a16), not --quant "
+                             "fp (use --dtype bfloat16 for a bfloat16 float model)")
         return model
     import pyllmops
     from pyllmops.models.evaluate import calibration_batches
@@ -158,11 +164,28 @@ def quantize(model, tokenizer, method: str, args: argparse.Namespace):
         if "unexpected keyword argument" in str(err):
             raise ValueError(f"{method}: {err}") from None
         raise
-    if getattr(args, "compute_dtype", None):
-        from pyllmops.nn import set_compute_dtype
+    from pyllmops.nn import WeightOnlyLinear, set_compute_dtype
 
+    if args.compute_dtype == "bfloat16":
         try:
-            set_compute_dtype(model, DTYPES[args.compute_dtype])
+            set_compute_dtype(model, torch.bfloat16)
         except ValueError as err:
-            raise ValueError(f"--compute-dtype {args.compute_dtype}: {err} ({method} made none)") from None
+            raise ValueError(f"--compute-dtype bfloat16: {err} ({method} made none)") from None
+    elif args.compute_dtype == "auto" and resolve_compute_dtype(args) is not None:
+        if any(isinstance(m, WeightOnlyLinear) for m in model.modules()):  # W8A8 methods make none: nothing to set
+            set_compute_dtype(model, torch.bfloat16)
     return model
+
+
+def resolve_compute_dtype(args: argparse.Namespace) -> torch.dtype | None:
+    """The activations' rounding that --compute-dtype asks of weight-only layers: None (exact) or
+    torch.bfloat16. auto: bfloat16 on a CPU whose bfloat16 products run in hardware (AVX512_BF16
+    or AMX: 2x float32's GEMM rate, batched decode on vdpbf16ps), where llama.cpp and GPU W4A16
+    runtimes also round x; exact elsewhere (emulated bf16 would be slower) and on CUDA."""
+    if args.compute_dtype == "bfloat16":
+        return torch.bfloat16
+    if args.compute_dtype == "auto" and args.device == "cpu" and args.dtype == "float32":
+        from pyllmops.ops.weight_only import cpu_bf16_native
+
+        return torch.bfloat16 if cpu_bf16_native() else None
+    return None

@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, help="tokens the window moves by (default: the window, i.e. disjoint windows)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    _model.add_model_args(p, quant_list=True)
+    _model.add_model_args(p, quant_list=True, compute_default="float32")
     p.set_defaults(func=run)
 
 

@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "k and v rounded to float16 as llama.cpp's default f16 cache (default float32)")
     p.epilog = ("With a weight-only --quant (w4a16-*, w8a16) the LM head is int8 per channel, as in llama.cpp's "
                 "Q4 GGUFs; --quant-option int8=[] (w4a16-*) or skip='[\"lm_head\"]' (w8a16) keeps it float.")
-    _model.add_model_args(p, quant_list=False)
+    _model.add_model_args(p, quant_list=False, compute_default="auto")
     p.set_defaults(func=run)
 
 
@@ -94,8 +94,11 @@ def _stream(tp, args: argparse.Namespace, model, tok) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    from pyllmops.nn import WeightOnlyLinear
+
+    bf16 = any(isinstance(m, WeightOnlyLinear) and m.compute_dtype == torch.bfloat16 for m in model.modules())
     print(
-        f"[{args.quant}, {args.dtype}, {args.device}, tp={tp.world}] prefill: {stats.prompt_tokens} tokens in {stats.prefill_s:.3f} s "
+        f"[{args.quant}, {args.dtype}{', x in bfloat16' if bf16 else ''}, {args.device}, tp={tp.world}] prefill: {stats.prompt_tokens} tokens in {stats.prefill_s:.3f} s "
         f"({stats.prefill_tok_s:.1f} tok/s); decode: {stats.new_tokens} tokens, {stats.decode_tok_s:.1f} tok/s "
         f"({stats.decode_path})",
         file=sys.stderr,

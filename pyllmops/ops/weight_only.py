@@ -187,11 +187,13 @@ def _bf16_prefill(x: torch.Tensor) -> bool:
     What W4A16 / W8A16 mean on GPUs (Marlin, vLLM; bitsandbytes' compute_dtype): the weight
     dequantized to the activations' 16-bit type, products accumulated in float32, the output
     rounded to it. float32 x keeps the exact float32 path; float16 x too (no CPU GEMM in float16)."""
-    return x.dtype == torch.bfloat16 and _cpu_bf16_gemm()
+    return x.dtype == torch.bfloat16 and cpu_bf16_native()
 
 
 @functools.cache
-def _cpu_bf16_gemm() -> bool:
+def cpu_bf16_native() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512_BF16 or AMX), where the bf16 paths
+    of compute_dtype are the faster ones (the CLI's --compute-dtype auto)."""
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 

@@ -93,6 +93,65 @@ def test_generate_w4a16_int8_head_fused(smollm2, monkeypatch, capsys):
     assert isinstance(head, WeightOnlyLinear) and head.bits == 8
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("native", [True, False])
+def test_generate_compute_dtype_auto(smollm2, monkeypatch, capsys, native):
+    """generate's default --compute-dtype auto rounds x to bfloat16 in every weight-only layer where
+    the CPU multiplies bf16 in hardware and keeps them exact elsewhere, says which in the stats
+    line, and the greedy answer is the same either way; --compute-dtype float32 keeps them exact."""
+    import copy
+
+    import torch
+
+    from pyllmops.commands import _model
+    from pyllmops.nn import WeightOnlyLinear
+    from pyllmops.ops import weight_only
+
+    built = []
+    quantize = _model.quantize
+    monkeypatch.setattr(weight_only, "cpu_bf16_native", lambda: native)
+    monkeypatch.setattr(_model, "load", lambda args: (copy.deepcopy(smollm2[0]), smollm2[1]))
+    monkeypatch.setattr(_model, "quantize", lambda *a: built.append(quantize(*a)) or built[-1])
+    argv = ["generate", "What is the capital of France?", "--temperature", "0", "--max-new-tokens", "12", "--quant",
+            "w4a16-rtn"]
+    for extra, want in [([], torch.bfloat16 if native else None), (["--compute-dtype", "float32"], None)]:
+        assert main(argv + extra) == 0
+        out = capsys.readouterr()
+        assert out.out == "The capital of France is Paris, France.\n" and "(fused)" in out.err
+        assert ("x in bfloat16" in out.err) == (want is not None)
+        layers = [m for m in built[-1].modules() if isinstance(m, WeightOnlyLinear)]
+        assert len(layers) == 211 and all(m.compute_dtype == want for m in layers)
+
+
+def test_compute_dtype_defaults_and_resolution(monkeypatch):
+    """auto is bfloat16 only for a float32 model on a CPU with bf16 hardware; eval defaults to
+    float32 (a method's perplexity measures its weights alone), generate to auto; fp with auto or
+    float32 is fine, with an explicit bfloat16 an error (tested above)."""
+    import argparse
+
+    import torch
+
+    from pyllmops.commands import _model
+    from pyllmops.ops import weight_only
+
+    for command, default in [("generate", "auto"), ("eval", "float32")]:
+        p = argparse.ArgumentParser()
+        _model.add_model_args(p, quant_list=command == "eval", compute_default=default)
+        assert p.parse_args([]).compute_dtype == default
+        with pytest.raises(SystemExit):
+            p.parse_args(["--compute-dtype", "float16"])
+    p = argparse.ArgumentParser()
+    _model.add_model_args(p, quant_list=False, compute_default="auto")
+    for native in (True, False):
+        monkeypatch.setattr(weight_only, "cpu_bf16_native", lambda: native)
+        assert _model.resolve_compute_dtype(p.parse_args([])) == (torch.bfloat16 if native else None)
+        assert _model.resolve_compute_dtype(p.parse_args(["--compute-dtype", "bfloat16"])) == torch.bfloat16
+        assert _model.resolve_compute_dtype(p.parse_args(["--compute-dtype", "float32"])) is None
+        assert _model.resolve_compute_dtype(p.parse_args(["--dtype", "bfloat16"])) is None
+        assert _model.resolve_compute_dtype(p.parse_args(["--device", "cuda"])) is None
+    assert _model.quantize("model", None, "fp", p.parse_args([])) == "model"
+
+
 def test_generate_bf16_compute(smollm2, monkeypatch, capsys):
     """--compute-dtype bfloat16 sets every weight-only layer's compute_dtype (the prompt's GEMMs in
     bf16, decode on the fused path with x rounded to bf16) and leaves the greedy answer as it was; with no
@@ -116,7 +175,7 @@ def test_generate_bf16_compute(smollm2, monkeypatch, capsys):
     layers = [m for m in built["model"].modules() if isinstance(m, WeightOnlyLinear)]
     assert len(layers) == 211 and all(m.compute_dtype == torch.bfloat16 for m in layers)
     assert main(["generate", "hi", "--compute-dtype", "bfloat16"]) == 2
-    assert "--compute-dtype applies to weight-only methods" in capsys.readouterr().err
+    assert "--compute-dtype bfloat16 applies to weight-only methods" in capsys.readouterr().err
 
 
 def test_int8_head_default_only_when_not_given():

@@ -159,7 +159,7 @@ def test_compute_dtype_bfloat16(bits, group_size, seed):
         y, batch, alone = q(x), q(x[0, :8]), q(x[0, 1:2])
     assert y.dtype == torch.float32 and y.shape == (2, 20, 96)
     assert torch.equal(y.bfloat16().float(), y)  # rounded to bfloat16
-    w = w_exact.bfloat16().double() if ops._cpu_bf16_gemm() else w_exact
+    w = w_exact.bfloat16().double() if ops.cpu_bf16_native() else w_exact
     ref = x.bfloat16().double() @ w.t()
     assert float(((y.double() - ref).abs() - 2 ** -8 * ref.abs()).max()) <= 1e-5 * float(ref.abs().max())
     # decode-sized: the exact weight; float32 sums of exact products (the exact kernel at one row:

@@ -241,7 +241,7 @@ def test_cli_alpha_parsing_and_sq_default(monkeypatch):
     from pyllmops.commands import _model
 
     p = argparse.ArgumentParser()
-    _model.add_model_args(p, quant_list=False)
+    _model.add_model_args(p, quant_list=False, compute_default="float32")
     assert p.parse_args(["--alpha", "auto"]).alpha == "auto"
     assert p.parse_args(["--alpha", "0.7"]).alpha == 0.7
     with pytest.raises(SystemExit):
