@@ -95,24 +95,42 @@ PYLLMOPS_BF16_TARGET inline void reduce_rows(const __m512* v, float* sums) {
   }
 }
 
+// bf16(i % 16 - z) for i = 0..31: exact for any uint8 z, so the same bits whatever rounding the
+// conversion uses.
+PYLLMOPS_BF16_TARGET inline __m512i zero_point_table(uint8_t z) {
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m256i t = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(iota, _mm512_set1_ps(z))));
+  return _mm512_broadcast_i64x4(t);
+}
+
+// The tables of the zero points of 4-bit weights, built once per call; z > 15 (GPTQ's legacy
+// stored zero + 1 reaches 16) builds its table in place.
+struct ZeroPointTables {
+  alignas(64) uint16_t t[16][32];
+  PYLLMOPS_BF16_TARGET ZeroPointTables() {
+    for (int z = 0; z < 16; ++z) _mm512_store_si512(t[z], zero_point_table(static_cast<uint8_t>(z)));
+  }
+  PYLLMOPS_BF16_TARGET __m512i operator()(uint8_t z) const {
+    return z < 16 ? _mm512_load_si512(t[z]) : zero_point_table(z);
+  }
+};
+
 struct Int4Args {
   const uint8_t* qw;
   const float* scales;
   const uint8_t* zeros;
   int64_t row_bytes, B, G;
   const int32_t* block_group;  // [B]
+  const ZeroPointTables* tables;
   __mmask64 last_block;        // the bytes of a row's last block that exist
   bool half_tail;              // the last block holds at most 64 channels: 256-bit vectors for it
 };
 
 // 32 exact weights per vector: the 4 x 32 int4 of one block of a weight row (64 packed bytes at p,
 // or the `tail` bytes of a short last block) as bf16(q - z), through the table of its zero point.
-PYLLMOPS_BF16_TARGET inline void decode_block(const uint8_t* p, bool full, __mmask64 tail, uint8_t z,
+PYLLMOPS_BF16_TARGET inline void decode_block(const uint8_t* p, bool full, __mmask64 tail, const __m512i table,
                                               __m512bh (&w)[4]) {
-  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i v = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(tail, p);
-  const __m512i table = _mm512_broadcast_i64x4(
-      reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(iota, _mm512_set1_ps(static_cast<float>(z))))));
   w[0] = reinterpret_cast<__m512bh>(_mm512_permutexvar_epi16(v, table));
   w[1] = reinterpret_cast<__m512bh>(_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), table));
   w[2] = reinterpret_cast<__m512bh>(_mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), table));
@@ -135,7 +153,7 @@ PYLLMOPS_BF16_TARGET void int4_tile(const uint16_t* xp, int64_t M, int64_t m0, c
     for (int j = 0; j < NT; ++j) {
       const uint8_t* p = w.qw + (n + j) * w.row_bytes + b * 64;
       _mm_prefetch(reinterpret_cast<const char*>(p + 2 * NT * w.row_bytes), _MM_HINT_T0);
-      decode_block(p, b + 1 < B, w.last_block, w.zeros[(n + j) * w.G + g], wv[j]);
+      decode_block(p, b + 1 < B, w.last_block, (*w.tables)(w.zeros[(n + j) * w.G + g]), wv[j]);
       s[j] = _mm512_set1_ps(w.scales[(n + j) * w.G + g]);
     }
     for (int m = 0; m < MT; ++m) {
@@ -151,14 +169,12 @@ PYLLMOPS_BF16_TARGET void int4_tile(const uint16_t* xp, int64_t M, int64_t m0, c
   }
   if (w.half_tail) {  // lanes t < 16 only (channels < 64): half the work of a full block on Zen 4
     const int64_t b = B - 1, g = w.block_group[b];
-    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     __m256bh wv[NT][4];
     __m512 s[NT];
     for (int j = 0; j < NT; ++j) {
       const uint8_t* p = w.qw + (n + j) * w.row_bytes + b * 64;
       const __m256i v = _mm256_maskz_loadu_epi8(static_cast<__mmask32>(w.last_block), p);
-      const __m256i table = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(
-          _mm512_sub_ps(iota, _mm512_set1_ps(static_cast<float>(w.zeros[(n + j) * w.G + g])))));
+      const __m256i table = _mm512_castsi512_si256((*w.tables)(w.zeros[(n + j) * w.G + g]));
       wv[j][0] = reinterpret_cast<__m256bh>(_mm256_permutexvar_epi16(v, table));
       wv[j][1] = reinterpret_cast<__m256bh>(_mm256_permutexvar_epi16(_mm256_srli_epi16(v, 4), table));
       wv[j][2] = reinterpret_cast<__m256bh>(_mm256_permutexvar_epi16(_mm256_srli_epi16(v, 8), table));
@@ -272,6 +288,7 @@ void w4a16_gemm_bf16_multi(const float* x, int64_t M, int64_t K, int64_t group_s
   std::vector<uint16_t> xp(static_cast<size_t>(M * B * kBlock));
   round_x_int4(x, M, K, xp.data());
   const std::vector<int32_t> groups = int4_blocks::groups(B, group_size);
+  const ZeroPointTables tables;
   const __mmask64 last = int4_blocks::tail_mask(K);
   const bool half_tail = int4_blocks::tail_bytes(K) <= 32;
   int64_t rows = 0;
@@ -282,7 +299,7 @@ void w4a16_gemm_bf16_multi(const float* x, int64_t M, int64_t K, int64_t group_s
       const int64_t r0 = std::max<int64_t>(n0 - first, 0), r1 = std::min<int64_t>(n1 - first, gemms[i].N);
       if (r0 >= r1) continue;
       const Int4Gemm& gm = gemms[i];
-      const Int4Args w{gm.qweight, gm.scales, gm.zeros, K / 2, B, G, groups.data(), last, half_tail};
+      const Int4Args w{gm.qweight, gm.scales, gm.zeros, K / 2, B, G, groups.data(), &tables, last, half_tail};
       int64_t n = r0;
       for (; n + 2 <= r1; n += 2)
         for_row_tiles<kMaxTile>(M, [&](auto mt, int64_t m0) {

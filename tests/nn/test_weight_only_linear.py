@@ -187,7 +187,7 @@ def test_bf16_decode_kernels(bits, rows, seed):
     """The C++ bf16 kernels behind compute_dtype against float64 on bf16-rounded x and the exact
     weight: every row count of a decode tile (1-8) and past it, K with a short last block (576 =
     4 x 128 + 64, 544, 96) and without (1024), per-group and per-channel scales, zero points at both
-    ends, a NaN / inf in a row (that row's outputs not finite, the others unchanged)."""
+    ends of 4 bits and past them (16, 255: the uint8 range), a NaN / inf in a row (that row's outputs not finite, the others unchanged)."""
     from pyllmops.ops import weight_only as ops
 
     for k, gs in [(576, 128), (544, 128), (1024, 256), (96, -1), (576, 64)]:
@@ -198,6 +198,8 @@ def test_bf16_decode_kernels(bits, rows, seed):
         if bits == 4:
             q.zeros[0] = 0
             q.zeros[1] = 15
+            q.zeros[2] = 16  # GPTQ's legacy format (stored zero + 1) reaches 16
+            q.zeros[3] = 255
         x = torch.randn(rows, k) * torch.logspace(-3, 3, rows)[:, None]
         out = torch.empty(rows, 40)
         if bits == 4:
