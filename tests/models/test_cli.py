@@ -190,6 +190,44 @@ def test_int8_head_default_only_when_not_given():
 
 
 @pytest.mark.slow
+def test_generate_batch_answers_as_alone(cli_model, capsys, tmp_path):
+    """Several prompts (arguments and --prompts-file, blank lines skipped) decode as one batch:
+    each greedy answer is the one the prompt gets alone, under a header naming it, or as JSON
+    lines; the stats line gives the batch and its total rate."""
+    questions = ["What is the capital of France?", "Name a primary color.", "What is 2 + 2?"]
+    alone = []
+    for q in questions:
+        assert main(["generate", q, "--temperature", "0", "--max-new-tokens", "10"]) == 0
+        alone.append(capsys.readouterr().out.rstrip("\n"))
+    assert alone[0] == "The capital of France is Paris."
+    listed = tmp_path / "prompts.txt"
+    listed.write_text(f"{questions[1]}\n\n{questions[2]}\n")
+    argv = ["generate", questions[0], "--prompts-file", str(listed), "--temperature", "0", "--max-new-tokens", "10"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    want = "".join(f"=== {i + 1}/3: {q}\n{a}\n" for i, (q, a) in enumerate(zip(questions, alone)))
+    assert out.out == want
+    assert ", batch 3] prefill:" in out.err and "(fused)" in out.err
+    assert main(argv + ["--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["prompt"] for r in rows] == questions and [r["text"] for r in rows] == alone
+    assert all(1 <= r["new_tokens"] <= 10 for r in rows)
+
+
+def test_generate_batch_bad_input(capsys, tmp_path):
+    assert main(["generate"]) == 2
+    assert "give a prompt" in capsys.readouterr().err
+    assert main(["generate", "hi", "  "]) == 2
+    assert "prompt 2 of 2 must not be empty" in capsys.readouterr().err
+    assert main(["generate", "hi", "--prompts-file", str(tmp_path / "none.txt")]) == 2
+    assert "--prompts-file not found" in capsys.readouterr().err
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n")
+    assert main(["generate", "--prompts-file", str(blank)]) == 2
+    assert "give a prompt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_generate_raw_continues_greedily(cli_model, capsys):
     """--raw prints the prompt and its continuation: at temperature 0, the tokens of a plain greedy
     loop (argmax of a full forward over the whole sequence, no KV cache)."""
