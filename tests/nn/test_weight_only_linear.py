@@ -174,8 +174,11 @@ def test_compute_dtype_bfloat16(bits, group_size, seed):
     graded = q(xg)
     graded.sum().backward()
     assert float(((graded.detach().double() - ref8).abs() - 2 ** -22 * size8).max()) <= 0
-    # straight through the rounding (the gradient itself passes the cast: bfloat16 like it)
-    torch.testing.assert_close(xg.grad, q.dequantized_weight().sum(0).expand(8, -1), rtol=2 ** -8, atol=0)
+    # straight through the rounding (the gradient itself passes the cast: bfloat16 like it), on top
+    # of float32 sums over the 96 outputs (a column summing near 0 is within 2^-18 sum|w| of it)
+    wf = q.dequantized_weight(torch.float64)
+    err = (xg.grad.double() - wf.sum(0)).abs() - 2 ** -8 * wf.sum(0).abs() - 2 ** -18 * wf.abs().sum(0)
+    assert float(err.max()) <= 0
     q.compute_dtype = None
     with torch.no_grad():
         torch.testing.assert_close(q(x).double(), x.double() @ w_exact.t(), rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
