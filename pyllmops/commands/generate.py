@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text with the embedded SmolLM2-135M-Instruct model")
     p.add_argument("prompt", nargs="*", help="the user message (or, with --raw, the text to continue); several "
                    "decode together as one batch")
-    p.add_argument("--prompts-file", type=Path, help="more prompts, one per line (blank lines skipped), in the same batch")
+    p.add_argument("--prompts-file", type=Path, help="more prompts, one per line (blank lines skipped), in the same "
+                   "batch; - reads them from standard input")
     p.add_argument("--json", action="store_true", help="write one JSON object per prompt ({\"prompt\", \"text\", "
                    "\"new_tokens\"}) instead of the text")
     p.add_argument("--raw", action="store_true", help="continue the prompt as plain text, without the chat template")
@@ -41,9 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     prompts = list(args.prompt)
     if args.prompts_file is not None:
-        if not args.prompts_file.is_file():
+        if str(args.prompts_file) == "-":
+            text = sys.stdin.read()
+        elif not args.prompts_file.is_file():
             raise FileNotFoundError(f"--prompts-file not found: {args.prompts_file}")
-        prompts += [line for line in args.prompts_file.read_text().splitlines() if line.strip()]
+        else:
+            text = args.prompts_file.read_text()
+        prompts += [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ValueError("give a prompt (or --prompts-file with at least one non-blank line)")
     for i, prompt in enumerate(prompts):

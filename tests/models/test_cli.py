@@ -1,6 +1,7 @@
 """`pyllmops generate` and `pyllmops eval`: bad inputs end in one clear error line; the happy
 paths run on the session's real model (the CLI's loader is pointed at it)."""
 import importlib.util
+import io
 import json
 import math
 
@@ -190,7 +191,7 @@ def test_int8_head_default_only_when_not_given():
 
 
 @pytest.mark.slow
-def test_generate_batch_answers_as_alone(cli_model, capsys, tmp_path):
+def test_generate_batch_answers_as_alone(cli_model, capsys, tmp_path, monkeypatch):
     """Several prompts (arguments and --prompts-file, blank lines skipped) decode as one batch:
     each greedy answer is the one the prompt gets alone, under a header naming it, or as JSON
     lines; the stats line gives the batch and its total rate."""
@@ -212,6 +213,9 @@ def test_generate_batch_answers_as_alone(cli_model, capsys, tmp_path):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["prompt"] for r in rows] == questions and [r["text"] for r in rows] == alone
     assert all(1 <= r["new_tokens"] <= 10 for r in rows)
+    monkeypatch.setattr("sys.stdin", io.StringIO(listed.read_text()))  # --prompts-file - reads stdin
+    assert main(argv[:2] + ["--prompts-file", "-"] + argv[4:]) == 0
+    assert capsys.readouterr().out == want
 
 
 def test_generate_batch_bad_input(capsys, tmp_path):
