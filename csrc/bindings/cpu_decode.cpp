@@ -14,15 +14,17 @@ using namespace pyllmops::cpu;
 
 namespace {
 
-// (kind, weight, scales, zeros, N, K, group_size, bf16_x)
-using LinearSpec = std::tuple<int, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, bool>;
+// (kind, weight, scales, zeros, N, K, group_size, bf16_x, perm: int64 [K] or 0)
+using LinearSpec = std::tuple<int, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, bool, uintptr_t>;
 
 DecodeLinear to_linear(const LinearSpec& s) {
-  const auto [kind, weight, scales, zeros, N, K, group_size, bf16_x] = s;
+  const auto [kind, weight, scales, zeros, N, K, group_size, bf16_x, perm] = s;
   if (kind < DecodeLinear::kFloat32 || kind > DecodeLinear::kInt8) throw py::value_error("unknown linear kind");
   if (bf16_x && kind == DecodeLinear::kFloat32) throw py::value_error("bf16_x applies to int4 and int8 linears");
+  if (perm && kind != DecodeLinear::kInt4) throw py::value_error("perm (act-order) applies to int4 linears");
   return {static_cast<DecodeLinear::Kind>(kind), reinterpret_cast<const void*>(weight),
-          reinterpret_cast<const float*>(scales), reinterpret_cast<const uint8_t*>(zeros), N, K, group_size, bf16_x};
+          reinterpret_cast<const float*>(scales), reinterpret_cast<const uint8_t*>(zeros), N, K, group_size, bf16_x,
+          reinterpret_cast<const int64_t*>(perm)};
 }
 
 // A model's layer table, built once (add_layer per layer) and run once per step.

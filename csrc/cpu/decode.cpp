@@ -195,7 +195,25 @@ __attribute__((target("avx2,fma"))) void f32_rows_avx2(const float* x, int64_t K
   for (; n < n1; ++n) f32_tile_avx2<MT, 1>(x, K, w, out, N, n);
 }
 
+// x [M, K] with its columns in the order perm (an act-order layer's weight is stored with its
+// input channels so permuted, as WeightOnlyLinear's x[:, perm]), into xp.
+void permute_columns(const float* x, int64_t M, int64_t K, const int64_t* perm, std::vector<float>& xp) {
+  xp.resize(static_cast<size_t>(M * K));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) xp[m * K + k] = x[m * K + perm[k]];
+}
+
+bool same_perm(const DecodeLinear& a, const DecodeLinear& b) {
+  if (a.perm == b.perm) return true;
+  return a.perm && b.perm && a.K == b.K && std::equal(a.perm, a.perm + a.K, b.perm);
+}
+
 void linear(const DecodeLinear& l, const float* x, int64_t M, float* out, int threads) {
+  std::vector<float> xp;
+  if (l.perm) {
+    permute_columns(x, M, l.K, l.perm, xp);
+    x = xp.data();
+  }
   switch (l.kind) {
     case DecodeLinear::kInt4:
       (l.bf16_x ? w4a16_gemm_bf16 : w4a16_gemm)(x, M, l.K, static_cast<const uint8_t*>(l.weight), l.scales, l.zeros,
@@ -211,17 +229,24 @@ void linear(const DecodeLinear& l, const float* x, int64_t M, float* out, int th
   }
 }
 
-// Several projections of the same x: int4 ones of one group size in one w4a16_gemm_multi call (x
-// split into digits once, one parallel loop for q/k/v or gate/up), the others one by one.
+// Several projections of the same x: int4 ones of one group size (and one act-order permutation:
+// q, k and v share their input, so GPTQ orders their channels alike) in one w4a16_gemm_multi call
+// (x split into digits once, one parallel loop for q/k/v or gate/up), the others one by one.
 void linears(std::initializer_list<std::pair<const DecodeLinear*, float*>> ls, const float* x, int64_t M,
              int threads) {
   const DecodeLinear& first = *ls.begin()->first;
   bool merge = first.kind == DecodeLinear::kInt4;
   for (const auto& [l, out] : ls)
-    merge = merge && l->kind == DecodeLinear::kInt4 && l->group_size == first.group_size && l->bf16_x == first.bf16_x;
+    merge = merge && l->kind == DecodeLinear::kInt4 && l->group_size == first.group_size &&
+            l->bf16_x == first.bf16_x && same_perm(*l, first);
   if (!merge) {
     for (const auto& [l, out] : ls) linear(*l, x, M, out, threads);
     return;
+  }
+  std::vector<float> xp;
+  if (first.perm) {
+    permute_columns(x, M, first.K, first.perm, xp);
+    x = xp.data();
   }
   std::vector<Int4Gemm> gemms;
   for (const auto& [l, out] : ls)

@@ -19,6 +19,7 @@ struct DecodeLinear {
   const uint8_t* zeros;   // int4: [N, G]
   int64_t N, K, group_size;  // int4: group_size resolved (K for per-channel)
   bool bf16_x;               // int4 / int8: x rounded to bfloat16 (w4a16_gemm_bf16, w8a16_gemm_bf16)
+  const int64_t* perm;       // int4 act-order (GPTQ desc_act): x's columns taken in this order [K]; or nullptr
 };
 
 struct DecodeLayer {

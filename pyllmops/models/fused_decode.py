@@ -14,8 +14,9 @@ side), so prefill (the modules) and decode (this) can alternate freely. The modu
 pyllmops/models/llama.py stay the specification: tests compare the two step by step.
 
 It serves float32 Llama models on the CPU whose projections are all nn.Linear (no bias) or
-WeightOnlyLinear (int4 without act-order permutation or input scale, or int8; no bias; with its
-compute_dtype, x rounded to bfloat16 by the same kernels as its own decode path); anything
+WeightOnlyLinear (int4, act-order too: x's columns permuted as the module's x[:, perm], or int8;
+no input scale, no bias; with its compute_dtype, x rounded to bfloat16 by the same kernels as its
+own decode path); anything
 else (tensor-parallel layers, bf16, hooks, CUDA) keeps the module path, and `unsupported` says why.
 The embedding, the final norm and the LM head stay modules (one call each). The table holds
 references to the weights it points at: build it after the model's weights are final (generate
@@ -42,15 +43,21 @@ def _f32(t: Optional[torch.Tensor]) -> bool:
 
 
 def _linear_spec(name: str, m: nn.Module, in_features: int, out_features: int) -> tuple | str:
-    """(kind, weight, scales, zeros, N, K, group_size) for the C++ table, or why it cannot be served."""
+    """(kind, weight, scales, zeros, N, K, group_size, bf16_x, perm) for the C++ table and the tensors
+    it points at, or why it cannot be served."""
     if type(m) is nn.Linear:
         if m.bias is not None or not _f32(m.weight) or in_features % 16:
             return f"{name}: nn.Linear needs float32 contiguous CPU weight, no bias, in_features % 16 == 0"
         w = m.weight
-        spec = (_FLOAT32, w.data_ptr(), 0, 0, w.shape[0], w.shape[1], 0, False), (w,)
+        spec = (_FLOAT32, w.data_ptr(), 0, 0, w.shape[0], w.shape[1], 0, False, 0), (w,)
     elif type(m) is WeightOnlyLinear:
-        if m.bias is not None or m.input_scale is not None or m.perm is not None or not _f32(m.scales):
-            return f"{name}: WeightOnlyLinear with bias, input_scale, act-order or non-float32 scales"
+        if m.bias is not None or m.input_scale is not None or not _f32(m.scales):
+            return f"{name}: WeightOnlyLinear with bias, input_scale or non-float32 scales"
+        perm = m.perm
+        if perm is not None and not (m.int4 and perm.dtype == torch.int64 and perm.is_contiguous()
+                                     and perm.device.type == "cpu" and tuple(perm.shape) == (m.in_features,)
+                                     and int(perm.min()) >= 0 and int(perm.max()) < m.in_features):
+            return f"{name}: act-order perm must be int4's, int64 [in_features] on the CPU, in range"
         if m.qweight.device.type != "cpu" or not m.qweight.is_contiguous():
             return f"{name}: WeightOnlyLinear weight must be contiguous on the CPU"
         bf16_x = m.compute_dtype is not None  # x rounded to bfloat16 as the module's own decode path does
@@ -59,12 +66,13 @@ def _linear_spec(name: str, m: nn.Module, in_features: int, out_features: int) -
             if m.g_idx is not None or m.in_features % 32 or gs % 32 or not m.zeros.is_contiguous():
                 return f"{name}: int4 needs in_features and group_size multiples of 32 and no g_idx"
             spec = ((_INT4, m.qweight.data_ptr(), m.scales.data_ptr(), m.zeros.data_ptr(), m.out_features,
-                     m.in_features, gs, bf16_x), (m.qweight, m.scales, m.zeros))
+                     m.in_features, gs, bf16_x, 0 if perm is None else perm.data_ptr()),
+                    (m.qweight, m.scales, m.zeros) + (() if perm is None else (perm,)))
         else:
             if m.in_features % 16:
                 return f"{name}: int8 needs in_features % 16 == 0"
-            spec = ((_INT8, m.qweight.data_ptr(), m.scales.data_ptr(), 0, m.out_features, m.in_features, 0, bf16_x),
-                    (m.qweight, m.scales))
+            spec = ((_INT8, m.qweight.data_ptr(), m.scales.data_ptr(), 0, m.out_features, m.in_features, 0, bf16_x,
+                     0), (m.qweight, m.scales))
     else:
         return f"{name}: {type(m).__name__} (the fused step serves nn.Linear and WeightOnlyLinear)"
     if (spec[0][4], spec[0][5]) != (out_features, in_features):

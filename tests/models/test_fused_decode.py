@@ -12,7 +12,7 @@ from pyllmops import _ext
 from pyllmops.models.fused_decode import FusedDecoder
 from pyllmops.models.generate import GenerationStats, generate, generate_ids, pad_left
 from pyllmops.models.llama import Llama, LlamaConfig
-from pyllmops.nn import set_compute_dtype
+from pyllmops.nn import WeightOnlyLinear, set_compute_dtype
 from tests import reference
 
 pytestmark = pytest.mark.skipif(not _ext.has_cpp(), reason="needs the C++ extension")
@@ -36,6 +36,21 @@ def _model(cfg: LlamaConfig, quant: str) -> Llama:
         m = (pyllmops.quantize(m, "w4a16-rtn", group_size=128, int8=("lm_head",), progress=False) if quant[1] == "4"
              else pyllmops.quantize(m, "w8a16", progress=False))
         set_compute_dtype(m, torch.bfloat16)
+        return m
+    if quant == "w4a16-actorder":  # GPTQ act-order: each projection's input channels permuted (q, k, v alike)
+        calib = [torch.randint(0, cfg.vocab_size, (2, 24))]
+        m = pyllmops.quantize(m, "w4a16-gptq", calib=calib, group_size=32, act_order=True, progress=False)
+        assert all(getattr(layer.self_attn, n).perm is not None for layer in m.layers for n in ("q_proj", "o_proj"))
+        # q, k and v share their input, so GPTQ orders them alike (one gather, one merged call); a
+        # k_proj ordered by another Hessian (another tool's checkpoint) takes the per-projection path
+        from pyllmops.quant.gptq import Hessian, gptq_int4
+
+        h = Hessian(cfg.dim)
+        h.add(torch.randn(64, cfg.dim) * torch.rand(cfg.dim) * 3)
+        k_proj = m.layers[0].self_attn.k_proj
+        w = k_proj.dequantized_weight()
+        m.layers[0].self_attn.k_proj = WeightOnlyLinear(gptq_int4(w, h.matrix, 32, act_order=True))
+        assert not torch.equal(m.layers[0].self_attn.k_proj.perm, m.layers[0].self_attn.q_proj.perm)
         return m
     if quant == "w4a16-int8-head":
         return pyllmops.quantize(m, "w4a16-rtn", group_size=-1, int8=("down_proj", "lm_head"), progress=False)
@@ -73,7 +88,8 @@ def _logit_tol(kv_dtype):
     return 1e-4 if kv_dtype == torch.float32 else 2e-3
 
 
-@pytest.mark.parametrize("quant", ["fp32", "w4a16", "w4a16-int8-head", "w8a16", "w4a16-bf16", "w8a16-bf16"])
+@pytest.mark.parametrize("quant", ["fp32", "w4a16", "w4a16-int8-head", "w8a16", "w4a16-bf16", "w8a16-bf16",
+                                   "w4a16-actorder"])
 @pytest.mark.parametrize("cfg", [SMALL, ODD_HEAD], ids=["head_dim32", "head_dim40"])
 @pytest.mark.parametrize("lengths", [[7], [5, 11, 1]], ids=["b1", "b3_padded"])
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16], ids=["kv32", "kv16"])
@@ -261,10 +277,15 @@ def test_unsupported_model_is_reported_by_name(change, where, seed):
     assert where in FusedDecoder.unsupported(model)
 
 
-def test_act_order_int4_is_refused():
+@pytest.mark.parametrize("perm", [torch.arange(SMALL.dim, dtype=torch.int32), torch.arange(SMALL.dim) + 1,
+                                  torch.arange(SMALL.dim - 1), torch.arange(2 * SMALL.dim)[::2]],
+                         ids=["int32", "out_of_range", "short", "strided"])
+def test_bad_act_order_perm_is_refused(perm):
+    """An act-order permutation the C++ step cannot read safely keeps the module path, by name."""
     model = _model(SMALL, "w4a16")
-    model.layers[2].self_attn.o_proj.register_buffer("perm", torch.arange(SMALL.dim))
-    assert "layers.2.self_attn.o_proj" in FusedDecoder.unsupported(model)
+    model.layers[2].self_attn.o_proj.register_buffer("perm", perm)
+    assert FusedDecoder.build(model) is None
+    assert "layers.2.self_attn.o_proj: act-order perm" in FusedDecoder.unsupported(model)
 
 
 def test_step_argument_errors(seed):
