@@ -31,6 +31,8 @@ CUTLASS 3.x TMA + wgmma with the same epilogue, built when the nvidia-cutlass he
 from __future__ import annotations
 
 import functools
+import os
+import time
 from typing import Optional
 
 import torch
@@ -58,6 +60,43 @@ def onednn_int8_exact() -> bool:
     except OSError:
         return False
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
+@functools.cache
+def onednn_packed_int8_fast() -> bool:
+    """Whether oneDNN runs its int8 linear on a prepacked weight with a JIT kernel on this CPU.
+    Having int8 dot products is not enough: torch 2.13's oneDNN (3.12) on an AMD EPYC Zen 4 VM
+    (AVX512-VNNI, no AMX) refuses every shape in its brgemm blocking heuristic and runs its
+    reference loop, ref_int8, at ~0.1 G multiply-adds/s: a 37 x 576 x 1536 product took 380 ms
+    against torch._int_mm's 0.11 (ONEDNN_VERBOSE names the implementation). One timed probe per
+    process (a 32 x 256 x 256 product, the best of three calls each way after a warm-up): the
+    packed weight is kept unless its call is over 20x torch._int_mm's, a margin no timing noise
+    crosses while that fallback costs 1000x. PYLLMOPS_W8A8_PACKED=1 / 0 replaces the probe (never
+    the exactness check)."""
+    if not (torch.backends.mkldnn.is_available() and onednn_int8_exact()):
+        return False
+    forced = os.environ.get("PYLLMOPS_W8A8_PACKED")
+    if forced in ("0", "1"):
+        return forced == "1"
+    a = torch.randint(-127, 128, (32, 256), dtype=torch.int8)
+    b = torch.randint(-127, 128, (256, 256), dtype=torch.int8)
+    packed = torch.ops.onednn.qlinear_prepack(b.t().contiguous(), None)
+    ones, zero_points = torch.ones(256), torch.zeros(256, dtype=torch.int64)
+
+    def onednn():
+        torch.ops.onednn.qlinear_pointwise(a, 1.0, 0, packed, ones, zero_points, None, 1.0, 0, torch.float32,
+                                           "none", [], "")
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    return best(onednn) < 20 * best(lambda: torch._int_mm(a, b))
 
 
 # Every partial sum of at most this many int8 x int8 products is an integer of magnitude <= 2^24
@@ -270,12 +309,13 @@ def w8a8_matmul(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b
 def pack_w8a8_weight(b: torch.Tensor) -> torch.Tensor:
     """The fastest layout of the weight b [K, N] int8 for w8a8_matmul on b's device.
 
-    CPU with oneDNN and int8 dot-product instructions (onednn_int8_exact()): the prepacked oneDNN
-    tensor (torch._mkldnn layout, shape [K, N]); it is not a state_dict format — keep the strided
-    weight for saving and pack after loading. Elsewhere: b as a K-major view (b.stride(0) == 1),
-    the layout the CUDA kernel reads and torch._int_mm takes.
+    CPU with oneDNN, int8 dot-product instructions (onednn_int8_exact()) and oneDNN's JIT kernels
+    for them (onednn_packed_int8_fast()): the prepacked oneDNN tensor (torch._mkldnn layout, shape
+    [K, N]); it is not a state_dict format — keep the strided weight for saving and pack after
+    loading. Elsewhere: b as a K-major view (b.stride(0) == 1), the layout the CUDA kernel reads
+    and torch._int_mm takes.
     """
     check_tensor("b", b, dtypes=(torch.int8,), ndim=2)
-    if b.device.type == "cpu" and torch.backends.mkldnn.is_available() and onednn_int8_exact():
+    if b.device.type == "cpu" and onednn_packed_int8_fast():
         return torch.ops.onednn.qlinear_prepack(b.t().contiguous(), None)
     return b.t().contiguous().t()

@@ -111,6 +111,6 @@ def w8a8_linear(x: torch.Tensor, plan: LinearPlan) -> torch.Tensor:
     q, scale_a, _, nonfinite = cpp_quantize(x, gran, True, plan.input_scale, None)
     if nonfinite:
         raise ValueError("x contains NaN or inf")
-    if not is_packed(plan.b):  # a CPU where oneDNN's int8 GEMM is not exact (w8a8.onednn_int8_exact)
+    if not is_packed(plan.b):  # oneDNN's packed int8 GEMM is not exact or not fast here (pack_w8a8_weight)
         return _epilogue(int8_mm(q, plan.b), scale_a, plan.w_scale, plan.bias, x.dtype)
     return _qlinear(q, plan.b, scale_a, plan.w_scale, plan.w_zp, plan.bias, x.dtype)

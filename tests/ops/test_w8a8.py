@@ -1,7 +1,9 @@
 import pytest
 import torch
+from torch import nn
 
 import pyllmops
+from pyllmops.ops import quantize_int8
 from pyllmops.ops.w8a8 import reference_w8a8_matmul
 
 from tests.support import compiled
@@ -141,21 +143,53 @@ def test_cpp_epilogue_bit_identical_to_torch(scales, out_dtype, seed):
     assert torch.equal(got[0], want[0])
 
 
-def test_packed_weight_is_onednn_where_its_int8_gemm_is_exact():
-    from pyllmops.ops.w8a8 import is_packed, onednn_int8_exact
+@pytest.fixture
+def packed_mode(monkeypatch):
+    """set(flag): force onednn_packed_int8_fast() through PYLLMOPS_W8A8_PACKED (the probe's cache
+    cleared before and after)."""
+    from pyllmops.ops import w8a8
+
+    def set_mode(flag: str) -> None:
+        monkeypatch.setenv("PYLLMOPS_W8A8_PACKED", flag)
+        w8a8.onednn_packed_int8_fast.cache_clear()
+
+    yield set_mode
+    monkeypatch.delenv("PYLLMOPS_W8A8_PACKED", raising=False)
+    w8a8.onednn_packed_int8_fast.cache_clear()
+
+
+def test_packed_weight_is_onednn_where_its_int8_gemm_is_exact_and_fast(packed_mode, seed):
+    """pack_w8a8_weight gives oneDNN's packed tensor where onednn_packed_int8_fast() (exact int8 dot
+    products and oneDNN's JIT kernels for them), else the K-major strided weight; W8A8Linear gives
+    the reference's values either way."""
+    from pyllmops.nn import W8A8Linear
+    from pyllmops.ops.w8a8 import is_packed, onednn_int8_exact, onednn_packed_int8_fast
 
     w = _ints(8, 40)
-    b = pyllmops.pack_w8a8_weight(w.t())
-    assert b.shape == (40, 8) and b.dtype == torch.int8
+    assert isinstance(onednn_packed_int8_fast(), bool)
     if not onednn_int8_exact():
-        # no int8 dot-product instructions: the K-major strided weight, which every backend reads
-        assert not is_packed(b) and b.stride(0) == 1 and torch.equal(b, w.t())
-        return
-    assert is_packed(b)
-    # Only the cpp and torch backends read the packed form; forcing another one is an error, not a
-    # silent fallback.
-    with pyllmops.use_backend("reference"), pytest.raises(RuntimeError, match="cannot run this call"):
-        pyllmops.w8a8_matmul(_ints(3, 40), b, torch.ones(1), torch.ones(1))
+        assert not onednn_packed_int8_fast()  # the probe never picks an inexact GEMM
+    lin = nn.Linear(64, 24)
+    x = torch.randn(5, 64)
+    outs = {}
+    for flag in ("0", "1"):
+        packed_mode(flag)
+        b = pyllmops.pack_w8a8_weight(w.t())
+        assert b.shape == (40, 8) and b.dtype == torch.int8
+        layer = W8A8Linear.from_linear(lin)
+        outs[flag] = layer(x)
+        q = quantize_int8(x, "token")
+        want = reference_w8a8_matmul(q.values, layer.weight.t(), q.scale, layer.weight_scale, layer.bias, torch.float64)
+        torch.testing.assert_close(outs[flag].double(), want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+        if flag == "0" or not (torch.backends.mkldnn.is_available() and onednn_int8_exact()):
+            # the K-major strided weight, which every backend reads
+            assert not is_packed(b) and b.stride(0) == 1 and torch.equal(b, w.t())
+            continue
+        assert is_packed(b)
+        # Only the cpp and torch backends read the packed form; forcing another one is an error,
+        # not a silent fallback.
+        with pyllmops.use_backend("reference"), pytest.raises(RuntimeError, match="cannot run this call"):
+            pyllmops.w8a8_matmul(_ints(3, 40), b, torch.ones(1), torch.ones(1))
 
 
 def test_compiles_fullgraph(seed):
