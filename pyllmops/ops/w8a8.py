@@ -78,8 +78,9 @@ def onednn_packed_int8_fast() -> bool:
     forced = os.environ.get("PYLLMOPS_W8A8_PACKED")
     if forced in ("0", "1"):
         return forced == "1"
-    a = torch.randint(-127, 128, (32, 256), dtype=torch.int8)
-    b = torch.randint(-127, 128, (256, 256), dtype=torch.int8)
+    g = torch.Generator().manual_seed(0)  # the caller's random stream stays untouched
+    a = torch.randint(-127, 128, (32, 256), dtype=torch.int8, generator=g)
+    b = torch.randint(-127, 128, (256, 256), dtype=torch.int8, generator=g)
     packed = torch.ops.onednn.qlinear_prepack(b.t().contiguous(), None)
     ones, zero_points = torch.ones(256), torch.zeros(256, dtype=torch.int64)
 

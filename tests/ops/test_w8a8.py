@@ -166,7 +166,10 @@ def test_packed_weight_is_onednn_where_its_int8_gemm_is_exact_and_fast(packed_mo
     from pyllmops.ops.w8a8 import is_packed, onednn_int8_exact, onednn_packed_int8_fast
 
     w = _ints(8, 40)
+    packed_mode("")  # the probe itself, which leaves the global random stream alone
+    state = torch.get_rng_state()
     assert isinstance(onednn_packed_int8_fast(), bool)
+    assert torch.equal(torch.get_rng_state(), state)
     if not onednn_int8_exact():
         assert not onednn_packed_int8_fast()  # the probe never picks an inexact GEMM
     lin = nn.Linear(64, 24)
