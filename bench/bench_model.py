@@ -7,6 +7,8 @@ llama-cpp-python) on the same GGUF, on the same cores, measured in the same run:
   `Llama.eval` one token at a time with the argmax taken in Python, as llama-cpp-python users do;
 - decode tokens/s at batch 1 after a LONG_CONTEXT-token prompt (int4 against llama.cpp), where
   reading the KV cache each step costs as much as the weights;
+- decode tokens/s at batch 1 of a GPTQ act-order int4 model against the RTN one (the fused step's
+  column gathers; GPTQ on 8 calibration windows, built only for these rows).
 - batched decode: B = 1..16 prompts of different lengths decoding together (pyllmops int4, exact
   and with compute_dtype=torch.bfloat16: x rounded to bfloat16 against the exact weight on
   vdpbf16ps), total tokens/s and the ratio to batch 1 (llama-cpp-python has no batched decode to
@@ -190,6 +192,35 @@ def test_decode(benchmark, impl, threads, smollm2, request):
         setup, run = _ours_decode(request.getfixturevalue("models")[impl][0], [prompt], DECODE_TOKENS)
     record(benchmark, op=f"decode (greedy, {DECODE_TOKENS} new tokens, batch 1)", shape=f"{MODEL} {threads} threads",
            backend=backend, baseline=impl == "llama.cpp", unit="tok/s")
+    benchmark.pedantic(run, setup=setup, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["throughput"] = (DECODE_TOKENS - 1) / benchmark.stats.stats.median
+
+
+@pytest.fixture(scope="module")
+def gptq_act_order(smollm2):
+    """w4a16-gptq with its default act-order on 8 calibration windows (its decode speed only), the
+    LM head int8 as in the int4 format."""
+    import pyllmops
+    from pyllmops.models.evaluate import calibration_batches
+
+    model, tok = smollm2
+    calib = calibration_batches(tok, None, n_samples=8)
+    return pyllmops.quantize(copy.deepcopy(model), "w4a16-gptq", calib=calib, group_size=128, int8=("lm_head",),
+                             progress=False)
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("impl", ["int4", "int4 gptq act-order"])
+def test_decode_act_order(benchmark, impl, threads, smollm2, request):
+    """Batch-1 decode of a GPTQ act-order model (the fused step gathers x's columns per projection
+    order) against the RTN int4 model (baseline) in the same run."""
+    prompt = _prompt(smollm2[1])
+    torch.set_num_threads(threads)
+    model = request.getfixturevalue("models")["int4"][0] if impl == "int4" else request.getfixturevalue("gptq_act_order")
+    setup, run = _ours_decode(model, [prompt], DECODE_TOKENS)
+    record(benchmark, op=f"decode act-order (greedy, {DECODE_TOKENS} new tokens, batch 1)",
+           shape=f"{MODEL} {threads} threads", backend=_backend("int4") if impl == "int4" else
+           "pyllmops int4 g128 GPTQ act-order, int8 head", baseline=impl == "int4", unit="tok/s")
     benchmark.pedantic(run, setup=setup, rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info["throughput"] = (DECODE_TOKENS - 1) / benchmark.stats.stats.median
 
