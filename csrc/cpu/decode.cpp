@@ -195,12 +195,14 @@ __attribute__((target("avx2,fma"))) void f32_rows_avx2(const float* x, int64_t K
   for (; n < n1; ++n) f32_tile_avx2<MT, 1>(x, K, w, out, N, n);
 }
 
-// x [M, K] with its columns in the order perm (an act-order layer's weight is stored with its
-// input channels so permuted, as WeightOnlyLinear's x[:, perm]), into xp.
-void permute_columns(const float* x, int64_t M, int64_t K, const int64_t* perm, std::vector<float>& xp) {
-  xp.resize(static_cast<size_t>(M * K));
+// x [M, K] as l reads it: with an act-order l (its weight stored with the input channels in the
+// order l.perm, as WeightOnlyLinear's x[:, perm]) x's columns so permuted into xp, else x itself.
+const float* in_order(const DecodeLinear& l, const float* x, int64_t M, std::vector<float>& xp) {
+  if (!l.perm) return x;
+  xp.resize(static_cast<size_t>(M * l.K));
   for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) xp[m * K + k] = x[m * K + perm[k]];
+    for (int64_t k = 0; k < l.K; ++k) xp[m * l.K + k] = x[m * l.K + l.perm[k]];
+  return xp.data();
 }
 
 bool same_perm(const DecodeLinear& a, const DecodeLinear& b) {
@@ -210,10 +212,7 @@ bool same_perm(const DecodeLinear& a, const DecodeLinear& b) {
 
 void linear(const DecodeLinear& l, const float* x, int64_t M, float* out, int threads) {
   std::vector<float> xp;
-  if (l.perm) {
-    permute_columns(x, M, l.K, l.perm, xp);
-    x = xp.data();
-  }
+  x = in_order(l, x, M, xp);
   switch (l.kind) {
     case DecodeLinear::kInt4:
       (l.bf16_x ? w4a16_gemm_bf16 : w4a16_gemm)(x, M, l.K, static_cast<const uint8_t*>(l.weight), l.scales, l.zeros,
@@ -244,10 +243,7 @@ void linears(std::initializer_list<std::pair<const DecodeLinear*, float*>> ls, c
     return;
   }
   std::vector<float> xp;
-  if (first.perm) {
-    permute_columns(x, M, first.K, first.perm, xp);
-    x = xp.data();
-  }
+  x = in_order(first, x, M, xp);
   std::vector<Int4Gemm> gemms;
   for (const auto& [l, out] : ls)
     gemms.push_back({static_cast<const uint8_t*>(l->weight), l->scales, l->zeros, l->N, out});

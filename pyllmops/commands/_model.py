@@ -164,16 +164,15 @@ def quantize(model, tokenizer, method: str, args: argparse.Namespace):
         if "unexpected keyword argument" in str(err):
             raise ValueError(f"{method}: {err}") from None
         raise
-    from pyllmops.nn import WeightOnlyLinear, set_compute_dtype
+    from pyllmops.nn import set_compute_dtype
 
-    if args.compute_dtype == "bfloat16":
+    dtype = resolve_compute_dtype(args)
+    if dtype is not None:
         try:
-            set_compute_dtype(model, torch.bfloat16)
-        except ValueError as err:
-            raise ValueError(f"--compute-dtype bfloat16: {err} ({method} made none)") from None
-    elif args.compute_dtype == "auto" and resolve_compute_dtype(args) is not None:
-        if any(isinstance(m, WeightOnlyLinear) for m in model.modules()):  # W8A8 methods make none: nothing to set
-            set_compute_dtype(model, torch.bfloat16)
+            set_compute_dtype(model, dtype)
+        except ValueError as err:  # no weight-only layer: an error when asked for, fine for auto (W8A8)
+            if args.compute_dtype == "bfloat16":
+                raise ValueError(f"--compute-dtype bfloat16: {err} ({method} made none)") from None
     return model
 
 
